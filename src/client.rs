@@ -1,0 +1,310 @@
+//! The command-line client: `lookalike insert | query | compare | get |
+//! delete | stats`, each a gRPC call to a running daemon.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use lookalike::api::proto::{
+    image_ref::Source, lookalike_client::LookalikeClient, CompareRequest, DeleteRequest,
+    GetRequest, ImageRef, InsertRequest, QueryRequest, StatsRequest,
+};
+use tonic::transport::Channel;
+
+/// File extensions `insert` picks up when walking a folder.
+const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// Address of the daemon.
+    #[arg(
+        long,
+        global = true,
+        env = "LOOKALIKE_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+}
+
+/// Largest message the client sends or accepts; the server has its own limit.
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Store images: files, or folders walked recursively. Each image's id is
+    /// its path as given (or a content hash with --hash-ids).
+    Insert {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Let the server name images by content hash.
+        #[arg(long)]
+        hash_ids: bool,
+        /// Replace images whose id is already stored.
+        #[arg(long)]
+        upsert: bool,
+    },
+    /// The stored images most similar to an image file (or a stored id).
+    Query {
+        /// Image file to search with.
+        file: Option<PathBuf>,
+        /// Search with a stored image instead of a file.
+        #[arg(long, conflicts_with = "file")]
+        id: Option<String>,
+        #[arg(short, long, default_value_t = 10)]
+        k: u32,
+        /// Leave out matches below this cosine similarity.
+        #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+        min_similarity: f32,
+    },
+    /// How alike two images are (files or, with --ids, stored ids).
+    Compare {
+        a: String,
+        b: String,
+        /// Treat A and B as stored ids rather than files.
+        #[arg(long)]
+        ids: bool,
+    },
+    /// Show a stored image's record.
+    Get { id: String },
+    /// Remove a stored image.
+    Delete { id: String },
+    /// Counts and state of the database.
+    Stats,
+}
+
+pub async fn run(args: ClientArgs, command: Command) -> Result<()> {
+    let channel = Channel::from_shared(args.server.clone())
+        .with_context(|| format!("bad server address '{}'", args.server))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to lookalike at {}", args.server))?;
+    let mut client = LookalikeClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    match command {
+        Command::Insert {
+            paths,
+            hash_ids,
+            upsert,
+        } => insert(&mut client, &paths, hash_ids, upsert).await,
+        Command::Query {
+            file,
+            id,
+            k,
+            min_similarity,
+        } => {
+            let image = match (file, id) {
+                (Some(file), None) => file_ref(&file)?,
+                (None, Some(id)) => id_ref(id),
+                _ => bail!("give an image FILE or --id ID"),
+            };
+            let resp = client
+                .query(QueryRequest {
+                    image: Some(image),
+                    k,
+                    min_similarity,
+                    omit_metadata: false,
+                })
+                .await?
+                .into_inner();
+            if resp.matches.is_empty() {
+                println!("no matches");
+            }
+            for m in resp.matches {
+                println!("{:.4}  {}", m.similarity, m.id);
+            }
+            Ok(())
+        }
+        Command::Compare { a, b, ids } => {
+            let side = |s: String| {
+                if ids {
+                    Ok(id_ref(s))
+                } else {
+                    file_ref(Path::new(&s))
+                }
+            };
+            let resp = client
+                .compare(CompareRequest {
+                    a: Some(side(a)?),
+                    b: Some(side(b)?),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "similarity  {:.4}  (cosine of CNN features, 1 = identical)",
+                resp.similarity
+            );
+            println!(
+                "duplicate   {}  (threshold: similarity >= {:.3})",
+                if resp.duplicate { "yes" } else { "no" },
+                resp.similarity_threshold
+            );
+            Ok(())
+        }
+        Command::Get { id } => {
+            let r = client
+                .get(GetRequest {
+                    id,
+                    include_features: false,
+                })
+                .await?
+                .into_inner();
+            println!("id           {}", r.id);
+            println!("inserted_at  {} (unix ms)", r.inserted_at_unix_ms);
+            let mut meta: Vec<_> = r.metadata.into_iter().collect();
+            meta.sort();
+            for (k, v) in meta {
+                println!("metadata     {k} = {v}");
+            }
+            Ok(())
+        }
+        Command::Delete { id } => {
+            client.delete(DeleteRequest { id: id.clone() }).await?;
+            println!("deleted {id}");
+            Ok(())
+        }
+        Command::Stats => {
+            let s = client.stats(StatsRequest {}).await?.into_inner();
+            println!("images          {}", s.count);
+            println!("model           {} ({} dimensions)", s.model, s.dimensions);
+            if s.pca_fitted {
+                println!(
+                    "index           HNSW over PCA-{} ({} points, {} deleted)",
+                    s.pca_dimensions, s.index_size, s.index_tombstones
+                );
+            } else {
+                println!(
+                    "index           exact (PCA + HNSW from {} images)",
+                    s.pca_min_images
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn insert(
+    client: &mut LookalikeClient<Channel>,
+    paths: &[PathBuf],
+    hash_ids: bool,
+    upsert: bool,
+) -> Result<()> {
+    let files = collect_images(paths)?;
+    if files.is_empty() {
+        bail!("no image files found in {paths:?}");
+    }
+    let bar = ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let requests = futures_util::stream::iter(files.clone()).filter_map(move |path| async move {
+        match tokio::fs::read(&path).await {
+            Ok(image) => Some(InsertRequest {
+                id: if hash_ids {
+                    String::new()
+                } else {
+                    path.display().to_string()
+                },
+                image,
+                metadata: HashMap::from([("path".to_string(), path.display().to_string())]),
+                upsert,
+            }),
+            Err(e) => {
+                eprintln!("skipping {}: {e}", path.display());
+                None
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut responses = client.insert_stream(requests).await?.into_inner();
+    let (mut stored, mut failed, mut with_duplicates) = (0u64, 0u64, 0u64);
+    while let Some(resp) = responses.next().await {
+        let resp = resp.context("insert stream broke")?;
+        match resp.error {
+            Some(err) => {
+                failed += 1;
+                bar.println(format!("failed {}: {}", resp.id, err.message));
+            }
+            None => {
+                stored += 1;
+                if !resp.duplicates.is_empty() {
+                    with_duplicates += 1;
+                    let names: Vec<String> = resp
+                        .duplicates
+                        .iter()
+                        .map(|d| format!("{} ({:.3})", d.id, d.similarity))
+                        .collect();
+                    bar.println(format!("{} duplicates {}", resp.id, names.join(", ")));
+                }
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "stored {stored}, failed {failed}, {with_duplicates} with duplicates, in {secs:.1} s ({:.1} images/s)",
+        stored as f64 / secs.max(1e-9)
+    );
+    if failed > 0 {
+        bail!("{failed} images failed");
+    }
+    Ok(())
+}
+
+/// The image files under `paths`, folders walked recursively, sorted.
+fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if meta.is_dir() {
+            walk(path, &mut out)?;
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if has_image_extension(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn file_ref(path: &Path) -> Result<ImageRef> {
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(ImageRef {
+        source: Some(Source::Data(data)),
+    })
+}
+
+fn id_ref(id: String) -> ImageRef {
+    ImageRef {
+        source: Some(Source::Id(id)),
+    }
+}

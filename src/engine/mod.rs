@@ -1,0 +1,446 @@
+//! The engine: what the daemon does, with no knowledge of gRPC.
+//!
+//! An [`Engine`] is a cheap-to-clone handle over the shared state: the
+//! store, the embedding network and the current index. Requests flow
+//! decode → embed (on tokio's blocking pool: it is CPU-bound) → store →
+//! index → respond. A background task (see [`maintenance`]) fits the PCA
+//! once enough images are stored, refits it as the store grows and rebuilds
+//! the graph when deleted points pile up; it swaps the new index in whole,
+//! so queries never wait on it.
+
+mod maintenance;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, RwLock,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::decode;
+use crate::embed::Embedder;
+use crate::error::{Error, Result};
+use crate::index::{Hit, Index};
+use crate::pca::{dot, Projection};
+use crate::store::{Record, SledStore, Store};
+
+/// Meta key naming the model a database was built with.
+const META_MODEL: &str = "model";
+/// Meta key of the fitted PCA projection.
+const META_PCA: &str = "pca";
+/// Longest accepted id, in bytes.
+const MAX_ID_BYTES: usize = 512;
+/// Largest accepted metadata (keys plus values), in bytes.
+const MAX_METADATA_BYTES: usize = 64 << 10;
+
+/// An image in a request: encoded bytes, or the id of a stored one.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    Bytes(Vec<u8>),
+    Id(String),
+}
+
+/// One image to store.
+#[derive(Debug, Clone, Default)]
+pub struct NewImage {
+    /// Empty: derived from the image bytes.
+    pub id: String,
+    pub image: Vec<u8>,
+    pub metadata: BTreeMap<String, String>,
+    pub upsert: bool,
+}
+
+/// An image validated and embedded, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub id: String,
+    features: Vec<f32>,
+    metadata: BTreeMap<String, String>,
+    upsert: bool,
+}
+
+/// A stored image that matched a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Match {
+    pub id: String,
+    pub similarity: f32,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone)]
+pub struct InsertOutcome {
+    pub id: String,
+    pub duplicates: Vec<Match>,
+    pub replaced: bool,
+}
+
+/// How alike two images are.
+#[derive(Debug, Clone, Copy)]
+pub struct Comparison {
+    pub similarity: f32,
+    pub duplicate: bool,
+    pub similarity_threshold: f32,
+}
+
+/// Counts and state, for Stats.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub count: u64,
+    pub dimensions: u32,
+    pub pca_dimensions: Option<u32>,
+    pub index_size: u64,
+    pub index_tombstones: u64,
+    pub model: String,
+    pub pca_min_images: u64,
+}
+
+/// Handle to the engine; clones share one state.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    store: Box<dyn Store>,
+    embedder: Embedder,
+    /// The current index. Readers clone nothing: they hold the read lock for
+    /// one search or one add. A rebuild builds a new index without the lock
+    /// and takes the write lock only to catch up and swap.
+    index: RwLock<Arc<Index>>,
+    /// False until the index has been loaded from the store at start.
+    ready: AtomicBool,
+    /// Wakes the maintenance task after writes.
+    maintenance: Notify,
+    /// Tells the maintenance task to stop.
+    shutdown: AtomicBool,
+}
+
+impl Engine {
+    /// Opens the database in `config.data_dir` and loads the model. The index
+    /// is empty until [`Engine::load_index`] runs.
+    pub fn open(config: Config) -> Result<Self> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Storage(format!(
+                "cannot create '{}': {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let store = SledStore::open(&config.data_dir.join("sled"))?;
+        check_model(&store, config.model.name())?;
+        let embedder = Embedder::load(config.model, config.weights.as_deref())?;
+        Ok(Engine {
+            shared: Arc::new(Shared {
+                config,
+                store: Box::new(store),
+                embedder,
+                index: RwLock::new(Arc::new(Index::exact())),
+                ready: AtomicBool::new(false),
+                maintenance: Notify::new(),
+                shutdown: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Whether the index is loaded and requests can be served.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::SeqCst)
+    }
+
+    /// Decodes and embeds an encoded image (CPU-bound; runs on the blocking pool).
+    pub async fn embed(&self, bytes: Vec<u8>) -> Result<Vec<f32>> {
+        let shared = self.shared.clone();
+        blocking(move || shared.embed_bytes(&bytes)).await
+    }
+
+    /// Stores one image; acknowledged once durable on disk.
+    pub async fn insert(&self, image: NewImage) -> Result<InsertOutcome> {
+        let prepared = self.prepare(image).await?;
+        self.commit(prepared).await
+    }
+
+    /// The CPU-bound half of an insert: validates and embeds. Bulk ingest
+    /// runs several of these at once and commits them in order.
+    pub async fn prepare(&self, image: NewImage) -> Result<Prepared> {
+        self.check_ready()?;
+        let id = image_id(&image)?;
+        check_metadata(&image.metadata)?;
+        let features = self.embed(image.image).await?;
+        Ok(Prepared {
+            id,
+            features,
+            metadata: image.metadata,
+            upsert: image.upsert,
+        })
+    }
+
+    /// The storing half of an insert: durable once this returns.
+    pub async fn commit(&self, prepared: Prepared) -> Result<InsertOutcome> {
+        let shared = self.shared.clone();
+        blocking(move || shared.insert_features(prepared)).await
+    }
+
+    /// The `k` stored images most similar to `image`, best first, at or
+    /// above `min_similarity`. A stored id is left out of its own results.
+    pub async fn query(
+        &self,
+        image: ImageSource,
+        k: usize,
+        min_similarity: f32,
+    ) -> Result<Vec<Match>> {
+        self.check_ready()?;
+        let max_k = self.shared.config.max_k;
+        if k == 0 || k > max_k {
+            return Err(Error::InvalidArgument(format!(
+                "k must be in 1..={max_k}, got {k}"
+            )));
+        }
+        if !(-1.0..=1.0).contains(&min_similarity) {
+            return Err(Error::InvalidArgument(format!(
+                "min_similarity must be in [-1, 1], got {min_similarity}"
+            )));
+        }
+        let (features, exclude) = self.resolve(image).await?;
+        let shared = self.shared.clone();
+        blocking(move || shared.nearest(&features, k, min_similarity, exclude)).await
+    }
+
+    /// Cosine similarity of two images' features and the duplicate verdict.
+    pub async fn compare(&self, a: ImageSource, b: ImageSource) -> Result<Comparison> {
+        let ((fa, _), (fb, _)) = tokio::try_join!(self.resolve(a), self.resolve(b))?;
+        let similarity = dot(&fa, &fb).clamp(-1.0, 1.0);
+        let threshold = self.shared.config.duplicate_similarity;
+        Ok(Comparison {
+            similarity,
+            duplicate: similarity >= threshold,
+            similarity_threshold: threshold,
+        })
+    }
+
+    /// The stored record with this id.
+    pub async fn get(&self, id: String) -> Result<Record> {
+        let shared = self.shared.clone();
+        blocking(move || shared.store.get(&id)?.ok_or(Error::NotFound(id))).await
+    }
+
+    /// Removes a stored image; durable once this returns.
+    pub async fn delete(&self, id: String) -> Result<()> {
+        self.check_ready()?;
+        let shared = self.shared.clone();
+        blocking(move || {
+            let seq = shared
+                .store
+                .delete(&id)?
+                .ok_or_else(|| Error::NotFound(id.clone()))?;
+            shared.store.flush()?;
+            shared.current_index().remove(seq);
+            shared.maintenance.notify_one();
+            Ok(())
+        })
+        .await
+    }
+
+    pub fn stats(&self) -> Stats {
+        let index = self.shared.current_index();
+        Stats {
+            count: self.shared.store.len() as u64,
+            dimensions: self.shared.embedder.dim() as u32,
+            pca_dimensions: index.projection().map(|p| p.out_dim() as u32),
+            index_size: index.size() as u64,
+            index_tombstones: index.tombstones() as u64,
+            model: self.shared.embedder.kind().name().to_string(),
+            pca_min_images: self.shared.config.pca_min_images as u64,
+        }
+    }
+
+    /// Flushes the store; call before exit.
+    pub fn close(&self) -> Result<()> {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.maintenance.notify_one();
+        self.shared.store.flush()
+    }
+
+    fn check_ready(&self) -> Result<()> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(Error::Unavailable("the index is still loading".into()))
+        }
+    }
+
+    /// Features of a request image, plus the seq to leave out of its results
+    /// when it is a stored image.
+    async fn resolve(&self, image: ImageSource) -> Result<(Vec<f32>, Option<u64>)> {
+        match image {
+            ImageSource::Bytes(bytes) => Ok((self.embed(bytes).await?, None)),
+            ImageSource::Id(id) => {
+                if id.is_empty() {
+                    return Err(Error::InvalidArgument("image id is empty".into()));
+                }
+                let record = self.get(id).await?;
+                Ok((record.features, Some(record.seq)))
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn embed_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
+        let image = decode::decode(bytes, self.config.max_image_pixels)?;
+        let mut features = self.embedder.embed(std::slice::from_ref(&image))?;
+        features
+            .pop()
+            .ok_or_else(|| Error::Internal("embedder returned no features".into()))
+    }
+
+    fn current_index(&self) -> Arc<Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn insert_features(&self, prepared: Prepared) -> Result<InsertOutcome> {
+        let record = Record {
+            id: prepared.id,
+            seq: 0,
+            features: prepared.features,
+            metadata: prepared.metadata,
+            inserted_at_ms: now_ms(),
+        };
+        let upsert = prepared.upsert;
+        let inserted = self.store.insert(&record, upsert)?;
+        self.store.flush()?;
+        {
+            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = inserted.replaced {
+                index.remove(old);
+            }
+            index.add(inserted.seq, &record.features);
+        }
+        self.maintenance.notify_one();
+        let duplicates = self.nearest(
+            &record.features,
+            self.config.max_duplicates,
+            self.config.duplicate_similarity,
+            Some(inserted.seq),
+        )?;
+        Ok(InsertOutcome {
+            id: record.id,
+            duplicates,
+            replaced: inserted.replaced.is_some(),
+        })
+    }
+
+    /// Searches the index, then re-ranks the candidates by exact cosine on
+    /// the stored full features (which also drops any that were deleted).
+    fn nearest(
+        &self,
+        query: &[f32],
+        k: usize,
+        min_similarity: f32,
+        exclude: Option<u64>,
+    ) -> Result<Vec<Match>> {
+        let index = self.current_index();
+        let candidates = match index.projection() {
+            Some(_) => k.saturating_mul(self.config.rerank_factor).max(k + 8),
+            None => k,
+        };
+        let hits: Vec<Hit> = index.search(query, candidates, exclude);
+        let mut matches = Vec::with_capacity(hits.len());
+        for hit in hits {
+            let Some(record) = self.store.get_by_seq(hit.seq)? else {
+                continue;
+            };
+            let similarity = dot(query, &record.features).clamp(-1.0, 1.0);
+            if similarity >= min_similarity {
+                matches.push(Match {
+                    id: record.id,
+                    similarity,
+                    metadata: record.metadata,
+                });
+            }
+        }
+        matches.sort_by(|a, b| {
+            b.similarity
+                .total_cmp(&a.similarity)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        matches.truncate(k);
+        Ok(matches)
+    }
+}
+
+/// Runs CPU-bound or blocking work off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("worker failed: {e}")))?
+}
+
+/// The id to store an image under: the caller's, or a content hash.
+fn image_id(image: &NewImage) -> Result<String> {
+    if image.image.is_empty() {
+        return Err(Error::BadImage("the image is empty (0 bytes)".into()));
+    }
+    if image.id.is_empty() {
+        let digest = Sha256::digest(&image.image);
+        return Ok(digest.iter().take(16).map(|b| format!("{b:02x}")).collect());
+    }
+    if image.id.len() > MAX_ID_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "id is {} bytes, the limit is {MAX_ID_BYTES}",
+            image.id.len()
+        )));
+    }
+    Ok(image.id.clone())
+}
+
+fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
+    let size: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_METADATA_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "metadata is {size} bytes, the limit is {MAX_METADATA_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+/// Records the model in a new database; refuses a database of another model.
+fn check_model(store: &dyn Store, model: &str) -> Result<()> {
+    match store.meta_get(META_MODEL)? {
+        Some(stored) if stored != model.as_bytes() => Err(Error::ModelMismatch(format!(
+            "this database was built with model '{}'; start with --model {} or use another --data-dir",
+            String::from_utf8_lossy(&stored),
+            String::from_utf8_lossy(&stored)
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            store.meta_put(META_MODEL, model.as_bytes())?;
+            store.flush()
+        }
+    }
+}
+
+fn load_projection(store: &dyn Store) -> Result<Option<Projection>> {
+    store
+        .meta_get(META_PCA)?
+        .map(|b| Projection::from_bytes(&b))
+        .transpose()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,300 @@
+//! The nearest-neighbour index over stored features.
+//!
+//! Two modes. Until the store holds enough images to fit a PCA, the index is
+//! exact: every stored feature vector is scanned. After that it is an HNSW
+//! graph (hnsw_rs, cosine) over the PCA projections, whose candidates the
+//! engine re-ranks on the full features.
+//!
+//! hnsw_rs cannot delete, so deleted or replaced points stay in the graph as
+//! tombstones that the search filter skips; the engine rebuilds the graph
+//! when they pile up. The index is a cache of the store: it is rebuilt from
+//! the store at start, and whenever the PCA is refitted.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, RwLock},
+};
+
+use hnsw_rs::prelude::{DistCosine, Hnsw};
+
+use crate::pca::{dot, Projection};
+
+/// hnsw_rs's `file_dump` only works with this many layers.
+const MAX_LAYER: usize = 16;
+
+/// Graph construction and search parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphParams {
+    pub m: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+}
+
+/// A search hit: the record's seq and its similarity in this index's space
+/// (exact cosine in exact mode, cosine of projections in graph mode).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub seq: u64,
+    pub similarity: f32,
+}
+
+enum Mode {
+    /// seq to full features, scanned linearly.
+    Exact(RwLock<HashMap<u64, Vec<f32>>>),
+    Graph {
+        projection: Arc<Projection>,
+        graph: Hnsw<'static, f32, DistCosine>,
+        params: GraphParams,
+    },
+}
+
+pub struct Index {
+    mode: Mode,
+    /// Graph points deleted or replaced since the graph was built.
+    tombstones: RwLock<HashSet<u64>>,
+}
+
+impl Index {
+    /// An empty exact index.
+    pub fn exact() -> Self {
+        Index {
+            mode: Mode::Exact(RwLock::new(HashMap::new())),
+            tombstones: RwLock::new(HashSet::new()),
+        }
+    }
+
+    /// An empty graph index over `projection`, sized for `capacity` points.
+    pub fn graph(projection: Arc<Projection>, params: GraphParams, capacity: usize) -> Self {
+        let graph = Hnsw::new(
+            params.m,
+            capacity.max(1024),
+            MAX_LAYER,
+            params.ef_construction,
+            DistCosine {},
+        );
+        Index {
+            mode: Mode::Graph {
+                projection,
+                graph,
+                params,
+            },
+            tombstones: RwLock::new(HashSet::new()),
+        }
+    }
+
+    /// The projection of a graph index.
+    pub fn projection(&self) -> Option<&Arc<Projection>> {
+        match &self.mode {
+            Mode::Exact(_) => None,
+            Mode::Graph { projection, .. } => Some(projection),
+        }
+    }
+
+    /// Adds one record's full features.
+    pub fn add(&self, seq: u64, features: &[f32]) {
+        match &self.mode {
+            Mode::Exact(map) => {
+                write(map).insert(seq, features.to_vec());
+            }
+            Mode::Graph {
+                projection, graph, ..
+            } => graph.insert_slice((&projection.project(features), seq as usize)),
+        }
+    }
+
+    /// Adds many records, in parallel where the mode allows.
+    pub fn add_batch(&self, batch: &[(u64, Vec<f32>)]) {
+        match &self.mode {
+            Mode::Exact(map) => {
+                let mut map = write(map);
+                for (seq, features) in batch {
+                    map.insert(*seq, features.clone());
+                }
+            }
+            Mode::Graph {
+                projection, graph, ..
+            } => {
+                let projected: Vec<(Vec<f32>, usize)> = batch
+                    .iter()
+                    .map(|(seq, f)| (projection.project(f), *seq as usize))
+                    .collect();
+                let refs: Vec<(&[f32], usize)> =
+                    projected.iter().map(|(v, s)| (v.as_slice(), *s)).collect();
+                graph.parallel_insert_slice(&refs);
+            }
+        }
+    }
+
+    /// Forgets a record (deleted, or replaced by a newer seq).
+    pub fn remove(&self, seq: u64) {
+        match &self.mode {
+            Mode::Exact(map) => {
+                write(map).remove(&seq);
+            }
+            Mode::Graph { .. } => {
+                write(&self.tombstones).insert(seq);
+            }
+        }
+    }
+
+    /// Carries tombstones over from the index this one replaces: those that
+    /// may name a point this index holds (seq at most `built_upto`).
+    pub fn inherit_tombstones(&self, old: &Index, built_upto: u64) {
+        if let Mode::Exact(_) = self.mode {
+            return;
+        }
+        let old = read(&old.tombstones);
+        write(&self.tombstones).extend(old.iter().filter(|&&s| s <= built_upto));
+    }
+
+    /// Points held, tombstones included.
+    pub fn size(&self) -> usize {
+        match &self.mode {
+            Mode::Exact(map) => read(map).len(),
+            Mode::Graph { graph, .. } => graph.get_nb_point(),
+        }
+    }
+
+    pub fn tombstones(&self) -> usize {
+        read(&self.tombstones).len()
+    }
+
+    /// Up to `n` nearest records to `query` (full, L2-normalised features),
+    /// best first, never `exclude`.
+    pub fn search(&self, query: &[f32], n: usize, exclude: Option<u64>) -> Vec<Hit> {
+        match &self.mode {
+            Mode::Exact(map) => exact_search(&read(map), query, n, exclude),
+            Mode::Graph {
+                projection,
+                graph,
+                params,
+            } => {
+                let tombstones = read(&self.tombstones);
+                let keep = |id: &usize| {
+                    let seq = *id as u64;
+                    Some(seq) != exclude && !tombstones.contains(&seq)
+                };
+                let q = projection.project(query);
+                let ef = params.ef_search.max(n);
+                let mut seen = HashSet::new();
+                graph
+                    .search_filter(&q, n, ef, Some(&keep))
+                    .into_iter()
+                    // A point re-added during a rebuild may appear twice.
+                    .filter(|nb| seen.insert(nb.d_id))
+                    .map(|nb| Hit {
+                        seq: nb.d_id as u64,
+                        similarity: 1.0 - nb.distance,
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+fn exact_search(
+    map: &HashMap<u64, Vec<f32>>,
+    query: &[f32],
+    n: usize,
+    exclude: Option<u64>,
+) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = map
+        .iter()
+        .filter(|(seq, _)| Some(**seq) != exclude)
+        .map(|(&seq, f)| Hit {
+            seq,
+            similarity: dot(query, f),
+        })
+        .collect();
+    let by_similarity = |a: &Hit, b: &Hit| {
+        b.similarity
+            .total_cmp(&a.similarity)
+            .then(a.seq.cmp(&b.seq))
+    };
+    if hits.len() > n {
+        hits.select_nth_unstable_by(n, by_similarity);
+        hits.truncate(n);
+    }
+    hits.sort_by(by_similarity);
+    hits
+}
+
+/// Locks never stay poisoned here: every critical section is a plain
+/// collection update that cannot leave the collection half-changed.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    fn unit(v: Vec<f32>) -> Vec<f32> {
+        let n = dot(&v, &v).sqrt();
+        v.into_iter().map(|x| x / n).collect()
+    }
+
+    fn points(n: usize, dim: usize) -> Vec<(u64, Vec<f32>)> {
+        let mut rng = StdRng::seed_from_u64(3);
+        (1..=n as u64)
+            .map(|seq| {
+                (
+                    seq,
+                    unit((0..dim).map(|_| rng.random_range(0.0..1.0)).collect()),
+                )
+            })
+            .collect()
+    }
+
+    fn fill(index: &Index, pts: &[(u64, Vec<f32>)]) {
+        index.add_batch(pts);
+    }
+
+    #[test]
+    fn exact_mode_finds_itself_and_honours_exclude_and_remove() {
+        let pts = points(50, 16);
+        let index = Index::exact();
+        fill(&index, &pts);
+        let hits = index.search(&pts[7].1, 3, None);
+        assert_eq!(hits[0].seq, pts[7].0);
+        assert!((hits[0].similarity - 1.0).abs() < 1e-5);
+        assert!(hits.windows(2).all(|w| w[0].similarity >= w[1].similarity));
+        assert_ne!(index.search(&pts[7].1, 3, Some(pts[7].0))[0].seq, pts[7].0);
+        index.remove(pts[7].0);
+        assert_ne!(index.search(&pts[7].1, 1, None)[0].seq, pts[7].0);
+        assert_eq!(index.size(), 49);
+    }
+
+    #[test]
+    fn graph_mode_finds_itself_and_skips_tombstones() {
+        let pts = points(400, 32);
+        let samples: Vec<Vec<f32>> = pts.iter().map(|(_, v)| v.clone()).collect();
+        let projection = Arc::new(Projection::fit(&samples, 16, samples.len()).expect("fit"));
+        let params = GraphParams {
+            m: 16,
+            ef_construction: 100,
+            ef_search: 64,
+        };
+        let index = Index::graph(projection, params, pts.len());
+        fill(&index, &pts);
+        let mut found = 0;
+        for (seq, v) in &pts {
+            if index.search(v, 1, None).first().map(|h| h.seq) == Some(*seq) {
+                found += 1;
+            }
+        }
+        assert!(found >= 396, "only {found} of 400 points found themselves");
+        index.remove(pts[0].0);
+        assert!(index
+            .search(&pts[0].1, 10, None)
+            .iter()
+            .all(|h| h.seq != pts[0].0));
+        assert_eq!(index.tombstones(), 1);
+        assert_eq!(index.size(), 400);
+    }
+}

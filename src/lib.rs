@@ -1,0 +1,23 @@
+//! lookalike: an image-similarity database daemon.
+//!
+//! A request flows through one module per stage: [`decode`] (bytes to
+//! pixels) → [`embed`] (pixels to CNN features) → [`pca`] (features to the
+//! compact space the graph uses) → [`index`] (HNSW) and [`store`] (sled) →
+//! [`engine`] (the operations, tying the stages together) → [`api`] (gRPC),
+//! served by [`server`].
+
+pub mod api;
+pub mod augment;
+pub mod config;
+pub mod decode;
+pub mod embed;
+pub mod engine;
+pub mod error;
+pub mod index;
+pub mod pca;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use engine::Engine;
+pub use error::{Error, Result};

@@ -1,0 +1,77 @@
+//! The `lookalike` binary: `serve` runs the daemon; the other subcommands
+//! are a gRPC client for it.
+
+mod client;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use lookalike::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lookalike",
+    version,
+    about = "Image-similarity database daemon and client"
+)]
+struct Cli {
+    #[command(flatten)]
+    client: client::ClientArgs,
+    #[command(subcommand)]
+    command: TopCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum TopCommand {
+    /// Run the daemon.
+    Serve(Config),
+    #[command(flatten)]
+    Client(client::Command),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("LOOKALIKE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        TopCommand::Serve(config) => runtime.block_on(serve(config)),
+        TopCommand::Client(command) => runtime.block_on(client::run(cli.client, command)),
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let announce = |addr| {
+        // Scripts and tests read this line to learn the port.
+        println!("lookalike listening on {addr}");
+    };
+    lookalike::server::run(config, announce, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,91 @@
+//! The daemon: binds the port, serves the `Lookalike` service with gRPC
+//! reflection (v1 and v1alpha) and health (Check and Watch), loads the index
+//! in the background, and shuts down cleanly.
+//!
+//! Health reports NOT_SERVING, for the whole server ("") and for
+//! `lookalike.v1.Lookalike`, until the index is loaded; load balancers and
+//! `grpc_health_probe` can wait on it.
+
+use std::{future::Future, net::SocketAddr};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic_health::{server::HealthReporter, ServingStatus};
+use tower::util::MapResponseLayer;
+
+use crate::api::{proto, proto::lookalike_server::LookalikeServer, service::Service, status};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+
+/// The name health and reflection know the service by.
+const SERVICE_NAME: &str = <LookalikeServer<Service> as NamedService>::NAME;
+
+/// Runs the daemon until `shutdown` resolves. `on_listening` gets the bound
+/// address (useful with port 0).
+pub async fn run(
+    config: Config,
+    on_listening: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("local address: {e}")))?;
+    let max_message = config.max_message_bytes;
+    let engine = tokio::task::spawn_blocking(move || Engine::open(config))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::NotServing).await;
+    let loader = tokio::spawn(load_then_serve(engine.clone(), reporter.clone()));
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e| Error::Internal(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+    let lookalike = LookalikeServer::new(Service::new(engine.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+
+    on_listening(addr);
+    tracing::info!(%addr, "serving");
+    let served = tonic::transport::Server::builder()
+        .layer(MapResponseLayer::new(
+            status::oversize_as_resource_exhausted,
+        ))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(lookalike)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    loader.abort();
+    set_health(&reporter, ServingStatus::NotServing).await;
+    let closed = engine.close();
+    served.map_err(|e| Error::Internal(format!("server failed: {e}")))?;
+    closed
+}
+
+async fn load_then_serve(engine: Engine, reporter: HealthReporter) {
+    match engine.load_index().await {
+        Ok(()) => {
+            engine.spawn_maintenance();
+            set_health(&reporter, ServingStatus::Serving).await;
+        }
+        Err(e) => tracing::error!(error = %e, "cannot load the index; staying NOT_SERVING"),
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}

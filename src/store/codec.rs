@@ -1,0 +1,139 @@
+//! Binary encoding of a [`Record`] value in the store.
+//!
+//! Features are the bulk of a record (1280 floats), so a compact fixed
+//! layout beats a text format: version byte, id, insert time, features as
+//! little-endian f32, then metadata pairs; every length a u32.
+
+use std::collections::BTreeMap;
+
+use super::Record;
+use crate::error::{Error, Result};
+
+const VERSION: u8 = 1;
+
+pub fn encode(record: &Record) -> Vec<u8> {
+    let meta_len: usize = record
+        .metadata
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len())
+        .sum();
+    let mut out = Vec::with_capacity(17 + record.id.len() + 4 * record.features.len() + meta_len);
+    out.push(VERSION);
+    put_bytes(&mut out, record.id.as_bytes());
+    out.extend_from_slice(&record.inserted_at_ms.to_le_bytes());
+    out.extend_from_slice(&(record.features.len() as u32).to_le_bytes());
+    for v in &record.features {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&(record.metadata.len() as u32).to_le_bytes());
+    for (k, v) in &record.metadata {
+        put_bytes(&mut out, k.as_bytes());
+        put_bytes(&mut out, v.as_bytes());
+    }
+    out
+}
+
+pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record> {
+    let mut r = Reader { bytes, pos: 0, seq };
+    let version = r.take(1)?[0];
+    if version != VERSION {
+        return Err(r.corrupt(&format!("unknown record version {version}")));
+    }
+    let id = r.string()?;
+    let inserted_at_ms = i64::from_le_bytes(r.array()?);
+    let dim = r.u32()? as usize;
+    let features = r
+        .take(
+            dim.checked_mul(4)
+                .ok_or_else(|| r.corrupt("feature length overflows"))?,
+        )?
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let pairs = r.u32()?;
+    let mut metadata = BTreeMap::new();
+    for _ in 0..pairs {
+        let k = r.string()?;
+        metadata.insert(k, r.string()?);
+    }
+    Ok(Record {
+        id,
+        seq,
+        features,
+        metadata,
+        inserted_at_ms,
+    })
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    seq: u64,
+}
+
+impl<'a> Reader<'a> {
+    fn corrupt(&self, what: &str) -> Error {
+        Error::Storage(format!("record seq {} is corrupt: {what}", self.seq))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or_else(|| self.corrupt("truncated"))?;
+        let slice = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let len = self.u32()? as usize;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.corrupt("string is not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let record = Record {
+            id: "photo-1".into(),
+            seq: 42,
+            features: vec![0.5, -1.25, 3.0],
+            metadata: [("camera".to_string(), "x100".to_string())].into(),
+            inserted_at_ms: 1_700_000_000_000,
+        };
+        assert_eq!(decode(42, &encode(&record)).expect("decode"), record);
+    }
+
+    #[test]
+    fn truncation_is_an_error_not_a_panic() {
+        let record = Record {
+            id: "a".into(),
+            seq: 1,
+            features: vec![1.0; 8],
+            metadata: BTreeMap::new(),
+            inserted_at_ms: 0,
+        };
+        let bytes = encode(&record);
+        for cut in 0..bytes.len() {
+            assert!(decode(1, &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Persistence of image records.
+//!
+//! A record is what lookalike keeps per image: its id, the full
+//! L2-normalised CNN features, the caller's metadata and the insert time
+//! (never the pixels). Each record also gets a `seq`, a number unique for
+//! the life of the database, which is what the ANN index stores: ids are
+//! arbitrary strings, HNSW wants integers, and a replaced image gets a new
+//! seq so the stale graph node can be filtered out.
+//!
+//! The engine sees only the [`Store`] trait; [`SledStore`] is the embedded
+//! implementation.
+
+mod codec;
+mod sled_store;
+
+use std::collections::BTreeMap;
+
+pub use sled_store::SledStore;
+
+use crate::error::Result;
+
+/// One stored image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub id: String,
+    pub seq: u64,
+    pub features: Vec<f32>,
+    pub metadata: BTreeMap<String, String>,
+    pub inserted_at_ms: i64,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inserted {
+    /// The new record's seq.
+    pub seq: u64,
+    /// The seq of the record it replaced (upsert), if any.
+    pub replaced: Option<u64>,
+}
+
+/// Durable storage of records plus small named blobs (model name, PCA).
+pub trait Store: Send + Sync + 'static {
+    /// Stores `record` under a fresh seq (the `seq` field is ignored). Fails
+    /// with `AlreadyExists` when the id is taken and `upsert` is false.
+    fn insert(&self, record: &Record, upsert: bool) -> Result<Inserted>;
+    /// The record with this id.
+    fn get(&self, id: &str) -> Result<Option<Record>>;
+    /// The record with this seq (`None` once deleted or replaced).
+    fn get_by_seq(&self, seq: u64) -> Result<Option<Record>>;
+    /// Removes the record with this id; returns its seq.
+    fn delete(&self, id: &str) -> Result<Option<u64>>;
+    /// Number of stored records.
+    fn len(&self) -> usize;
+    /// Whether no record is stored.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Highest seq handed out so far (0 when none).
+    fn last_seq(&self) -> Result<u64>;
+    /// Records with seq greater than `after`, in seq order.
+    fn scan_after(&self, after: u64) -> Box<dyn Iterator<Item = Result<Record>> + Send + '_>;
+    /// A named blob.
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Stores a named blob (durable once [`Store::flush`] returns).
+    fn meta_put(&self, key: &str, value: &[u8]) -> Result<()>;
+    /// Makes every write so far durable (fsync).
+    fn flush(&self) -> Result<()>;
+}

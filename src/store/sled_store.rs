@@ -1,0 +1,218 @@
+//! [`Store`] on sled, the embedded default.
+//!
+//! Three trees: `records` (seq, big-endian so iteration is in seq order, to
+//! the encoded record), `ids` (id to seq) and `meta` (named blobs). An
+//! insert or delete touches `records` and `ids` in one transaction, so the
+//! two never disagree after a crash.
+
+use std::{
+    path::Path,
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use sled::{
+    transaction::{ConflictableTransactionError, TransactionError},
+    Transactional,
+};
+
+use super::{codec, Inserted, Record, Store};
+use crate::error::{Error, Result};
+
+pub struct SledStore {
+    db: sled::Db,
+    records: sled::Tree,
+    ids: sled::Tree,
+    meta: sled::Tree,
+    /// sled's own `len` walks the whole tree; this is kept in step instead.
+    count: AtomicUsize,
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 << 20)
+            .open()
+            .map_err(|e| Error::Storage(format!("cannot open sled at '{}': {e}", dir.display())))?;
+        let records = db.open_tree("records")?;
+        let ids = db.open_tree("ids")?;
+        let meta = db.open_tree("meta")?;
+        let count = AtomicUsize::new(ids.len());
+        Ok(SledStore {
+            db,
+            records,
+            ids,
+            meta,
+            count,
+        })
+    }
+}
+
+fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn seq_from(bytes: &[u8]) -> Result<u64> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| Error::Storage(format!("bad seq key of {} bytes", bytes.len())))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+/// Unwraps a transaction error into ours.
+fn tx_error(e: TransactionError<Error>) -> Error {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => e.into(),
+    }
+}
+
+impl Store for SledStore {
+    fn insert(&self, record: &Record, upsert: bool) -> Result<Inserted> {
+        // generate_id is unique and increasing across restarts.
+        let seq = self.db.generate_id()? + 1;
+        let value = codec::encode(record);
+        let replaced = (&self.records, &self.ids)
+            .transaction(|(records, ids)| {
+                let old = ids.get(record.id.as_bytes())?;
+                if old.is_some() && !upsert {
+                    return Err(ConflictableTransactionError::Abort(Error::AlreadyExists(
+                        record.id.clone(),
+                    )));
+                }
+                let old = match old {
+                    Some(bytes) => {
+                        let old = seq_from(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                        records.remove(&seq_key(old))?;
+                        Some(old)
+                    }
+                    None => None,
+                };
+                ids.insert(record.id.as_bytes(), &seq_key(seq))?;
+                records.insert(&seq_key(seq), value.as_slice())?;
+                Ok(old)
+            })
+            .map_err(tx_error)?;
+        if replaced.is_none() {
+            self.count.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(Inserted { seq, replaced })
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Record>> {
+        match self.ids.get(id.as_bytes())? {
+            Some(seq) => self.get_by_seq(seq_from(&seq)?),
+            None => Ok(None),
+        }
+    }
+
+    fn get_by_seq(&self, seq: u64) -> Result<Option<Record>> {
+        match self.records.get(seq_key(seq))? {
+            Some(bytes) => Ok(Some(codec::decode(seq, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn delete(&self, id: &str) -> Result<Option<u64>> {
+        let removed = (&self.records, &self.ids)
+            .transaction(|(records, ids)| match ids.remove(id.as_bytes())? {
+                Some(bytes) => {
+                    let seq = seq_from(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                    records.remove(&seq_key(seq))?;
+                    Ok(Some(seq))
+                }
+                None => Ok(None),
+            })
+            .map_err(tx_error)?;
+        if removed.is_some() {
+            self.count.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(removed)
+    }
+
+    fn len(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    fn last_seq(&self) -> Result<u64> {
+        match self.records.last()? {
+            Some((key, _)) => seq_from(&key),
+            None => Ok(0),
+        }
+    }
+
+    fn scan_after(&self, after: u64) -> Box<dyn Iterator<Item = Result<Record>> + Send + '_> {
+        let start = seq_key(after.saturating_add(1));
+        Box::new(self.records.range(start..).map(|item| {
+            let (key, value) = item?;
+            codec::decode(seq_from(&key)?, &value)
+        }))
+    }
+
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(key.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.meta.insert(key.as_bytes(), value)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, x: f32) -> Record {
+        Record {
+            id: id.into(),
+            seq: 0,
+            features: vec![x, 1.0 - x],
+            metadata: [("k".to_string(), id.to_string())].into(),
+            inserted_at_ms: 7,
+        }
+    }
+
+    #[test]
+    fn insert_get_delete_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b);
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            a = store.insert(&record("a", 0.1), false).expect("insert a");
+            b = store.insert(&record("b", 0.2), false).expect("insert b");
+            assert!(b.seq > a.seq);
+            assert!(matches!(
+                store.insert(&record("a", 0.3), false),
+                Err(Error::AlreadyExists(_))
+            ));
+            assert_eq!(store.len(), 2);
+            store.flush().expect("flush");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.len(), 2);
+        let got = store.get("b").expect("get").expect("present");
+        assert_eq!(got.features, vec![0.2, 0.8]);
+        assert_eq!(got.seq, b.seq);
+        assert_eq!(store.last_seq().expect("last"), b.seq);
+
+        let c = store.insert(&record("a", 0.9), true).expect("upsert");
+        assert_eq!(c.replaced, Some(a.seq));
+        assert!(c.seq > b.seq);
+        assert!(store.get_by_seq(a.seq).expect("get").is_none());
+        assert_eq!(store.len(), 2);
+
+        assert_eq!(store.delete("b").expect("delete"), Some(b.seq));
+        assert_eq!(store.delete("b").expect("delete again"), None);
+        assert!(store.get("b").expect("get").is_none());
+        let ids: Vec<String> = store.scan_after(0).map(|r| r.expect("scan").id).collect();
+        assert_eq!(ids, vec!["a".to_string()]);
+        assert_eq!(store.len(), 1);
+    }
+}

@@ -143,7 +143,7 @@ impl Config {
                 self.pca_min_images
             ));
         }
-        if !(self.pca_refit_growth > 1.0) {
+        if self.pca_refit_growth.is_nan() || self.pca_refit_growth <= 1.0 {
             return bad(format!(
                 "--pca-refit-growth must be above 1, got {}",
                 self.pca_refit_growth

@@ -45,6 +45,12 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
         )));
     }
     let mut reader = reader()?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) && jpeg_is_truncated(bytes) {
+        return Err(Error::BadImage(format!(
+            "the JPEG is truncated ({} bytes, no end-of-image marker after its scan data)",
+            bytes.len()
+        )));
+    }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
@@ -55,6 +61,20 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
         other => Error::BadImage(other.to_string()),
     })?;
     Ok(image.into_rgb8())
+}
+
+/// The JPEG decoder pads a cut-off file with grey instead of failing, which
+/// would store a half-blank picture. A complete JPEG ends its last scan with
+/// an EOI marker (FF D9); entropy-coded data never contains FF D9 (0xFF is
+/// stuffed as FF 00), so the last EOI must come after the last SOS (FF DA).
+/// An embedded EXIF thumbnail has its own SOS and EOI, both early in the file.
+fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi < sos,
+        (_, None) => true,
+        (None, Some(_)) => false,
+    }
 }
 
 fn hex_prefix(bytes: &[u8]) -> String {
@@ -131,6 +151,25 @@ mod tests {
         assert!(matches!(
             decode(&bytes[..bytes.len() / 2], 1 << 20),
             Err(Error::BadImage(_))
+        ));
+    }
+
+    #[test]
+    fn truncated_jpeg_is_a_bad_image() {
+        let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 9]));
+        let mut bytes = Vec::new();
+        img.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+            .expect("encode jpeg");
+        assert_eq!(
+            decode(&bytes, 1 << 20).expect("whole").dimensions(),
+            (64, 48)
+        );
+        let mut trailing = bytes.clone();
+        trailing.extend_from_slice(b"trailing bytes after EOI are common");
+        assert!(decode(&trailing, 1 << 20).is_ok());
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 20], 1 << 20),
+            Err(Error::BadImage(m)) if m.contains("truncated")
         ));
     }
 

@@ -112,7 +112,7 @@ impl Projection {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        if floats.len() != in_dim * (out_dim + 1) || (bytes.len() - 20) % 4 != 0 {
+        if floats.len() != in_dim * (out_dim + 1) || !(bytes.len() - 20).is_multiple_of(4) {
             return Err(corrupt("length does not match dimensions"));
         }
         Ok(Projection {

@@ -72,7 +72,7 @@ async fn bad_inputs_get_clear_statuses_and_the_daemon_keeps_serving() {
         "empty",
     );
     expect(
-        c.insert(insert_req("x", b"GIF89a but not really".to_vec()))
+        c.insert(insert_req("x", b"this is not an image".to_vec()))
             .await,
         Code::InvalidArgument,
         "decode",

@@ -16,6 +16,9 @@
 #                         (default: ${XDG_CACHE_HOME:-~/.cache}/lookalike-test-data)
 #   PYTHON                python3 used to create the cache venv (default: python3)
 #
+# Shared helpers (GCompris README parser, sRGB conversion, dHash, ...) are in
+# scripts/lookalike_data.py.
+#
 # Needs: python3 (with venv + pip), network access to PyPI and a Debian
 # mirror, and either `apt-get download` (Debian bookworm sources) or curl;
 # dpkg-deb or ar+tar to unpack the .deb.
@@ -180,15 +183,16 @@ EOF
 
 # --- build -------------------------------------------------------------------
 log "writing $OUT_DIR"
-MANIFEST="$MANIFEST" "$PY" - "$OUT_DIR" "$SKI_EXTRACT" "$RCC_EXTRACT" \
+MANIFEST="$MANIFEST" PYTHONPATH="$ROOT/scripts${PYTHONPATH:+:$PYTHONPATH}" "$PY" - "$OUT_DIR" "$SKI_EXTRACT" "$RCC_EXTRACT" \
     "$SKIMAGE_VERSION" "$GCOMPRIS_PKG" "$GCOMPRIS_VERSION" <<'PYEOF'
 import hashlib, io, os, re, sys
-from PIL import Image, ImageCms
+from PIL import Image
+from lookalike_data import (dhash, find_readme, is_free_licence, parse_gcompris_readme,
+                            readme_licence, to_srgb, write_if_changed)
 
 out_dir, ski_root, rcc_root, ski_ver, gc_pkg, gc_ver = sys.argv[1:7]
 MAX_SIDE = 640
 VERBATIM = {"chelsea.png", "coffee.png", "skimage-rocket.jpg"}  # copied byte for byte
-OK_LICENCES = {"public domain", "cc0-1.0"}
 # Upstream sources named in skimage/data/_fetchers.py.
 SKI_SOURCE = {
     "chelsea.png": "skimage.data.chelsea()",
@@ -196,70 +200,6 @@ SKI_SOURCE = {
     "astronaut.png": "skimage.data.astronaut(): https://flic.kr/p/r9qvLn",
     "rocket.jpg": "skimage.data.rocket(): https://www.flickr.com/photos/spacexphotos/16511594820/",
 }
-
-
-def parse_gcompris_readme(path):
-    """Map file name -> {Copyright, Source, License, ...} from a GCompris README.
-
-    Blocks are separated by blank lines; "Files:" is followed by names on the
-    same line and/or on the following lines.
-    """
-    info = {}
-    blocks = re.split(r"\n\s*\n", open(path, encoding="utf-8").read())
-    for block in blocks:
-        fields, files, key = {}, [], None
-        for line in block.splitlines():
-            m = re.match(r"^([A-Za-z]+):\s*(.*)$", line)
-            if m:
-                key, val = m.group(1), m.group(2).strip()
-                if key == "Files":
-                    files += val.split()
-                else:
-                    fields[key] = val
-            elif key == "Files":
-                files += line.split()
-            elif key and line.strip():
-                fields[key] = (fields.get(key, "") + " " + line.strip()).strip()
-        for f in files:
-            info[f] = fields
-    return info
-
-
-def find_readme(img_path):
-    """The README closest to the image (same directory or a parent)."""
-    d = os.path.dirname(img_path)
-    while len(d) > len(rcc_root):
-        if os.path.isfile(os.path.join(d, "README")):
-            return os.path.join(d, "README")
-        d = os.path.dirname(d)
-    raise SystemExit("no README for %s" % img_path)
-
-
-def to_srgb(im):
-    """RGB image in sRGB: apply an embedded ICC profile, drop alpha."""
-    icc = im.info.get("icc_profile")
-    im = im.convert("RGB")
-    if icc:
-        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        dst = ImageCms.createProfile("sRGB")
-        im = ImageCms.profileToProfile(im, src, dst, renderingIntent=0, outputMode="RGB")
-    return im
-
-
-def dhash(im, size=8):
-    px = im.convert("L").resize((size + 1, size), Image.LANCZOS).tobytes()
-    return sum(1 << i for i in range(size * size)
-               if px[(i // size) * (size + 1) + i % size] > px[(i // size) * (size + 1) + i % size + 1])
-
-
-def write_if_changed(path, data):
-    if os.path.exists(path) and open(path, "rb").read() == data:
-        return False
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return True
 
 
 rows, seen_src, hashes = [], {}, {}
@@ -276,12 +216,12 @@ for line in os.environ["MANIFEST"].strip().splitlines():
         path = os.path.join(rcc_root, bundle[:-len(".rcc")], rel.lstrip("/"))
         package = "Debian %s %s" % (gc_pkg, gc_ver)
         orig = "usr/share/gcompris-qt/rcc/%s:%s" % (bundle, rel)
-        readme = find_readme(path)
+        readme = find_readme(path, rcc_root)
         meta = parse_gcompris_readme(readme).get(os.path.relpath(path, os.path.dirname(readme)))
         if meta is None:
             raise SystemExit("%s is not listed in %s" % (path, readme))
-        author, licence, url = meta.get("Copyright", "?"), meta.get("License", "?"), meta.get("Source", "")
-        if licence.lower() not in OK_LICENCES:
+        author, licence, url = meta.get("Copyright", "?"), readme_licence(meta), meta.get("Source", "")
+        if not is_free_licence(licence):
             raise SystemExit("%s: licence %r is not CC0/public domain" % (src, licence))
         if meta.get("Comments"):
             url = (url + " (GCompris: %s)" % meta["Comments"]).strip()

@@ -32,6 +32,15 @@ pub struct Config {
     #[arg(long, env = "LOOKALIKE_WEIGHTS")]
     pub weights: Option<PathBuf>,
 
+    /// Threads one embedding pass may use (0: one per core).
+    #[arg(long, env = "LOOKALIKE_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
+    /// How long the embedding worker waits for more requests to batch with
+    /// one that has arrived, in milliseconds.
+    #[arg(long, env = "LOOKALIKE_BATCH_BUDGET_MS", default_value_t = 2.0)]
+    pub batch_budget_ms: f64,
+
     /// Largest accepted request message, in bytes (tonic's default is 4 MiB).
     #[arg(long, env = "LOOKALIKE_MAX_MESSAGE_BYTES", default_value_t = 32 << 20)]
     pub max_message_bytes: usize,
@@ -105,6 +114,8 @@ impl Config {
             data_dir: data_dir.into(),
             model: ModelKind::EfficientNetLite0,
             weights: None,
+            threads: 0,
+            batch_budget_ms: 2.0,
             max_message_bytes: 32 << 20,
             max_image_pixels: 100_000_000,
             pca_min_images: 1000,
@@ -154,6 +165,9 @@ impl Config {
         }
         if !(-1.0..=1.0).contains(&self.duplicate_similarity) {
             return bad("--duplicate-similarity must be in [-1, 1]".into());
+        }
+        if !(0.0..=1000.0).contains(&self.batch_budget_ms) {
+            return bad("--batch-budget-ms must be in [0, 1000]".into());
         }
         if self.max_k == 0 || self.rerank_factor == 0 {
             return bad("--max-k and --rerank-factor must be positive".into());

@@ -3,36 +3,66 @@
 //! First stage of every request that carries an image: decode the encoded
 //! bytes (JPEG, PNG, WebP, GIF, BMP, TIFF) under a pixel limit, so a
 //! decompression bomb is refused before it allocates, then resize the shorter
-//! side and centre-crop to the network's square input, scaled to about [-1, 1] in
-//! channel-major (CHW) order.
+//! side and centre-crop to the network's square input, scaled to about
+//! [-1, 1], pixel-major (HWC) order.
 
 use std::io::Cursor;
 
-use image::{imageops, imageops::FilterType, ImageReader, RgbImage};
+use image::{imageops, imageops::FilterType, ImageDecoder, ImageReader, RgbImage};
 
 use crate::error::{Error, Result};
 
-/// Decodes an encoded image into RGB, refusing images over `max_pixels`.
+/// Decodes an encoded image into RGB at full size, refusing images over
+/// `max_pixels`, with its EXIF orientation applied.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
+    decode_at_least(bytes, max_pixels, u32::MAX)
+}
+
+/// Like [`decode`], but a JPEG may be decoded at a reduced scale (1/2, 1/4
+/// or 1/8, done in the DCT: much faster than decoding in full and shrinking)
+/// as long as its shorter side stays at least `min_short_side`.
+pub fn decode_at_least(bytes: &[u8], max_pixels: u64, min_short_side: u32) -> Result<RgbImage> {
+    let probe = probe(bytes, max_pixels)?;
+    let scaled = match probe.format {
+        image::ImageFormat::Jpeg if probe.width.min(probe.height) / 2 >= min_short_side => {
+            decode_jpeg_scaled(bytes, &probe, min_short_side)?
+        }
+        _ => None,
+    };
+    let image = match scaled {
+        Some(image) => image,
+        None => decode_full(bytes, &probe)?,
+    };
+    let mut image = image::DynamicImage::ImageRgb8(image);
+    image.apply_orientation(probe.orientation);
+    Ok(image.into_rgb8())
+}
+
+/// What the headers say, checked against the limits.
+struct Probe {
+    format: image::ImageFormat,
+    width: u32,
+    height: u32,
+    orientation: image::metadata::Orientation,
+}
+
+fn probe(bytes: &[u8], max_pixels: u64) -> Result<Probe> {
     if bytes.is_empty() {
         return Err(Error::BadImage("the image is empty (0 bytes)".into()));
     }
-    let reader = || -> Result<ImageReader<Cursor<&[u8]>>> {
-        let reader = ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| Error::BadImage(e.to_string()))?;
-        if reader.format().is_none() {
-            return Err(Error::BadImage(format!(
-                "unrecognised format ({} bytes starting {}); expected JPEG, PNG, WebP, GIF, BMP or TIFF",
-                bytes.len(),
-                hex_prefix(bytes)
-            )));
-        }
-        Ok(reader)
-    };
-    let (width, height) = reader()?
-        .into_dimensions()
-        .map_err(|e| Error::BadImage(e.to_string()))?;
+    let reader = reader(bytes)?;
+    let format = reader.format().ok_or_else(|| {
+        Error::BadImage(format!(
+            "unrecognised format ({} bytes starting {}); expected JPEG, PNG, WebP, GIF, BMP or TIFF",
+            bytes.len(),
+            hex_prefix(bytes)
+        ))
+    })?;
+    let mut decoder = reader.into_decoder().map_err(bad_image)?;
+    let (width, height) = decoder.dimensions();
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let pixels = u64::from(width) * u64::from(height);
     if pixels == 0 {
         return Err(Error::BadImage(format!(
@@ -44,23 +74,75 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
             "{width}x{height} = {pixels} pixels, over the limit of {max_pixels}"
         )));
     }
-    let mut reader = reader()?;
-    if reader.format() == Some(image::ImageFormat::Jpeg) && jpeg_is_truncated(bytes) {
+    if format == image::ImageFormat::Jpeg && jpeg_is_truncated(bytes) {
         return Err(Error::BadImage(format!(
             "the JPEG is truncated ({} bytes, no end-of-image marker after its scan data)",
             bytes.len()
         )));
     }
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(width);
-    limits.max_image_height = Some(height);
-    limits.max_alloc = Some(pixels.saturating_mul(16).max(64 << 20));
-    reader.limits(limits);
-    let image = reader.decode().map_err(|e| match e {
+    Ok(Probe {
+        format,
+        width,
+        height,
+        orientation,
+    })
+}
+
+fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>> {
+    ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::BadImage(e.to_string()))
+}
+
+fn bad_image(e: image::ImageError) -> Error {
+    match e {
         image::ImageError::Limits(l) => Error::TooLarge(l.to_string()),
         other => Error::BadImage(other.to_string()),
-    })?;
-    Ok(image.into_rgb8())
+    }
+}
+
+/// Full decode with the `image` crate, allocation bounded by the probe.
+fn decode_full(bytes: &[u8], probe: &Probe) -> Result<RgbImage> {
+    let mut reader = reader(bytes)?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(probe.width);
+    limits.max_image_height = Some(probe.height);
+    let pixels = u64::from(probe.width) * u64::from(probe.height);
+    limits.max_alloc = Some(pixels.saturating_mul(16).max(64 << 20));
+    reader.limits(limits);
+    Ok(reader.decode().map_err(bad_image)?.into_rgb8())
+}
+
+/// DCT-scaled JPEG decode; `None` for layouts it does not handle (CMYK,
+/// 16-bit), which then take the full path.
+fn decode_jpeg_scaled(
+    bytes: &[u8],
+    probe: &Probe,
+    min_short_side: u32,
+) -> Result<Option<RgbImage>> {
+    let short = probe.width.min(probe.height);
+    let want = |side: u32| (u64::from(side) * u64::from(min_short_side)).div_ceil(u64::from(short));
+    let (w, h) = (want(probe.width), want(probe.height));
+    let (Ok(w), Ok(h)) = (u16::try_from(w), u16::try_from(h)) else {
+        return Ok(None);
+    };
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder
+        .scale(w, h)
+        .map_err(|e| Error::BadImage(e.to_string()))?;
+    let pixels = decoder
+        .decode()
+        .map_err(|e| Error::BadImage(e.to_string()))?;
+    let Some(info) = decoder.info() else {
+        return Ok(None);
+    };
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    let rgb = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => pixels,
+        jpeg_decoder::PixelFormat::L8 => pixels.iter().flat_map(|&v| [v, v, v]).collect(),
+        _ => return Ok(None),
+    };
+    Ok(RgbImage::from_raw(w, h, rgb))
 }
 
 /// The JPEG decoder pads a cut-off file with grey instead of failing, which
@@ -82,25 +164,31 @@ fn hex_prefix(bytes: &[u8]) -> String {
 }
 
 /// Resizes the shorter side to `size / 0.875` (256 for 224), centre-crops a
-/// `size` square and returns it as CHW floats `(v - 127) / 128`, the scaling the
-/// EfficientNet-Lite weights were trained with.
+/// `size` square and returns it as HWC floats `(v - 127) / 128`, the scaling
+/// the EfficientNet-Lite weights were trained with.
 pub fn to_input(image: &RgbImage, size: u32) -> Vec<f32> {
-    let resized = resize_shorter_side(image, (size as f32 / 0.875).round() as u32);
+    let resized = resize_shorter_side(image, resize_target(size));
     let (w, h) = resized.dimensions();
     let x0 = (w - size.min(w)) / 2;
     let y0 = (h - size.min(h)) / 2;
-    let plane = (size * size) as usize;
-    let mut out = vec![0f32; 3 * plane];
-    for y in 0..size.min(h) {
-        for x in 0..size.min(w) {
-            let p = resized.get_pixel(x0 + x, y0 + y).0;
-            let i = (y * size + x) as usize;
-            for c in 0..3 {
-                out[c * plane + i] = (f32::from(p[c]) - 127.0) / 128.0;
-            }
+    let crop = imageops::crop_imm(&resized, x0, y0, size.min(w), size.min(h)).to_image();
+    let mut out = vec![0f32; 3 * (size * size) as usize];
+    let row = 3 * size as usize;
+    for (y, src) in crop
+        .as_raw()
+        .chunks_exact(3 * crop.width() as usize)
+        .enumerate()
+    {
+        for (o, &v) in out[y * row..].iter_mut().zip(src) {
+            *o = (f32::from(v) - 127.0) / 128.0;
         }
     }
     out
+}
+
+/// The shorter side an image is resized to before the `size` centre crop.
+pub fn resize_target(size: u32) -> u32 {
+    (size as f32 / 0.875).round() as u32
 }
 
 /// Scales so the shorter side is `target` pixels, keeping the aspect ratio.
@@ -189,10 +277,11 @@ mod tests {
             let img = RgbImage::from_pixel(w, h, image::Rgb([255, 0, 128]));
             let input = to_input(&img, 224);
             assert_eq!(input.len(), 3 * 224 * 224);
-            let plane = 224 * 224;
-            assert!((input[0] - 1.0).abs() < 0.01);
-            assert!((input[plane] + 127.0 / 128.0).abs() < 1e-6);
-            assert!((input[2 * plane] - 1.0 / 128.0).abs() < 1e-6);
+            for px in [0, 224 * 224 - 1, 224 * 112 + 17] {
+                assert!((input[3 * px] - 1.0).abs() < 0.01);
+                assert!((input[3 * px + 1] + 127.0 / 128.0).abs() < 1e-6);
+                assert!((input[3 * px + 2] - 1.0 / 128.0).abs() < 1e-6);
+            }
         }
     }
 }

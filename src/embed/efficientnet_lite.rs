@@ -59,6 +59,18 @@ impl ConvBn {
         self.bias.dims()[1]
     }
 
+    fn folded(&self) -> Result<FoldedConv> {
+        let (cout, cin_per_group, kernel, _) = self.weight.dims4()?;
+        Ok(FoldedConv {
+            weight: self.weight.flatten_all()?.to_vec1()?,
+            bias: self.bias.flatten_all()?.to_vec1()?,
+            cout,
+            cin_per_group,
+            kernel,
+            stride: self.stride,
+        })
+    }
+
     fn forward(&self, x: &Tensor, relu6: bool) -> Result<Tensor> {
         let x = same_pad(x, self.kernel, self.stride)?;
         let y = x
@@ -66,6 +78,35 @@ impl ConvBn {
             .broadcast_add(&self.bias)?;
         Ok(if relu6 { y.clamp(0f32, 6f32)? } else { y })
     }
+}
+
+/// A convolution with batch norm folded in, as plain numbers in the torch
+/// layout `[cout][cin / groups][k][k]`, for the fast kernels.
+#[derive(Debug, Clone)]
+pub struct FoldedConv {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub cout: usize,
+    pub cin_per_group: usize,
+    pub kernel: usize,
+    pub stride: usize,
+}
+
+/// One block's folded convolutions.
+#[derive(Debug, Clone)]
+pub struct FoldedBlock {
+    pub expand: Option<FoldedConv>,
+    pub depthwise: FoldedConv,
+    pub project: FoldedConv,
+    pub residual: bool,
+}
+
+/// The whole network's folded convolutions.
+#[derive(Debug, Clone)]
+pub struct Folded {
+    pub stem: FoldedConv,
+    pub blocks: Vec<FoldedBlock>,
+    pub head: FoldedConv,
 }
 
 /// TensorFlow "SAME" padding: output size `ceil(in / stride)`, the extra
@@ -149,6 +190,27 @@ impl EfficientNetLite {
         }
         x = self.head.forward(&x, true)?;
         Ok(x.mean((2, 3))?)
+    }
+
+    /// The folded weights, for the fast forward pass.
+    pub fn folded(&self) -> Result<Folded> {
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(FoldedBlock {
+                    expand: b.expand.as_ref().map(ConvBn::folded).transpose()?,
+                    depthwise: b.depthwise.folded()?,
+                    project: b.project.folded()?,
+                    residual: b.residual,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Folded {
+            stem: self.stem.folded()?,
+            blocks,
+            head: self.head.folded()?,
+        })
     }
 
     /// ImageNet logits `(N, 1000)` from pooled features.

@@ -4,14 +4,19 @@
 //! weights are compiled into the binary, so `lookalike serve` needs no files
 //! besides its database.
 
+mod batcher;
 mod efficientnet_lite;
+mod fast;
+mod kernels;
 
 use std::{fmt, path::Path, str::FromStr};
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 
+pub use batcher::Batcher;
 pub use efficientnet_lite::EfficientNetLite;
+use fast::FastEfficientNetLite;
 
 use crate::decode;
 use crate::error::{Error, Result};
@@ -78,15 +83,21 @@ impl FromStr for ModelKind {
 /// A loaded network plus the preprocessing it expects.
 pub struct Embedder {
     kind: ModelKind,
-    net: EfficientNetLite,
+    /// The candle port: the reference the fast path is tested against, and
+    /// the ImageNet classifier.
+    reference: EfficientNetLite,
+    fast: FastEfficientNetLite,
+    /// Threads one forward pass may use.
+    pool: rayon::ThreadPool,
     device: Device,
 }
 
 impl Embedder {
-    /// Loads `kind` from `weights`, or from the bundled weights when `None`.
-    pub fn load(kind: ModelKind, weights: Option<&Path>) -> Result<Self> {
+    /// Loads `kind` from `weights`, or from the bundled weights when `None`;
+    /// forward passes use up to `threads` threads (0: one per core).
+    pub fn load(kind: ModelKind, weights: Option<&Path>, threads: usize) -> Result<Self> {
         let device = Device::Cpu;
-        let net = match weights {
+        let reference = match weights {
             Some(path) => {
                 let bytes = std::fs::read(path).map_err(|e| {
                     Error::Model(format!("cannot read weights '{}': {e}", path.display()))
@@ -95,7 +106,19 @@ impl Embedder {
             }
             None => EfficientNetLite::from_safetensors(kind.bundled_weights(), &device)?,
         };
-        Ok(Embedder { kind, net, device })
+        let fast = FastEfficientNetLite::from_reference(&reference)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("lookalike-embed-{i}"))
+            .build()
+            .map_err(|e| Error::Model(format!("cannot start embedding threads: {e}")))?;
+        Ok(Embedder {
+            kind,
+            reference,
+            fast,
+            pool,
+            device,
+        })
     }
 
     pub fn kind(&self) -> ModelKind {
@@ -104,44 +127,75 @@ impl Embedder {
 
     /// Width of the feature vectors.
     pub fn dim(&self) -> usize {
-        self.net.feature_dim()
+        self.reference.feature_dim()
+    }
+
+    /// Preprocesses one decoded image into network input (HWC).
+    pub fn input(&self, image: &RgbImage) -> Vec<f32> {
+        decode::to_input(image, self.kind.input_size())
+    }
+
+    /// Decodes an encoded image, at reduced scale where the format allows,
+    /// and preprocesses it into network input.
+    pub fn input_from_bytes(&self, bytes: &[u8], max_pixels: u64) -> Result<Vec<f32>> {
+        let image = decode::decode_at_least(
+            bytes,
+            max_pixels,
+            decode::resize_target(self.kind.input_size()),
+        )?;
+        Ok(self.input(&image))
     }
 
     /// L2-normalised features, one vector per image, in order.
     pub fn embed(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(MAX_BATCH) {
-            let pooled = self.net.features(&self.input(chunk)?)?;
-            let normed = efficientnet_lite::l2_normalise(&pooled)?;
-            out.extend(normed.to_vec2::<f32>()?);
-        }
-        Ok(out)
+        let inputs: Vec<Vec<f32>> = images.iter().map(|i| self.input(i)).collect();
+        Ok(self.embed_inputs(&inputs))
     }
 
-    /// ImageNet class probabilities `(1000)` of one image.
+    /// [`Embedder::embed`] from preprocessed inputs (see [`Embedder::input`]).
+    pub fn embed_inputs(&self, inputs: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        let size = self.kind.input_size() as usize;
+        let dim = self.dim();
+        let mut out = Vec::with_capacity(inputs.len());
+        for chunk in inputs.chunks(MAX_BATCH) {
+            let batch = chunk.concat();
+            let pooled = self
+                .pool
+                .install(|| self.fast.features(&batch, chunk.len(), size));
+            out.extend(pooled.chunks_exact(dim).map(normalised));
+        }
+        out
+    }
+
+    /// The same features from the candle reference network (slow; tests).
+    pub fn embed_reference(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        let pooled = self.reference.features(&self.tensor(images)?)?;
+        Ok(efficientnet_lite::l2_normalise(&pooled)?.to_vec2::<f32>()?)
+    }
+
+    /// ImageNet class probabilities `(1000)` of one image (reference network).
     pub fn classify(&self, image: &RgbImage) -> Result<Vec<f32>> {
         let pooled = self
-            .net
-            .features(&self.input(std::slice::from_ref(image))?)?;
-        let logits = self.net.classify(&pooled)?;
+            .reference
+            .features(&self.tensor(std::slice::from_ref(image))?)?;
+        let logits = self.reference.classify(&pooled)?;
         let probs = candle_nn::ops::softmax_last_dim(&logits)?;
         Ok(probs.squeeze(0)?.to_vec1::<f32>()?)
     }
 
-    /// Stacks preprocessed images into one `(N, 3, S, S)` tensor.
-    fn input(&self, images: &[RgbImage]) -> Result<Tensor> {
-        let size = self.kind.input_size();
-        let mut data = Vec::with_capacity(images.len() * 3 * (size * size) as usize);
-        for image in images {
-            data.extend(decode::to_input(image, size));
-        }
-        let s = size as usize;
-        Ok(Tensor::from_vec(
-            data,
-            (images.len(), 3, s, s),
-            &self.device,
-        )?)
+    /// Stacks preprocessed images into one NCHW `(N, 3, S, S)` tensor.
+    fn tensor(&self, images: &[RgbImage]) -> Result<Tensor> {
+        let s = self.kind.input_size() as usize;
+        let data: Vec<f32> = images.iter().flat_map(|i| self.input(i)).collect();
+        let nhwc = Tensor::from_vec(data, (images.len(), s, s, 3), &self.device)?;
+        Ok(nhwc.permute((0, 3, 1, 2))?.contiguous()?)
     }
+}
+
+/// The vector scaled to unit length.
+fn normalised(v: &[f32]) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter().map(|x| x / norm).collect()
 }
 
 #[cfg(test)]
@@ -168,7 +222,7 @@ mod tests {
     #[test]
     fn imagenet_classifier_recognises_cat_and_espresso() {
         for kind in [ModelKind::EfficientNetLite0, ModelKind::EfficientNetLite2] {
-            let embedder = Embedder::load(kind, None).expect("load model");
+            let embedder = Embedder::load(kind, None, 2).expect("load model");
             let cat = top1(&embedder.classify(&photo("chelsea.png")).expect("classify"));
             // ImageNet 281..=285 are the domestic cats (tabby, tiger cat, ...).
             assert!((281..=285).contains(&cat), "{kind}: chelsea -> class {cat}");
@@ -182,7 +236,7 @@ mod tests {
 
     #[test]
     fn features_are_unit_length_and_deterministic() {
-        let embedder = Embedder::load(ModelKind::EfficientNetLite0, None).expect("load model");
+        let embedder = Embedder::load(ModelKind::EfficientNetLite0, None, 2).expect("load model");
         let img = photo("chelsea.png");
         let a = embedder.embed(&[img.clone(), img]).expect("embed");
         assert_eq!(a[0].len(), 1280);
@@ -190,5 +244,31 @@ mod tests {
         assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
         let diff: f32 = a[0].iter().zip(&a[1]).map(|(x, y)| (x - y).abs()).sum();
         assert!(diff < 1e-3, "batch rows differ by {diff}");
+    }
+
+    /// The fast path must give the reference network's features on every
+    /// committed photo (batched, so batch handling is covered too).
+    #[test]
+    fn fast_path_matches_the_reference_on_every_test_photo() {
+        for kind in [ModelKind::EfficientNetLite0, ModelKind::EfficientNetLite2] {
+            let embedder = Embedder::load(kind, None, 2).expect("load model");
+            let dir = format!("{}/tests/data", env!("CARGO_MANIFEST_DIR"));
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .expect("tests/data")
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".jpg") || n.ends_with(".png"))
+                .collect();
+            names.sort();
+            let images: Vec<RgbImage> = names.iter().map(|n| photo(n)).collect();
+            let fast = embedder.embed(&images).expect("fast");
+            for ((images, names), fast) in images.chunks(8).zip(names.chunks(8)).zip(fast.chunks(8))
+            {
+                let reference = embedder.embed_reference(images).expect("reference");
+                for ((name, r), f) in names.iter().zip(&reference).zip(fast) {
+                    let cos: f32 = r.iter().zip(f).map(|(a, b)| a * b).sum();
+                    assert!(cos >= 0.9999, "{kind} {name}: cosine {cos}");
+                }
+            }
+        }
     }
 }

@@ -16,15 +16,14 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, RwLock,
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::decode;
-use crate::embed::Embedder;
+use crate::embed::{Batcher, Embedder};
 use crate::error::{Error, Result};
 use crate::index::{Hit, Index};
 use crate::pca::{dot, Projection};
@@ -110,7 +109,9 @@ pub struct Engine {
 struct Shared {
     config: Config,
     store: Box<dyn Store>,
-    embedder: Embedder,
+    embedder: Arc<Embedder>,
+    /// Runs forward passes, batching concurrent requests.
+    batcher: Batcher,
     /// The current index. Readers clone nothing: they hold the read lock for
     /// one search or one add. A rebuild builds a new index without the lock
     /// and takes the write lock only to catch up and swap.
@@ -136,12 +137,21 @@ impl Engine {
         })?;
         let store = SledStore::open(&config.data_dir.join("sled"))?;
         check_model(&store, config.model.name())?;
-        let embedder = Embedder::load(config.model, config.weights.as_deref())?;
+        let embedder = Arc::new(Embedder::load(
+            config.model,
+            config.weights.as_deref(),
+            config.threads,
+        )?);
+        let batcher = Batcher::start(
+            embedder.clone(),
+            Duration::from_micros((config.batch_budget_ms * 1000.0) as u64),
+        )?;
         Ok(Engine {
             shared: Arc::new(Shared {
                 config,
                 store: Box::new(store),
                 embedder,
+                batcher,
                 index: RwLock::new(Arc::new(Index::exact())),
                 ready: AtomicBool::new(false),
                 maintenance: Notify::new(),
@@ -159,10 +169,17 @@ impl Engine {
         self.shared.ready.load(Ordering::SeqCst)
     }
 
-    /// Decodes and embeds an encoded image (CPU-bound; runs on the blocking pool).
+    /// Decodes and embeds an encoded image: decoding on the blocking pool,
+    /// the forward pass batched with concurrent requests.
     pub async fn embed(&self, bytes: Vec<u8>) -> Result<Vec<f32>> {
         let shared = self.shared.clone();
-        blocking(move || shared.embed_bytes(&bytes)).await
+        let input = blocking(move || {
+            shared
+                .embedder
+                .input_from_bytes(&bytes, shared.config.max_image_pixels)
+        })
+        .await?;
+        self.shared.batcher.embed(input).await
     }
 
     /// Stores one image; acknowledged once durable on disk.
@@ -297,14 +314,6 @@ impl Engine {
 }
 
 impl Shared {
-    fn embed_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
-        let image = decode::decode(bytes, self.config.max_image_pixels)?;
-        let mut features = self.embedder.embed(std::slice::from_ref(&image))?;
-        features
-            .pop()
-            .ok_or_else(|| Error::Internal("embedder returned no features".into()))
-    }
-
     fn current_index(&self) -> Arc<Index> {
         self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

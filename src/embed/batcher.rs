@@ -1,0 +1,106 @@
+//! Batching of concurrent embedding requests.
+//!
+//! A forward pass over 16 images costs far less than 16 passes over one
+//! (the matrix multiplies get wide enough to use the cores well). Requests
+//! decode and preprocess on tokio's blocking pool, in parallel, then hand
+//! their input to one worker thread, which takes whatever has queued up,
+//! waiting at most `budget` for more once a first input is there, and runs
+//! them as one batch. A lone request pays at most `budget` extra latency.
+
+use std::{
+    sync::{mpsc, Arc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::oneshot;
+
+use super::Embedder;
+use crate::error::{Error, Result};
+
+/// Largest batch the worker runs at once.
+const MAX_BATCH: usize = 16;
+
+struct Job {
+    input: Vec<f32>,
+    reply: oneshot::Sender<Vec<f32>>,
+}
+
+/// Handle to the batching worker; the worker stops when the last handle drops.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::Sender<Job>,
+}
+
+impl Batcher {
+    /// Starts the worker over `embedder`.
+    pub fn start(embedder: Arc<Embedder>, budget: Duration) -> Result<Self> {
+        let (queue, jobs) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("lookalike-batcher".into())
+            .spawn(move || run(&embedder, &jobs, budget))
+            .map_err(|e| Error::Model(format!("cannot start the embedding worker: {e}")))?;
+        Ok(Batcher { queue })
+    }
+
+    /// Embeds one preprocessed input (see [`Embedder::input`]).
+    pub async fn embed(&self, input: Vec<f32>) -> Result<Vec<f32>> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { input, reply })
+            .map_err(|_| Error::Internal("the embedding worker has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal("the embedding worker dropped a request".into()))
+    }
+}
+
+fn run(embedder: &Embedder, jobs: &mpsc::Receiver<Job>, budget: Duration) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + budget;
+        while batch.len() < MAX_BATCH {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match jobs.recv_timeout(left) {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (inputs, replies): (Vec<Vec<f32>>, Vec<_>) =
+            batch.into_iter().map(|j| (j.input, j.reply)).unzip();
+        let features = embedder.embed_inputs(&inputs);
+        for (reply, f) in replies.into_iter().zip(features) {
+            // The requester may have gone (cancelled call): nothing to do.
+            let _ = reply.send(f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::ModelKind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_get_their_own_answers() {
+        let embedder =
+            Arc::new(Embedder::load(ModelKind::EfficientNetLite0, None, 2).expect("load"));
+        let batcher = Batcher::start(embedder.clone(), Duration::from_millis(5)).expect("start");
+        let images: Vec<image::RgbImage> = (0..6u8)
+            .map(|i| {
+                image::RgbImage::from_fn(64, 48, move |x, y| {
+                    image::Rgb([x as u8 * i, y as u8 * 3, 40 * i])
+                })
+            })
+            .collect();
+        let want = embedder.embed(&images).expect("direct");
+        let calls = images.iter().map(|img| batcher.embed(embedder.input(img)));
+        let got = futures_util::future::try_join_all(calls)
+            .await
+            .expect("batched");
+        for (w, g) in want.iter().zip(&got) {
+            let cos: f32 = w.iter().zip(g).map(|(a, b)| a * b).sum();
+            assert!(cos > 0.9999, "cosine {cos}");
+        }
+    }
+}

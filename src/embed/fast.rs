@@ -6,9 +6,37 @@
 //! `[cin][cout]` matrices, depthwise weights as `[k][k][c]`, batch norm
 //! already folded in. Work is spread over the rayon pool the call runs in.
 
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
 use super::efficientnet_lite::{EfficientNetLite, FoldedConv};
 use super::kernels::{self, Depthwise, Shape};
 use crate::error::{Error, Result};
+
+/// Activation buffers reused from one forward pass to the next: no
+/// allocation, zeroing or page faults once warm.
+#[derive(Default)]
+struct Workspace {
+    cols: Vec<f32>,
+    x: Vec<f32>,
+    y: Vec<f32>,
+    expanded: Vec<f32>,
+    depthwise: Vec<f32>,
+}
+
+thread_local! {
+    static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::default());
+}
+
+/// The first `len` elements of `buf`, growing it if needed (contents are
+/// overwritten by the caller).
+fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
 
 /// A 1x1 convolution: `[cin][cout]` weights and a bias.
 struct Pointwise {
@@ -40,29 +68,36 @@ impl Pointwise {
         })
     }
 
-    /// `relu6?(x · W + bias + residual?)` for NHWC `x` of `shape`.
+    /// `out = relu6?(x · W + bias + residual?)` for NHWC `x` of `shape`.
     fn forward(
         &self,
         x: &[f32],
         shape: Shape,
         residual: Option<&[f32]>,
         relu6: bool,
-    ) -> (Vec<f32>, Shape) {
+        out: &mut Vec<f32>,
+        parallel: bool,
+    ) -> Shape {
         let out_shape = Shape {
             c: self.cout,
             ..shape
         };
-        let mut out = vec![0f32; out_shape.len()];
+        let out = grow(out, out_shape.len());
+        let threads = if parallel {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
         kernels::matmul(
-            x,
+            &x[..shape.len()],
             &self.weight,
-            &mut out,
+            out,
             self.cin,
             self.cout,
-            rayon::current_num_threads(),
+            threads,
         );
-        kernels::bias_residual_act(&mut out, &self.bias, residual, relu6);
-        (out, out_shape)
+        kernels::bias_residual_act(out, &self.bias, residual, relu6, parallel);
+        out_shape
     }
 }
 
@@ -91,18 +126,17 @@ impl DepthwiseConv {
         }
     }
 
-    fn forward(&self, x: &[f32], shape: Shape) -> (Vec<f32>, Shape) {
+    fn forward(&self, x: &[f32], shape: Shape, out: &mut Vec<f32>, parallel: bool) -> Shape {
         let (ho, _) = kernels::same_padding(shape.h, self.kernel, self.stride);
         let (wo, _) = kernels::same_padding(shape.w, self.kernel, self.stride);
-        let mut out = vec![0f32; shape.n * ho * wo * shape.c];
+        let out = grow(out, shape.n * ho * wo * shape.c);
         let params = Depthwise {
             weight: &self.weight,
             bias: &self.bias,
             kernel: self.kernel,
             stride: self.stride,
         };
-        let out_shape = kernels::depthwise(x, shape, &params, &mut out);
-        (out, out_shape)
+        kernels::depthwise(&x[..shape.len()], shape, &params, out, parallel)
     }
 }
 
@@ -148,33 +182,76 @@ impl FastEfficientNetLite {
     }
 
     /// Pooled head activations `[n][1280]` (not normalised) for `n` NHWC
-    /// images of `size` x `size` x 3.
+    /// images of `size` x `size` x 3. With several images and threads, each
+    /// thread runs whole images (no synchronisation, activations stay in its
+    /// cache); a single image is split across the threads layer by layer.
     pub fn features(&self, input: &[f32], n: usize, size: usize) -> Vec<f32> {
+        let threads = rayon::current_num_threads();
+        if n == 1 && threads > 1 {
+            return self.features_with_workspace(input, 1, size, true);
+        }
+        let per_image: Vec<Vec<f32>> = input
+            .par_chunks(size * size * 3)
+            .map(|image| self.features_with_workspace(image, 1, size, false))
+            .collect();
+        per_image.concat()
+    }
+
+    /// Runs with this thread's buffers (fresh ones if they are in use, as
+    /// when rayon runs a second pass on a thread waiting inside the first).
+    fn features_with_workspace(
+        &self,
+        input: &[f32],
+        n: usize,
+        size: usize,
+        parallel: bool,
+    ) -> Vec<f32> {
+        WORKSPACE.with(|ws| match ws.try_borrow_mut() {
+            Ok(mut ws) => self.forward(input, n, size, parallel, &mut ws),
+            Err(_) => self.forward(input, n, size, parallel, &mut Workspace::default()),
+        })
+    }
+
+    fn forward(
+        &self,
+        input: &[f32],
+        n: usize,
+        size: usize,
+        parallel: bool,
+        ws: &mut Workspace,
+    ) -> Vec<f32> {
+        let Workspace {
+            cols,
+            x,
+            y,
+            expanded,
+            depthwise,
+        } = ws;
         let shape = Shape {
             n,
             h: size,
             w: size,
             c: 3,
         };
-        let (cols, col_shape) = kernels::im2col(input, shape, self.stem_kernel, 2);
-        let (mut x, mut shape) = self.stem.forward(&cols, col_shape, None, true);
+        let col_shape = kernels::im2col(input, shape, self.stem_kernel, 2, cols, parallel);
+        let mut shape = self.stem.forward(cols, col_shape, None, true, x, parallel);
         for block in &self.blocks {
-            let expanded = block
-                .expand
-                .as_ref()
-                .map(|e| e.forward(&x, shape, None, true));
-            let (h, hs) = match &expanded {
-                Some((h, hs)) => (h.as_slice(), *hs),
-                None => (x.as_slice(), shape),
+            let (h, hs) = match &block.expand {
+                Some(e) => {
+                    let hs = e.forward(x, shape, None, true, expanded, parallel);
+                    (&expanded[..], hs)
+                }
+                None => (&x[..], shape),
             };
-            let (d, ds) = block.depthwise.forward(h, hs);
-            let residual = block.residual.then_some(x.as_slice());
-            let (y, ys) = block.project.forward(&d, ds, residual, false);
-            x = y;
-            shape = ys;
+            let ds = block.depthwise.forward(h, hs, depthwise, parallel);
+            let residual = block.residual.then_some(&x[..shape.len()]);
+            shape = block
+                .project
+                .forward(depthwise, ds, residual, false, y, parallel);
+            std::mem::swap(x, y);
         }
-        let (h, hs) = self.head.forward(&x, shape, None, true);
-        kernels::global_average_pool(&h, hs)
+        let hs = self.head.forward(x, shape, None, true, expanded, parallel);
+        kernels::global_average_pool(&expanded[..hs.len()], hs)
     }
 }
 

@@ -14,6 +14,22 @@ use rayon::prelude::*;
 /// Output rows handed to a rayon task at once in element-wise passes.
 const ROWS_PER_TASK: usize = 64;
 
+/// Runs `f(index, chunk)` over `chunk`-sized pieces of `out`, on the rayon
+/// pool when `parallel`, else on this thread (the caller already runs one
+/// image per thread).
+fn for_each_chunk<F>(out: &mut [f32], chunk: usize, parallel: bool, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    if parallel {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    } else {
+        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
 /// Output size and leading pad of TensorFlow "SAME" padding.
 pub fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
     let out = size.div_ceil(stride);
@@ -75,10 +91,15 @@ pub fn matmul(x: &[f32], w: &[f32], out: &mut [f32], cin: usize, cout: usize, th
 
 /// Adds `bias` (per channel) and `residual` (if any) to `out` and applies
 /// ReLU6 if asked, in one pass.
-pub fn bias_residual_act(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, relu6: bool) {
-    let c = bias.len();
-    let chunk = c * ROWS_PER_TASK;
-    out.par_chunks_mut(chunk).enumerate().for_each(|(i, rows)| {
+pub fn bias_residual_act(
+    out: &mut [f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    relu6: bool,
+    parallel: bool,
+) {
+    let chunk = bias.len() * ROWS_PER_TASK;
+    for_each_chunk(out, chunk, parallel, |i, rows| {
         let res = residual.map(|r| &r[i * chunk..i * chunk + rows.len()]);
         dispatch_epilogue(rows, bias, res, relu6);
     });
@@ -147,7 +168,13 @@ pub struct Depthwise<'a> {
 
 /// Depthwise convolution with TF SAME padding, bias and ReLU6, NHWC.
 /// Returns the output shape; `out` must hold it.
-pub fn depthwise(x: &[f32], shape: Shape, p: &Depthwise<'_>, out: &mut [f32]) -> Shape {
+pub fn depthwise(
+    x: &[f32],
+    shape: Shape,
+    p: &Depthwise<'_>,
+    out: &mut [f32],
+    parallel: bool,
+) -> Shape {
     let (ho, pad_top) = same_padding(shape.h, p.kernel, p.stride);
     let (wo, pad_left) = same_padding(shape.w, p.kernel, p.stride);
     let out_shape = Shape {
@@ -155,22 +182,23 @@ pub fn depthwise(x: &[f32], shape: Shape, p: &Depthwise<'_>, out: &mut [f32]) ->
         w: wo,
         ..shape
     };
-    let row_len = wo * shape.c;
-    out[..out_shape.len()]
-        .par_chunks_mut(row_len)
-        .enumerate()
-        .for_each(|(row, out_row)| {
+    let image_len = shape.h * shape.w * shape.c;
+    for_each_chunk(
+        &mut out[..out_shape.len()],
+        wo * shape.c,
+        parallel,
+        |row, out_row| {
             let (n, oy) = (row / ho, row % ho);
-            let image = &x[n * shape.h * shape.w * shape.c..(n + 1) * shape.h * shape.w * shape.c];
+            let image = &x[n * image_len..(n + 1) * image_len];
             let geometry = RowGeometry {
                 shape,
                 oy,
-                wo,
                 pad_top,
                 pad_left,
             };
             dispatch_depthwise_row(image, &geometry, p, out_row);
-        });
+        },
+    );
     out_shape
 }
 
@@ -178,7 +206,6 @@ pub fn depthwise(x: &[f32], shape: Shape, p: &Depthwise<'_>, out: &mut [f32]) ->
 struct RowGeometry {
     shape: Shape,
     oy: usize,
-    wo: usize,
     pad_top: usize,
     pad_left: usize,
 }
@@ -221,8 +248,14 @@ unsafe fn depthwise_row_avx2(
     depthwise_row::<true>(image, g, p, out_row)
 }
 
+/// Floats of output a depthwise tile accumulates (16 KiB, well inside L1).
+const TILE_FLOATS: usize = 4096;
+
 /// One output row: `out[ox][c] = relu6(bias[c] + Σ x[iy][ix][c] · w[ky][kx][c])`.
-/// `FMA` picks fused multiply-add, only fast where the CPU has it.
+/// The row goes in tiles of output pixels small enough that their sums stay
+/// in L1 while the `k x k` window is swept; the innermost loop runs over
+/// contiguous channels and vectorises. `FMA` picks fused multiply-add, only
+/// fast where the CPU has it.
 #[inline(always)]
 fn depthwise_row<const FMA: bool>(
     image: &[f32],
@@ -230,82 +263,89 @@ fn depthwise_row<const FMA: bool>(
     p: &Depthwise<'_>,
     out_row: &mut [f32],
 ) {
-    let c = g.shape.c;
-    for px in out_row.chunks_exact_mut(c) {
-        px.copy_from_slice(p.bias);
-    }
-    for ky in 0..p.kernel {
-        let Some(iy) = (g.oy * p.stride + ky).checked_sub(g.pad_top) else {
-            continue;
-        };
-        if iy >= g.shape.h {
-            continue;
+    let (c, k, w) = (g.shape.c, p.kernel, g.shape.w);
+    // Output pixels per tile: the tile's sums stay in L1 across the window.
+    let tile = (TILE_FLOATS / c).max(1);
+    for (t, tile_out) in out_row.chunks_mut(tile * c).enumerate() {
+        let ox0 = t * tile;
+        for px in tile_out.chunks_exact_mut(c) {
+            px.copy_from_slice(p.bias);
         }
-        let in_row = &image[iy * g.shape.w * c..(iy + 1) * g.shape.w * c];
-        for kx in 0..p.kernel {
-            let w = &p.weight[(ky * p.kernel + kx) * c..(ky * p.kernel + kx + 1) * c];
-            for ox in 0..g.wo {
-                let Some(ix) = (ox * p.stride + kx).checked_sub(g.pad_left) else {
-                    continue;
-                };
-                if ix >= g.shape.w {
-                    continue;
-                }
-                let src = &in_row[ix * c..(ix + 1) * c];
-                let dst = &mut out_row[ox * c..(ox + 1) * c];
-                for ((d, s), wv) in dst.iter_mut().zip(src).zip(w) {
-                    *d = if FMA { s.mul_add(*wv, *d) } else { *d + s * wv };
+        for ky in 0..k {
+            let Some(iy) = (g.oy * p.stride + ky)
+                .checked_sub(g.pad_top)
+                .filter(|&iy| iy < g.shape.h)
+            else {
+                continue;
+            };
+            let in_row = &image[iy * w * c..(iy + 1) * w * c];
+            for kx in 0..k {
+                let wv = &p.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                for (i, dst) in tile_out.chunks_exact_mut(c).enumerate() {
+                    let Some(ix) = ((ox0 + i) * p.stride + kx)
+                        .checked_sub(g.pad_left)
+                        .filter(|&ix| ix < w)
+                    else {
+                        continue;
+                    };
+                    let src = &in_row[ix * c..(ix + 1) * c];
+                    for ((d, x), wt) in dst.iter_mut().zip(src).zip(wv) {
+                        *d = if FMA { x.mul_add(*wt, *d) } else { *d + x * wt };
+                    }
                 }
             }
         }
-    }
-    for v in out_row.iter_mut() {
-        *v = v.clamp(0.0, 6.0);
+        for v in tile_out.iter_mut() {
+            *v = v.clamp(0.0, 6.0);
+        }
     }
 }
 
 /// im2col for the stem: each output pixel's `k x k x c` input patch (zero
 /// outside the image, TF SAME padding), as rows of `k*k*c`.
-pub fn im2col(x: &[f32], shape: Shape, kernel: usize, stride: usize) -> (Vec<f32>, Shape) {
+pub fn im2col(
+    x: &[f32],
+    shape: Shape,
+    kernel: usize,
+    stride: usize,
+    cols: &mut Vec<f32>,
+    parallel: bool,
+) -> Shape {
     let (ho, pad_top) = same_padding(shape.h, kernel, stride);
     let (wo, pad_left) = same_padding(shape.w, kernel, stride);
     let patch = kernel * kernel * shape.c;
-    let mut cols = vec![0f32; shape.n * ho * wo * patch];
-    cols.par_chunks_mut(wo * patch)
-        .enumerate()
-        .for_each(|(row, out)| {
-            let (n, oy) = (row / ho, row % ho);
-            for ox in 0..wo {
-                for ky in 0..kernel {
-                    let Some(iy) = (oy * stride + ky)
-                        .checked_sub(pad_top)
-                        .filter(|&v| v < shape.h)
+    cols.clear();
+    cols.resize(shape.n * ho * wo * patch, 0.0);
+    for_each_chunk(cols, wo * patch, parallel, |row, out| {
+        let (n, oy) = (row / ho, row % ho);
+        for ox in 0..wo {
+            for ky in 0..kernel {
+                let Some(iy) = (oy * stride + ky)
+                    .checked_sub(pad_top)
+                    .filter(|&v| v < shape.h)
+                else {
+                    continue;
+                };
+                for kx in 0..kernel {
+                    let Some(ix) = (ox * stride + kx)
+                        .checked_sub(pad_left)
+                        .filter(|&v| v < shape.w)
                     else {
                         continue;
                     };
-                    for kx in 0..kernel {
-                        let Some(ix) = (ox * stride + kx)
-                            .checked_sub(pad_left)
-                            .filter(|&v| v < shape.w)
-                        else {
-                            continue;
-                        };
-                        let src = ((n * shape.h + iy) * shape.w + ix) * shape.c;
-                        let dst = ox * patch + (ky * kernel + kx) * shape.c;
-                        out[dst..dst + shape.c].copy_from_slice(&x[src..src + shape.c]);
-                    }
+                    let src = ((n * shape.h + iy) * shape.w + ix) * shape.c;
+                    let dst = ox * patch + (ky * kernel + kx) * shape.c;
+                    out[dst..dst + shape.c].copy_from_slice(&x[src..src + shape.c]);
                 }
             }
-        });
-    (
-        cols,
-        Shape {
-            h: ho,
-            w: wo,
-            c: patch,
-            ..shape
-        },
-    )
+        }
+    });
+    Shape {
+        h: ho,
+        w: wo,
+        c: patch,
+        ..shape
+    }
 }
 
 /// Mean over each image's pixels: `[n][h*w][c]` to `[n][c]`.
@@ -402,6 +442,7 @@ mod tests {
                     stride,
                 },
                 &mut out,
+                true,
             );
             let want = naive_depthwise(&x, s, &wt, &b, k, stride);
             assert_eq!(os.len(), want.len());
@@ -423,7 +464,7 @@ mod tests {
         let res = ramp(p * cout, 2.0);
         let mut out = vec![0f32; p * cout];
         matmul(&x, &w, &mut out, cin, cout, 2);
-        bias_residual_act(&mut out, &b, Some(&res), true);
+        bias_residual_act(&mut out, &b, Some(&res), true, true);
         for i in 0..p {
             for j in 0..cout {
                 let dot: f32 = (0..cin).map(|k| x[i * cin + k] * w[k * cout + j]).sum();
@@ -442,7 +483,8 @@ mod tests {
             c: 2,
         };
         let x: Vec<f32> = (0..s.len()).map(|i| i as f32).collect();
-        let (cols, cs) = im2col(&x, s, 3, 2);
+        let mut cols = Vec::new();
+        let cs = im2col(&x, s, 3, 2, &mut cols, false);
         assert_eq!((cs.h, cs.w, cs.c), (2, 2, 18));
         // Output (0,0) with pad_top = pad_left = 0 reads input (0..3, 0..3).
         assert_eq!(&cols[0..2], &[0.0, 1.0]);

@@ -1,0 +1,217 @@
+//! A real daemon on loopback under load from tonic clients:
+//! `cargo bench --bench daemon`.
+//!
+//! Inserts real photos (the committed set plus seeded transformed variants,
+//! so every image is distinct) at concurrency 1, 8 and 32, then measures
+//! Query-by-id and Query-by-image latency at each concurrency, and the
+//! daemon's resident memory. The PCA + HNSW index is on (the threshold is
+//! set below the image count) so queries take the production path.
+//!
+//! Environment: BENCH_IMAGES (distinct images per insert round, default 240),
+//! BENCH_QUERIES (queries per measurement, default 400).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::{by_id, data, photos, read, Client, Daemon};
+use futures_util::{stream, StreamExt};
+use lookalike::api::proto::{InsertRequest, QueryRequest, StatsRequest};
+use lookalike::augment;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `n` distinct JPEG images: the committed photos under seeded crops and
+/// colour shifts.
+fn images(n: usize) -> Vec<Vec<u8>> {
+    let bases: Vec<image::RgbImage> = photos()
+        .iter()
+        .map(|(_, p)| {
+            image::load_from_memory(&read(p))
+                .expect("decode")
+                .into_rgb8()
+        })
+        .collect();
+    (0..n)
+        .map(|i| {
+            let base = &bases[i % bases.len()];
+            let round = (i / bases.len()) as f32;
+            let img = augment::crop(
+                base,
+                1.0 - 0.05 * (round % 6.0),
+                0.2 + 0.1 * (round % 7.0),
+                0.5,
+            );
+            let img = augment::hue_saturation(&img, 7.0 * round, 1.0);
+            augment::encode_jpeg(&img, 88).expect("jpeg")
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+/// Runs `calls` at `concurrency`; returns (calls per second, sorted latencies).
+async fn load<F, Fut>(concurrency: usize, calls: usize, call: F) -> (f64, Vec<Duration>)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let started = Instant::now();
+    let mut latencies: Vec<Duration> = stream::iter(0..calls)
+        .map(|i| {
+            let fut = call(i);
+            async move {
+                let t = Instant::now();
+                fut.await;
+                t.elapsed()
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let rate = calls as f64 / started.elapsed().as_secs_f64();
+    latencies.sort();
+    (rate, latencies)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let per_round = env("BENCH_IMAGES", 240);
+    let queries = env("BENCH_QUERIES", 400);
+    let levels = [1usize, 8, 32];
+    let all = Arc::new(images(per_round * levels.len()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(
+        dir.path(),
+        &["--pca-min-images", &(per_round / 2).to_string()],
+    )
+    .await;
+    let clients: Vec<Client> = {
+        let mut v = Vec::new();
+        for _ in 0..8 {
+            v.push(daemon.client().await);
+        }
+        v
+    };
+    println!(
+        "\n## Daemon on loopback ({} images per insert round, {queries} queries per row)\n",
+        per_round
+    );
+    println!("| operation | concurrency | per second | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|");
+    for (round, &c) in levels.iter().enumerate() {
+        let all = all.clone();
+        let (rate, lat) = load(c, per_round, |i| {
+            let mut client = clients[i % clients.len()].clone();
+            let image = all[round * per_round + i].clone();
+            async move {
+                client
+                    .insert(InsertRequest {
+                        id: format!("img-{round}-{i}"),
+                        image,
+                        metadata: HashMap::new(),
+                        upsert: false,
+                    })
+                    .await
+                    .expect("insert");
+            }
+        })
+        .await;
+        println!(
+            "| Insert | {c} | {rate:.1} | {:.2} | {:.2} |",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
+    // Let the background PCA fit and graph build finish.
+    let mut client = clients[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let stats = loop {
+        let s = client
+            .stats(StatsRequest {})
+            .await
+            .expect("stats")
+            .into_inner();
+        if s.pca_fitted && s.index_size as usize >= s.count as usize || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stored = stats.count as usize;
+    for &c in &levels {
+        let (rate, lat) = load(c, queries, |i| {
+            let mut client = clients[i % clients.len()].clone();
+            let id = format!("img-{}-{}", i % levels.len(), (i * 7919) % per_round);
+            async move {
+                client
+                    .query(QueryRequest {
+                        image: by_id(&id),
+                        k: 10,
+                        min_similarity: -1.0,
+                        omit_metadata: false,
+                    })
+                    .await
+                    .expect("query by id");
+            }
+        })
+        .await;
+        println!(
+            "| Query by id, k=10 | {c} | {rate:.1} | {:.2} | {:.2} |",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
+    for &c in &levels {
+        let all = all.clone();
+        let (rate, lat) = load(c, queries / 2, |i| {
+            let mut client = clients[i % clients.len()].clone();
+            let image = all[(i * 7919) % all.len()].clone();
+            async move {
+                client
+                    .query(QueryRequest {
+                        image: data(image),
+                        k: 10,
+                        min_similarity: -1.0,
+                        omit_metadata: false,
+                    })
+                    .await
+                    .expect("query by image");
+            }
+        })
+        .await;
+        println!(
+            "| Query by image, k=10 | {c} | {rate:.1} | {:.2} | {:.2} |",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
+    println!(
+        "\nstored {stored} images; index: {} (PCA-{}, {} points); daemon RSS {:.0} MiB",
+        if stats.pca_fitted { "HNSW" } else { "exact" },
+        stats.pca_dimensions,
+        stats.index_size,
+        rss_mib(daemon.pid())
+    );
+}

@@ -2,7 +2,7 @@
 //!
 //! Used by the tests and by evaluation to make transformed copies of real
 //! photos: crops, rescales, JPEG re-encoding, rotation, flips, colour
-//! shifts. Each transform is a plain function of the image and its
+//! shifts, greyscale, a text caption. Each transform is a plain function of the image and its
 //! parameters, so a copy can be described and reproduced exactly.
 
 use std::io::Cursor;
@@ -142,6 +142,101 @@ pub fn greyscale(image: &RgbImage) -> RgbImage {
     })
 }
 
+/// Draws `text` (A-Z, 0-9, space and `-`; others as blanks) in a 5x7
+/// bitmap font, each font pixel `scale` pixels wide, with its top-left
+/// corner at (`x`, `y`), in `colour`, over a darkened band, as a caption or
+/// watermark would be. Text running off the image is clipped.
+pub fn overlay_text(
+    image: &RgbImage,
+    text: &str,
+    x: u32,
+    y: u32,
+    scale: u32,
+    colour: [u8; 3],
+) -> RgbImage {
+    let mut out = image.clone();
+    let (w, h) = out.dimensions();
+    let scale = scale.max(1);
+    let band_w = (text.chars().count() as u32 * 6 + 1) * scale;
+    for py in y.saturating_sub(scale)..(y + 8 * scale).min(h) {
+        for px in x.saturating_sub(scale)..(x + band_w).min(w) {
+            let p = out.get_pixel_mut(px, py);
+            p.0 = p.0.map(|v| v / 3);
+        }
+    }
+    for (i, ch) in text.chars().enumerate() {
+        let glyph = glyph(ch);
+        for (row, bits) in glyph.iter().enumerate() {
+            for col in 0..5u32 {
+                if bits & (0x10 >> col) == 0 {
+                    continue;
+                }
+                let gx = x + (i as u32 * 6 + col) * scale;
+                let gy = y + row as u32 * scale;
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        if gx + dx < w && gy + dy < h {
+                            out.put_pixel(gx + dx, gy + dy, Rgb(colour));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Rows of a 5x7 glyph, the high 5 bits of each byte left to right.
+fn glyph(ch: char) -> [u8; 7] {
+    const LETTERS: [[u8; 7]; 26] = [
+        [0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11], // A
+        [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E], // B
+        [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E], // C
+        [0x1E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x1E], // D
+        [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F], // E
+        [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10], // F
+        [0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F], // G
+        [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11], // H
+        [0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E], // I
+        [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C], // J
+        [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11], // K
+        [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F], // L
+        [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11], // M
+        [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11], // N
+        [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E], // O
+        [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10], // P
+        [0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D], // Q
+        [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11], // R
+        [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E], // S
+        [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04], // T
+        [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E], // U
+        [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04], // V
+        [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A], // W
+        [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11], // X
+        [0x11, 0x11, 0x0A, 0x04, 0x04, 0x04, 0x04], // Y
+        [0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F], // Z
+    ];
+    const DIGITS: [[u8; 7]; 10] = [
+        [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E], // 0
+        [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E], // 1
+        [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F], // 2
+        [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E], // 3
+        [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02], // 4
+        [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E], // 5
+        [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E], // 6
+        [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08], // 7
+        [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E], // 8
+        [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C], // 9
+    ];
+    let c = ch.to_ascii_uppercase();
+    match c {
+        'A'..='Z' => LETTERS[(c as u8 - b'A') as usize],
+        '0'..='9' => DIGITS[(c as u8 - b'0') as usize],
+        '-' => [0, 0, 0, 0x1F, 0, 0, 0],
+        _ => [0; 7],
+    }
+}
+
 fn map_pixels(image: &RgbImage, f: impl Fn([u8; 3]) -> [u8; 3]) -> RgbImage {
     let mut out = image.clone();
     for p in out.pixels_mut() {
@@ -178,5 +273,10 @@ mod tests {
         assert_eq!(brightness_contrast(&img, 1.0, 1.0), img);
         let j = jpeg(&img, 20).expect("jpeg");
         assert_eq!(j.dimensions(), img.dimensions());
+        let t = overlay_text(&img, "HI 2", 2, 2, 1, [255, 255, 255]);
+        // 'H' has its left column lit; the band under the text is darkened.
+        assert_eq!(t.get_pixel(2, 2).0, [255, 255, 255]);
+        assert_eq!(t.get_pixel(3, 2).0, img.get_pixel(3, 2).0.map(|v| v / 3));
+        assert_eq!(t.get_pixel(60, 50), img.get_pixel(60, 50));
     }
 }

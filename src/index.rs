@@ -162,12 +162,20 @@ impl Index {
     /// Up to `n` nearest records to `query` (full, L2-normalised features),
     /// best first, never `exclude`.
     pub fn search(&self, query: &[f32], n: usize, exclude: Option<u64>) -> Vec<Hit> {
+        let ef = match &self.mode {
+            Mode::Graph { params, .. } => params.ef_search,
+            Mode::Exact(_) => 0,
+        };
+        self.search_ef(query, n, exclude, ef)
+    }
+
+    /// [`Index::search`] with the graph's candidate list size set to `ef`
+    /// (raised to `n`); for benchmarks sweeping recall against speed.
+    pub fn search_ef(&self, query: &[f32], n: usize, exclude: Option<u64>, ef: usize) -> Vec<Hit> {
         match &self.mode {
             Mode::Exact(map) => exact_search(&read(map), query, n, exclude),
             Mode::Graph {
-                projection,
-                graph,
-                params,
+                projection, graph, ..
             } => {
                 let tombstones = read(&self.tombstones);
                 let keep = |id: &usize| {
@@ -175,7 +183,7 @@ impl Index {
                     Some(seq) != exclude && !tombstones.contains(&seq)
                 };
                 let q = projection.project(query);
-                let ef = params.ef_search.max(n);
+                let ef = ef.max(n);
                 let mut seen = HashSet::new();
                 graph
                     .search_filter(&q, n, ef, Some(&keep))

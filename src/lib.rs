@@ -13,6 +13,7 @@ pub mod decode;
 pub mod embed;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod index;
 pub mod pca;
 pub mod server;

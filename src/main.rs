@@ -1,7 +1,7 @@
 //! The `lookalike` binary: `serve` runs the daemon; the other subcommands
 //! are a gRPC client for it.
 
-mod client;
+mod cli;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -16,7 +16,7 @@ use tracing_subscriber::EnvFilter;
 )]
 struct Cli {
     #[command(flatten)]
-    client: client::ClientArgs,
+    client: cli::ClientArgs,
     #[command(subcommand)]
     command: TopCommand,
 }
@@ -26,7 +26,7 @@ enum TopCommand {
     /// Run the daemon.
     Serve(Config),
     #[command(flatten)]
-    Client(client::Command),
+    Client(cli::Command),
 }
 
 fn main() -> Result<()> {
@@ -36,11 +36,11 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let args = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
-    match cli.command {
+    match args.command {
         TopCommand::Serve(config) => runtime.block_on(serve(config)),
-        TopCommand::Client(command) => runtime.block_on(client::run(cli.client, command)),
+        TopCommand::Client(command) => runtime.block_on(cli::run(args.client, command)),
     }
 }
 

@@ -64,6 +64,11 @@ impl Projection {
         self.out_dim
     }
 
+    /// The principal directions, `out_dim` rows of the input width.
+    pub fn components(&self) -> &[f32] {
+        &self.components
+    }
+
     pub fn fitted_on(&self) -> usize {
         self.fitted_on
     }

@@ -89,7 +89,11 @@ mod tests {
         let images: Vec<image::RgbImage> = (0..6u8)
             .map(|i| {
                 image::RgbImage::from_fn(64, 48, move |x, y| {
-                    image::Rgb([x as u8 * i, y as u8 * 3, 40 * i])
+                    image::Rgb([
+                        (x as u8).wrapping_mul(i),
+                        (y as u8).wrapping_mul(3),
+                        40u8.wrapping_mul(i),
+                    ])
                 })
             })
             .collect();

@@ -1,5 +1,8 @@
 //! The command-line client: `lookalike insert | query | compare | get |
-//! delete | stats`, each a gRPC call to a running daemon.
+//! delete | stats`, each a gRPC call to a running daemon, and `eval`, which
+//! measures a private daemon of its own.
+
+mod eval;
 
 use std::{
     collections::HashMap,
@@ -76,9 +79,20 @@ pub enum Command {
     Delete { id: String },
     /// Counts and state of the database.
     Stats,
+    /// Measure search quality on your photos (starts its own daemon).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 pub async fn run(args: ClientArgs, command: Command) -> Result<()> {
+    match command {
+        Command::Eval(e) => eval::run(e).await,
+        remote => run_remote(&args, remote).await,
+    }
+}
+
+/// The subcommands that talk to a running daemon.
+async fn run_remote(args: &ClientArgs, command: Command) -> Result<()> {
     let channel = Channel::from_shared(args.server.clone())
         .with_context(|| format!("bad server address '{}'", args.server))?
         .connect()
@@ -169,6 +183,7 @@ pub async fn run(args: ClientArgs, command: Command) -> Result<()> {
             println!("deleted {id}");
             Ok(())
         }
+        Command::Eval(e) => eval::run(e).await,
         Command::Stats => {
             let s = client.stats(StatsRequest {}).await?.into_inner();
             println!("images          {}", s.count);
@@ -260,7 +275,7 @@ async fn insert(
 }
 
 /// The image files under `paths`, folders walked recursively, sorted.
-fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(crate) fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for path in paths {
         let meta =

@@ -1,0 +1,356 @@
+//! `lookalike eval`: how well lookalike works on your photos, measured
+//! through a real daemon.
+//!
+//! Each run starts a private daemon (this binary, `serve`, on a free
+//! loopback port over a temporary database), inserts the photos, queries it
+//! and reports. `near-dup` queries with the seeded transformed copies of
+//! `lookalike::eval::plan`; `classes` queries each photo by id and scores
+//! neighbours of the same class (one sub-folder per class).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use futures_util::{stream, StreamExt, TryStreamExt};
+use lookalike::api::proto::{
+    image_ref::Source, lookalike_client::LookalikeClient, ImageRef, InsertRequest, QueryRequest,
+};
+use lookalike::eval::{
+    metrics::{Report, Tally},
+    plan,
+};
+use tonic::transport::Channel;
+
+/// Queries in flight at once.
+const CONCURRENCY: usize = 8;
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Recall of transformed copies: crops, rescales, JPEG, rotation, flips,
+    /// colour, greyscale, text, combinations (see `lookalike::eval::plan`).
+    NearDup {
+        /// Photos (files or folders) to make copies of; all are stored.
+        #[arg(long, required = true, num_args = 1..)]
+        images: Vec<PathBuf>,
+        /// More photos stored as distractors (never queried for).
+        #[arg(long, num_args = 1..)]
+        distractors: Vec<PathBuf>,
+        /// Seed of the transforms' random choices.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        common: EvalArgs,
+    },
+    /// Precision of same-class neighbours; DIR holds one sub-folder per class.
+    Classes {
+        #[arg(long)]
+        images: PathBuf,
+        /// Neighbours scored for precision@k.
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        #[command(flatten)]
+        common: EvalArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Embedding model of the private daemon.
+    #[arg(long, default_value = "efficientnet-lite0")]
+    model: String,
+    /// PCA + HNSW threshold of the private daemon (default: exact search
+    /// until 1000 images, as a fresh daemon does).
+    #[arg(long, default_value_t = 1000)]
+    pca_min_images: usize,
+}
+
+pub async fn run(command: EvalCommand) -> Result<()> {
+    let (report, json) = match command {
+        EvalCommand::NearDup {
+            images,
+            distractors,
+            seed,
+            common,
+        } => (
+            near_dup(&images, &distractors, seed, &common).await?,
+            common.json,
+        ),
+        EvalCommand::Classes { images, k, common } => {
+            (classes(&images, k, &common).await?, common.json)
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.table());
+    }
+    Ok(())
+}
+
+async fn near_dup(
+    images: &[PathBuf],
+    distractors: &[PathBuf],
+    seed: u64,
+    args: &EvalArgs,
+) -> Result<Report> {
+    let originals = super::collect_images(images)?;
+    let extra = super::collect_images(distractors)?;
+    if originals.is_empty() {
+        bail!("no images found in {images:?}");
+    }
+    let daemon = PrivateDaemon::start(args).await?;
+    let mut client = daemon.client().await?;
+    let mut stored = Vec::new();
+    for p in &originals {
+        stored.push((p.display().to_string(), p.clone()));
+    }
+    for p in &extra {
+        stored.push((format!("distractor:{}", p.display()), p.clone()));
+    }
+    insert_all(&mut client, &stored).await?;
+    eprintln!(
+        "stored {} photos ({} distractors); querying...",
+        stored.len(),
+        extra.len()
+    );
+
+    let mut queries = Vec::new();
+    for (i, path) in originals.iter().enumerate() {
+        let img = image::load_from_memory(&std::fs::read(path)?)
+            .with_context(|| format!("cannot decode {}", path.display()))?
+            .into_rgb8();
+        for v in plan::variants(&img, seed.wrapping_mul(1_000_003).wrapping_add(i as u64))? {
+            queries.push((path.display().to_string(), v));
+        }
+    }
+    let started = Instant::now();
+    let ranks: Vec<(String, Option<usize>)> = stream::iter(queries.iter())
+        .map(|(target, v)| {
+            let mut client = client.clone();
+            async move {
+                let ids = top_ids(&mut client, Source::Data(v.bytes.clone()), 10).await?;
+                let rank = ids.iter().position(|id| id == target).map(|r| r + 1);
+                Ok::<_, anyhow::Error>((v.family.to_string(), rank))
+            }
+        })
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let mut tally = Tally::default();
+    for (family, rank) in &ranks {
+        tally.add_near_dup(family, *rank);
+    }
+    let mut notes = BTreeMap::new();
+    notes.insert("photos".into(), originals.len().to_string());
+    notes.insert("distractors".into(), extra.len().to_string());
+    notes.insert("model".into(), args.model.clone());
+    notes.insert("seed".into(), seed.to_string());
+    notes.insert(
+        "queries_per_second".into(),
+        format!("{:.1}", queries.len() as f64 / secs),
+    );
+    Ok(Report {
+        kind: "near-dup family".into(),
+        columns: ["recall@1".into(), "recall@10".into(), "mAP".into()],
+        rows: tally.rows(&plan::FAMILIES),
+        notes,
+    })
+}
+
+async fn classes(dir: &Path, k: usize, args: &EvalArgs) -> Result<Report> {
+    let mut stored = Vec::new();
+    let mut class_of = HashMap::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    entries.sort();
+    for class_dir in entries {
+        let class = class_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for p in super::collect_images(&[class_dir])? {
+            let id = p.display().to_string();
+            class_of.insert(id.clone(), class.clone());
+            stored.push((id, p));
+        }
+    }
+    if stored.len() < 2 {
+        bail!(
+            "need at least two photos in class sub-folders of {}",
+            dir.display()
+        );
+    }
+    let daemon = PrivateDaemon::start(args).await?;
+    let mut client = daemon.client().await?;
+    insert_all(&mut client, &stored).await?;
+    let mut per_class: HashMap<&str, usize> = HashMap::new();
+    for c in class_of.values() {
+        *per_class.entry(c.as_str()).or_default() += 1;
+    }
+    let depth = (stored.len() - 1).min(1000);
+    let results: Vec<(String, Vec<String>)> = stream::iter(stored.iter())
+        .map(|(id, _)| {
+            let mut client = client.clone();
+            async move {
+                Ok::<_, anyhow::Error>((
+                    id.clone(),
+                    top_ids(&mut client, Source::Id(id.clone()), depth).await?,
+                ))
+            }
+        })
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut tally = Tally::default();
+    for (id, ranked) in &results {
+        let class = &class_of[id];
+        let relevant: Vec<bool> = ranked
+            .iter()
+            .map(|m| class_of.get(m) == Some(class))
+            .collect();
+        tally.add_class(class, &relevant, k, per_class[class.as_str()] - 1);
+    }
+    let mut notes = BTreeMap::new();
+    notes.insert("photos".into(), stored.len().to_string());
+    notes.insert("classes".into(), per_class.len().to_string());
+    notes.insert("model".into(), args.model.clone());
+    Ok(Report {
+        kind: "class".into(),
+        columns: ["precision@1".into(), format!("precision@{k}"), "mAP".into()],
+        rows: tally.rows(&[]),
+        notes,
+    })
+}
+
+async fn insert_all(
+    client: &mut LookalikeClient<Channel>,
+    items: &[(String, PathBuf)],
+) -> Result<()> {
+    let requests: Vec<InsertRequest> = items
+        .iter()
+        .map(|(id, path)| {
+            Ok(InsertRequest {
+                id: id.clone(),
+                image: std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                metadata: HashMap::new(),
+                upsert: true,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let mut answers = client
+        .insert_stream(stream::iter(requests))
+        .await?
+        .into_inner();
+    while let Some(a) = answers.message().await? {
+        if let Some(e) = a.error {
+            eprintln!("skipping {}: {}", a.id, e.message);
+        }
+    }
+    Ok(())
+}
+
+async fn top_ids(
+    client: &mut LookalikeClient<Channel>,
+    source: Source,
+    k: usize,
+) -> Result<Vec<String>> {
+    let resp = client
+        .query(QueryRequest {
+            image: Some(ImageRef {
+                source: Some(source),
+            }),
+            k: k as u32,
+            min_similarity: -1.0,
+            omit_metadata: true,
+        })
+        .await?
+        .into_inner();
+    Ok(resp.matches.into_iter().map(|m| m.id).collect())
+}
+
+/// A daemon of our own over a temporary database; stopped on drop.
+struct PrivateDaemon {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateDaemon {
+    async fn start(args: &EvalArgs) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["serve", "--listen", "127.0.0.1:0", "--model", &args.model])
+            .args(["--pca-min-images", &args.pca_min_images.to_string()])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("LOOKALIKE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start the evaluation daemon")?;
+        let stdout = child.stdout.take().context("daemon stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("lookalike listening on ")
+            .with_context(|| format!("unexpected daemon output {line:?}"))?;
+        let daemon = PrivateDaemon {
+            child,
+            url: format!("http://{addr}"),
+            _dir: dir,
+        };
+        daemon.wait_serving().await?;
+        Ok(daemon)
+    }
+
+    async fn client(&self) -> Result<LookalikeClient<Channel>> {
+        let channel = Channel::from_shared(self.url.clone())?.connect().await?;
+        Ok(LookalikeClient::new(channel)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20))
+    }
+
+    async fn wait_serving(&self) -> Result<()> {
+        use tonic_health::pb::{
+            health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(channel) = Channel::from_shared(self.url.clone())?.connect().await {
+                let resp = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if resp.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the evaluation daemon did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for PrivateDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

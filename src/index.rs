@@ -2,8 +2,10 @@
 //!
 //! Two modes. Until the store holds enough images to fit a PCA, the index is
 //! exact: every stored feature vector is scanned. After that it is an HNSW
-//! graph (hnsw_rs, cosine) over the PCA projections, whose candidates the
-//! engine re-ranks on the full features.
+//! graph (hnsw_rs) over the PCA projections, whose candidates the engine
+//! re-ranks on the full features. Projections are unit vectors, so cosine
+//! distance is `1 - dot`: hnsw_rs's SIMD dot distance (its cosine distance
+//! has no SIMD path).
 //!
 //! hnsw_rs cannot delete, so deleted or replaced points stay in the graph as
 //! tombstones that the search filter skips; the engine rebuilds the graph
@@ -12,12 +14,21 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    path::Path,
     sync::{Arc, RwLock},
 };
 
-use hnsw_rs::prelude::{DistCosine, Hnsw};
+use hnsw_rs::{
+    api::AnnT,
+    hnswio::HnswIo,
+    prelude::{DistDot, Hnsw},
+};
 
+use crate::error::{Error, Result};
 use crate::pca::{dot, Projection};
+
+/// File name stem of a dumped graph (`graph.hnsw.graph`, `graph.hnsw.data`).
+const DUMP_BASENAME: &str = "graph";
 
 /// hnsw_rs's `file_dump` only works with this many layers.
 const MAX_LAYER: usize = 16;
@@ -43,7 +54,7 @@ enum Mode {
     Exact(RwLock<HashMap<u64, Vec<f32>>>),
     Graph {
         projection: Arc<Projection>,
-        graph: Hnsw<'static, f32, DistCosine>,
+        graph: Hnsw<'static, f32, DistDot>,
         params: GraphParams,
     },
 }
@@ -70,7 +81,7 @@ impl Index {
             capacity.max(1024),
             MAX_LAYER,
             params.ef_construction,
-            DistCosine {},
+            DistDot {},
         );
         Index {
             mode: Mode::Graph {
@@ -80,6 +91,49 @@ impl Index {
             },
             tombstones: RwLock::new(HashSet::new()),
         }
+    }
+
+    /// Writes a graph index's graph and vectors into `dir` (hnsw_rs's dump
+    /// format). Returns false for an exact index, which has nothing to save.
+    pub fn dump(&self, dir: &Path) -> Result<bool> {
+        let Mode::Graph { graph, .. } = &self.mode else {
+            return Ok(false);
+        };
+        graph.file_dump(dir, DUMP_BASENAME).map_err(|e| {
+            Error::Storage(format!("cannot dump the graph to '{}': {e}", dir.display()))
+        })?;
+        Ok(true)
+    }
+
+    /// Reads a graph written by [`Index::dump`].
+    pub fn load_graph(
+        dir: &Path,
+        projection: Arc<Projection>,
+        params: GraphParams,
+        tombstones: Vec<u64>,
+    ) -> Result<Self> {
+        // The loaded graph borrows from its reader for its whole life; the
+        // index lives until the next rebuild, so the reader (small) is leaked.
+        let reader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, DUMP_BASENAME)));
+        let graph: Hnsw<'static, f32, DistDot> = reader.load_hnsw().map_err(|e| {
+            Error::Storage(format!(
+                "cannot load the graph from '{}': {e}",
+                dir.display()
+            ))
+        })?;
+        Ok(Index {
+            mode: Mode::Graph {
+                projection,
+                graph,
+                params,
+            },
+            tombstones: RwLock::new(tombstones.into_iter().collect()),
+        })
+    }
+
+    /// The tombstoned seqs, for saving with a dump.
+    pub fn tombstone_list(&self) -> Vec<u64> {
+        read(&self.tombstones).iter().copied().collect()
     }
 
     /// The projection of a graph index.
@@ -184,9 +238,15 @@ impl Index {
                 };
                 let q = projection.project(query);
                 let ef = ef.max(n);
+                // The filter costs a call per visited node: skip it when
+                // there is nothing to filter.
+                let found = if exclude.is_none() && tombstones.is_empty() {
+                    graph.search(&q, n, ef)
+                } else {
+                    graph.search_filter(&q, n, ef, Some(&keep))
+                };
                 let mut seen = HashSet::new();
-                graph
-                    .search_filter(&q, n, ef, Some(&keep))
+                found
                     .into_iter()
                     // A point re-added during a rebuild may appear twice.
                     .filter(|nb| seen.insert(nb.d_id))
@@ -304,5 +364,17 @@ mod tests {
             .all(|h| h.seq != pts[0].0));
         assert_eq!(index.tombstones(), 1);
         assert_eq!(index.size(), 400);
+
+        // Dumped and loaded back, it answers the same.
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(index.dump(dir.path()).expect("dump"));
+        let projection = index.projection().expect("graph").clone();
+        let loaded = Index::load_graph(dir.path(), projection, params, index.tombstone_list())
+            .expect("load");
+        assert_eq!(loaded.size(), 400);
+        assert_eq!(loaded.tombstones(), 1);
+        for (_, v) in pts.iter().take(20) {
+            assert_eq!(loaded.search(v, 5, None), index.search(v, 5, None));
+        }
     }
 }

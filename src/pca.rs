@@ -81,7 +81,13 @@ impl Projection {
             .chunks_exact(self.in_dim)
             .map(|row| dot(row, &centred))
             .collect();
-        let norm = dot(&y, &y).sqrt().max(1e-12);
+        let norm = dot(&y, &y).sqrt();
+        if !norm.is_finite() || norm < 1e-12 {
+            // Nothing to point at (or non-finite input): the zero vector,
+            // similar to nothing, instead of NaNs in the graph.
+            y.iter_mut().for_each(|v| *v = 0.0);
+            return y;
+        }
         y.iter_mut().for_each(|v| *v /= norm);
         y
     }
@@ -130,9 +136,26 @@ impl Projection {
     }
 }
 
+/// Lanes of partial sums in [`dot`]: independent accumulators let the
+/// compiler use SIMD without reordering a single running sum.
+const DOT_LANES: usize = 16;
+
 /// Dot product of two equal-length slices.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let (ac, bc) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    let mut acc = [0f32; DOT_LANES];
+    for (x, y) in ac.zip(bc) {
+        for i in 0..DOT_LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -157,6 +180,20 @@ mod tests {
                     .collect()
             })
             .collect()
+    }
+
+    #[test]
+    fn dot_matches_the_definition() {
+        for len in [0, 1, 15, 16, 17, 100, 1280] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            assert!((f64::from(dot(&a, &b)) - want).abs() < 1e-3, "len {len}");
+        }
     }
 
     #[test]

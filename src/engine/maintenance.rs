@@ -1,6 +1,8 @@
 //! Index loading and background maintenance.
 //!
-//! At start the index is built from the store (it is only a cache of it).
+//! At start the index is the graph saved at the last clean shutdown when it
+//! matches the store exactly, else it is built from the store (the index is
+//! only a cache of it).
 //! Afterwards one background task watches the store and, off the request
 //! path: fits the PCA once `pca_min_images` are stored (switching from exact
 //! search to PCA + HNSW), refits it when the store has grown by
@@ -18,9 +20,26 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::task::JoinHandle;
 
 use super::{blocking, load_projection, Engine, Shared, META_PCA};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::{GraphParams, Index};
 use crate::pca::Projection;
+
+/// Folder under the data dir holding the graph saved at shutdown.
+const INDEX_DIR: &str = "index";
+/// Where the graph is written before it replaces `INDEX_DIR`.
+const INDEX_TMP_DIR: &str = "index.tmp";
+/// The file in `INDEX_DIR` recording which store state the graph matches.
+const STAMP: &str = "stamp.json";
+
+/// What a saved graph was built from.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Stamp {
+    last_seq: u64,
+    count: usize,
+    pca_fitted_on: usize,
+    pca_dimensions: usize,
+    tombstones: Vec<u64>,
+}
 
 /// Records added to a new index per batch while building it.
 const BUILD_BATCH: usize = 4096;
@@ -44,7 +63,11 @@ impl Engine {
         blocking(move || {
             let started = Instant::now();
             let projection = load_projection(&*shared.store)?.map(Arc::new);
-            let (index, built_upto) = shared.build(projection)?;
+            let saved = projection.as_ref().and_then(|p| shared.load_saved(p));
+            let (index, built_upto) = match saved {
+                Some(index) => (index, shared.store.last_seq()?),
+                None => shared.build(projection)?,
+            };
             shared.swap_in(index, built_upto)?;
             tracing::info!(
                 images = shared.store.len(),
@@ -91,6 +114,82 @@ impl Engine {
 }
 
 impl Shared {
+    /// Saves the graph for the next start (clean shutdown only): the dump
+    /// plus a stamp of the store's state it matches.
+    pub(super) fn save_index(&self) -> Result<()> {
+        let index = self.current_index();
+        let Some(projection) = index.projection() else {
+            return Ok(());
+        };
+        let (dir, tmp) = (
+            self.config.data_dir.join(INDEX_DIR),
+            self.config.data_dir.join(INDEX_TMP_DIR),
+        );
+        let io = |e: std::io::Error| {
+            Error::Storage(format!(
+                "cannot save the index under '{}': {e}",
+                tmp.display()
+            ))
+        };
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io)?;
+        index.dump(&tmp)?;
+        let stamp = Stamp {
+            last_seq: self.store.last_seq()?,
+            count: self.store.len(),
+            pca_fitted_on: projection.fitted_on(),
+            pca_dimensions: projection.out_dim(),
+            tombstones: index.tombstone_list(),
+        };
+        let json = serde_json::to_vec(&stamp).map_err(|e| Error::Internal(e.to_string()))?;
+        std::fs::write(tmp.join(STAMP), json).map_err(io)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(io)?;
+        Ok(())
+    }
+
+    /// The graph saved at the last clean shutdown, if it matches the store
+    /// and `projection` exactly. The saved files are removed either way, so
+    /// a crash from now on can never bring back a graph older than the store.
+    fn load_saved(&self, projection: &Arc<Projection>) -> Option<Index> {
+        let dir = self.config.data_dir.join(INDEX_DIR);
+        if !dir.exists() {
+            return None;
+        }
+        let loaded = (|| -> Result<Option<Index>> {
+            let bytes =
+                std::fs::read(dir.join(STAMP)).map_err(|e| Error::Storage(e.to_string()))?;
+            let stamp: Stamp =
+                serde_json::from_slice(&bytes).map_err(|e| Error::Storage(e.to_string()))?;
+            let matches = stamp.last_seq == self.store.last_seq()?
+                && stamp.count == self.store.len()
+                && stamp.pca_fitted_on == projection.fitted_on()
+                && stamp.pca_dimensions == projection.out_dim();
+            if !matches {
+                return Ok(None);
+            }
+            Index::load_graph(
+                &dir,
+                projection.clone(),
+                self.graph_params(),
+                stamp.tombstones,
+            )
+            .map(Some)
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        match loaded {
+            Ok(Some(index)) => Some(index),
+            Ok(None) => {
+                tracing::info!("saved index is stale; rebuilding from the store");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot use the saved index; rebuilding from the store");
+                None
+            }
+        }
+    }
+
     /// The job the store's state calls for, if any.
     fn due(&self) -> Option<Job> {
         if !self.ready.load(Ordering::SeqCst) {

@@ -282,11 +282,16 @@ impl Engine {
         }
     }
 
-    /// Flushes the store; call before exit.
+    /// Flushes the store and saves the graph for a fast next start; call
+    /// before exit.
     pub fn close(&self) -> Result<()> {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.maintenance.notify_one();
-        self.shared.store.flush()
+        self.shared.store.flush()?;
+        if self.is_ready() {
+            self.shared.save_index()?;
+        }
+        Ok(())
     }
 
     fn check_ready(&self) -> Result<()> {

@@ -44,6 +44,10 @@ pub enum EvalCommand {
         /// Seed of the transforms' random choices.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Report each copy's parameters (crop-30, jpeg-q10, ...) instead of
+        /// grouping by family.
+        #[arg(long)]
+        by_label: bool,
         #[command(flatten)]
         common: EvalArgs,
     },
@@ -79,9 +83,10 @@ pub async fn run(command: EvalCommand) -> Result<()> {
             images,
             distractors,
             seed,
+            by_label,
             common,
         } => (
-            near_dup(&images, &distractors, seed, &common).await?,
+            near_dup(&images, &distractors, seed, by_label, &common).await?,
             common.json,
         ),
         EvalCommand::Classes { images, k, common } => {
@@ -100,6 +105,7 @@ async fn near_dup(
     images: &[PathBuf],
     distractors: &[PathBuf],
     seed: u64,
+    by_label: bool,
     args: &EvalArgs,
 ) -> Result<Report> {
     let originals = super::collect_images(images)?;
@@ -139,7 +145,12 @@ async fn near_dup(
             async move {
                 let ids = top_ids(&mut client, Source::Data(v.bytes.clone()), 10).await?;
                 let rank = ids.iter().position(|id| id == target).map(|r| r + 1);
-                Ok::<_, anyhow::Error>((v.family.to_string(), rank))
+                let group = if by_label {
+                    v.label.clone()
+                } else {
+                    v.family.to_string()
+                };
+                Ok::<_, anyhow::Error>((group, rank))
             }
         })
         .buffered(CONCURRENCY)

@@ -30,9 +30,9 @@ use crate::pca::{dot, Projection};
 use crate::store::{Record, SledStore, Store};
 
 /// Meta key naming the model a database was built with.
-const META_MODEL: &str = "model";
+pub const META_MODEL: &str = "model";
 /// Meta key of the fitted PCA projection.
-const META_PCA: &str = "pca";
+pub const META_PCA: &str = "pca";
 /// Longest accepted id, in bytes.
 const MAX_ID_BYTES: usize = 512;
 /// Largest accepted metadata (keys plus values), in bytes.

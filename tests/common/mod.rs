@@ -28,8 +28,13 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `lookalike serve` on a free port with `extra` flags and waits
-    /// until health says SERVING.
+    /// (up to two minutes) until health says SERVING.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Daemon {
+        Self::start_waiting(data_dir, extra, Duration::from_secs(120)).await
+    }
+
+    /// [`Daemon::start`] with a longer wait, for big databases.
+    pub async fn start_waiting(data_dir: &Path, extra: &[&str], wait: Duration) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lookalike"));
         cmd.arg("serve")
             .arg("--listen")
@@ -62,7 +67,7 @@ impl Daemon {
             addr,
             data_dir: data_dir.to_path_buf(),
         };
-        daemon.wait_serving().await;
+        daemon.wait_serving(wait).await;
         daemon
     }
 
@@ -99,8 +104,8 @@ impl Daemon {
         resp.into_inner().status()
     }
 
-    async fn wait_serving(&self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
+    async fn wait_serving(&self, wait: Duration) {
+        let deadline = Instant::now() + wait;
         loop {
             if self.health("").await == ServingStatus::Serving {
                 return;

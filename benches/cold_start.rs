@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{by_id, Daemon};
+use common::{by_id, rss_mib, Daemon};
 use lookalike::api::proto::QueryRequest;
 use lookalike::engine::{META_MODEL, META_PCA};
 use lookalike::pca::Projection;
@@ -118,13 +118,4 @@ async fn query_latency(daemon: &Daemon, n: usize) -> (f64, f64) {
     }
     times.sort_by(f64::total_cmp);
     (times[times.len() / 2], times[times.len() * 99 / 100])
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{by_id, data, photos, read, Client, Daemon};
+use common::{by_id, data, photos, read, rss_mib, Client, Daemon};
 use futures_util::{stream, StreamExt};
 use lookalike::api::proto::{InsertRequest, QueryRequest, StatsRequest};
 use lookalike::augment;
@@ -85,15 +85,6 @@ where
     let rate = calls as f64 / started.elapsed().as_secs_f64();
     latencies.sort();
     (rate, latencies)
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

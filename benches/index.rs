@@ -19,6 +19,9 @@
 //!
 //! Environment: BENCH_SIZES (default "10000,100000"), BENCH_QUERIES (500).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -26,6 +29,7 @@ use std::{
     time::Instant,
 };
 
+use common::rss_mib;
 use lookalike::embed::{Embedder, ModelKind};
 use lookalike::index::{GraphParams, Index};
 use lookalike::pca::{dot, Projection};
@@ -50,15 +54,6 @@ fn env_list(name: &str, default: &str) -> Vec<usize> {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect()
-}
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// Real embeddings of up to `n` Fashion-MNIST photos, cached.
@@ -219,7 +214,7 @@ fn ours(
     queries: &[Vec<f32>],
     truth: &[Vec<u32>],
 ) -> (f64, f64, Vec<(usize, Run)>) {
-    let rss0 = rss_mib();
+    let rss0 = rss_mib(std::process::id());
     let started = Instant::now();
     let sample: Vec<Vec<f32>> = base
         .iter()
@@ -241,7 +236,7 @@ fn ours(
     index.add_batch(&batch);
     drop(batch);
     let build = started.elapsed().as_secs_f64();
-    let mem = rss_mib() - rss0;
+    let mem = rss_mib(std::process::id()) - rss0;
     let search = |q: &Vec<f32>, ef: usize, rerank: usize| -> Vec<u32> {
         let hits = index.search_ef(q, K * rerank, None, ef);
         let mut scored: Vec<(f32, u32)> = hits

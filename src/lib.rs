@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod augment;
+pub mod child;
 pub mod config;
 pub mod decode;
 pub mod embed;

@@ -47,7 +47,7 @@ fn main() -> Result<()> {
 async fn serve(config: Config) -> Result<()> {
     let announce = |addr| {
         // Scripts and tests read this line to learn the port.
-        println!("lookalike listening on {addr}");
+        println!("{}{addr}", lookalike::child::LISTENING);
     };
     lookalike::server::run(config, announce, shutdown_signal()).await?;
     tracing::info!("stopped");

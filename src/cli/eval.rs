@@ -9,9 +9,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -21,6 +19,7 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use lookalike::api::proto::{
     image_ref::Source, lookalike_client::LookalikeClient, ImageRef, InsertRequest, QueryRequest,
 };
+use lookalike::child::ChildDaemon;
 use lookalike::eval::{
     metrics::{Report, Tally},
     plan,
@@ -293,75 +292,36 @@ async fn top_ids(
     Ok(resp.matches.into_iter().map(|m| m.id).collect())
 }
 
-/// A daemon of our own over a temporary database; stopped on drop.
+/// A daemon of our own over a temporary database; killed on drop.
 struct PrivateDaemon {
-    child: Child,
-    url: String,
+    daemon: ChildDaemon,
     _dir: tempfile::TempDir,
 }
 
 impl PrivateDaemon {
     async fn start(args: &EvalArgs) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["serve", "--listen", "127.0.0.1:0", "--model", &args.model])
-            .args(["--pca-min-images", &args.pca_min_images.to_string()])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("LOOKALIKE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("cannot start the evaluation daemon")?;
-        let stdout = child.stdout.take().context("daemon stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("lookalike listening on ")
-            .with_context(|| format!("unexpected daemon output {line:?}"))?;
-        let daemon = PrivateDaemon {
-            child,
-            url: format!("http://{addr}"),
-            _dir: dir,
-        };
-        daemon.wait_serving().await?;
-        Ok(daemon)
+        let pca = args.pca_min_images.to_string();
+        let extra = [
+            "--model",
+            args.model.as_str(),
+            "--pca-min-images",
+            pca.as_str(),
+        ];
+        let daemon = ChildDaemon::start(
+            &std::env::current_exe()?,
+            dir.path(),
+            &extra,
+            Duration::from_secs(120),
+        )
+        .await
+        .context("cannot start the evaluation daemon")?;
+        Ok(PrivateDaemon { daemon, _dir: dir })
     }
 
     async fn client(&self) -> Result<LookalikeClient<Channel>> {
-        let channel = Channel::from_shared(self.url.clone())?.connect().await?;
-        Ok(LookalikeClient::new(channel)
+        Ok(LookalikeClient::new(self.daemon.channel().await?)
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20))
-    }
-
-    async fn wait_serving(&self) -> Result<()> {
-        use tonic_health::pb::{
-            health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(channel) = Channel::from_shared(self.url.clone())?.connect().await {
-                let resp = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await;
-                if resp.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the evaluation daemon did not become ready");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for PrivateDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

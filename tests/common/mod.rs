@@ -4,26 +4,22 @@
 #![allow(dead_code)]
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lookalike::api::proto::{image_ref::Source, lookalike_client::LookalikeClient, ImageRef};
+use lookalike::child::ChildDaemon;
 use tonic::transport::Channel;
-use tonic_health::pb::{
-    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 pub type Client = LookalikeClient<Channel>;
 
 /// A running daemon; killed when dropped.
 pub struct Daemon {
-    child: Child,
+    inner: ChildDaemon,
     pub addr: SocketAddr,
-    pub data_dir: PathBuf,
 }
 
 impl Daemon {
@@ -35,106 +31,56 @@ impl Daemon {
 
     /// [`Daemon::start`] with a longer wait, for big databases.
     pub async fn start_waiting(data_dir: &Path, extra: &[&str], wait: Duration) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lookalike"));
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .env("LOOKALIKE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("LOOKALIKE_") && key != "LOOKALIKE_LOG" {
-                cmd.env_remove(key);
-            }
+        let binary = Path::new(env!("CARGO_BIN_EXE_lookalike"));
+        let inner = ChildDaemon::start(binary, data_dir, extra, wait)
+            .await
+            .expect("start lookalike");
+        Daemon {
+            addr: inner.addr(),
+            inner,
         }
-        let mut child = cmd.spawn().expect("spawn lookalike");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("lookalike listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .parse()
-            .expect("address");
-        let daemon = Daemon {
-            child,
-            addr,
-            data_dir: data_dir.to_path_buf(),
-        };
-        daemon.wait_serving(wait).await;
-        daemon
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.inner.pid()
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect")
+        self.inner.url()
     }
 
     pub async fn client(&self) -> Client {
-        LookalikeClient::new(self.channel().await)
+        LookalikeClient::new(self.inner.channel().await.expect("connect"))
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20)
     }
 
     pub async fn health(&self, service: &str) -> ServingStatus {
-        let mut health = HealthClient::new(self.channel().await);
-        let resp = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .expect("health check");
-        resp.into_inner().status()
+        self.inner.health(service).await.expect("health check")
     }
 
-    async fn wait_serving(&self, wait: Duration) {
-        let deadline = Instant::now() + wait;
-        loop {
-            if self.health("").await == ServingStatus::Serving {
-                return;
-            }
-            assert!(Instant::now() < deadline, "daemon never became SERVING");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM and wait: a clean shutdown.
-    pub fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "daemon exited with {status}");
+    /// SIGTERM and wait: a clean shutdown, which must exit 0.
+    pub fn stop(self) {
+        assert!(
+            self.inner.stop().expect("stop"),
+            "daemon exited with an error"
+        );
     }
 
     /// SIGKILL: a crash, no chance to flush.
-    pub fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn kill9(self) {
+        self.inner.kill();
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Resident memory of process `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// The committed test photos, sorted by name.

@@ -22,8 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{by_id, rss_mib, Daemon};
-use lookalike::api::proto::QueryRequest;
+use common::{query_by_id, rss_mib, Daemon};
 use lookalike::engine::{META_MODEL, META_PCA};
 use lookalike::pca::Projection;
 use lookalike::store::{Record, SledStore, Store};
@@ -105,15 +104,7 @@ async fn query_latency(daemon: &Daemon, n: usize) -> (f64, f64) {
     for _ in 0..500 {
         let id = format!("img-{:07}", rng.random_range(0..n));
         let t = Instant::now();
-        client
-            .query(QueryRequest {
-                image: by_id(&id),
-                k: 10,
-                min_similarity: -1.0,
-                omit_metadata: false,
-            })
-            .await
-            .expect("query by id");
+        query_by_id(&mut client, &id).await;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{by_id, data, photos, read, rss_mib, Client, Daemon};
+use common::{data, photos, query_by_id, read, rss_mib, Client, Daemon};
 use futures_util::{stream, StreamExt};
 use lookalike::api::proto::{InsertRequest, QueryRequest, StatsRequest};
 use lookalike::augment;
@@ -156,15 +156,7 @@ async fn main() {
             let mut client = clients[i % clients.len()].clone();
             let id = format!("img-{}-{}", i % levels.len(), (i * 7919) % per_round);
             async move {
-                client
-                    .query(QueryRequest {
-                        image: by_id(&id),
-                        k: 10,
-                        min_similarity: -1.0,
-                        omit_metadata: false,
-                    })
-                    .await
-                    .expect("query by id");
+                query_by_id(&mut client, &id).await;
             }
         })
         .await;

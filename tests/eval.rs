@@ -1,13 +1,15 @@
 //! `lookalike eval` end to end on the committed photos: the command starts
 //! its own daemon, queries it with every transform family and reports.
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
-#[test]
-fn near_dup_eval_reports_every_family_with_high_recall() {
+/// Runs `lookalike eval ARGS... --json --images DIR` and parses its report.
+fn eval(args: &[&str], images: &Path) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_lookalike"))
-        .args(["eval", "near-dup", "--json", "--images"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data"))
+        .arg("eval")
+        .args(args)
+        .args(["--json", "--images"])
+        .arg(images)
         .output()
         .expect("run lookalike eval");
     assert!(
@@ -15,7 +17,13 @@ fn near_dup_eval_reports_every_family_with_high_recall() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    serde_json::from_slice(&out.stdout).expect("json report")
+}
+
+#[test]
+fn near_dup_eval_reports_every_family_with_high_recall() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let report = eval(&["near-dup"], &data);
     let rows = report["rows"].as_array().expect("rows");
     let row = |g: &str| {
         rows.iter()
@@ -65,17 +73,7 @@ fn classes_eval_reports_precision() {
         std::fs::create_dir_all(dir.path().join(class)).expect("mkdir");
         std::fs::copy(&path, dir.path().join(class).join(&name)).expect("copy");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_lookalike"))
-        .args(["eval", "classes", "--json", "-k", "3", "--images"])
-        .arg(dir.path())
-        .output()
-        .expect("run lookalike eval");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let report = eval(&["classes", "-k", "3"], dir.path());
     let all = &report["rows"][0];
     assert_eq!(all["group"], "all");
     let p1 = all["first"].as_f64().expect("precision@1");

@@ -111,6 +111,19 @@ pub fn data(bytes: Vec<u8>) -> Option<ImageRef> {
     })
 }
 
+/// Query by stored id, k = 10, all matches; panics on error (tests, benches).
+pub async fn query_by_id(client: &mut Client, id: &str) {
+    client
+        .query(lookalike::api::proto::QueryRequest {
+            image: by_id(id),
+            k: 10,
+            min_similarity: -1.0,
+            omit_metadata: false,
+        })
+        .await
+        .expect("query by id");
+}
+
 pub fn by_id(id: &str) -> Option<ImageRef> {
     Some(ImageRef {
         source: Some(Source::Id(id.into())),

@@ -56,6 +56,7 @@ fn build_store(dir: &std::path::Path, n: usize) {
             id: format!("img-{i:07}"),
             seq: 0,
             features: feature(&mut rng),
+            siamese: Vec::new(),
             metadata: BTreeMap::new(),
             inserted_at_ms: 0,
         };

@@ -93,7 +93,9 @@ pub struct Config {
     )]
     pub rebuild_tombstone_fraction: f64,
 
-    /// Cosine similarity at or above which two images count as duplicates.
+    /// Cosine similarity at or above which two images count as duplicates
+    /// when no Siamese distance is available (no Siamese model for this
+    /// backbone, or records stored before one was).
     #[arg(long, env = "LOOKALIKE_DUPLICATE_SIMILARITY", default_value_t = 0.85)]
     pub duplicate_similarity: f32,
 
@@ -104,6 +106,16 @@ pub struct Config {
     /// Most duplicates listed in an Insert response.
     #[arg(long, env = "LOOKALIKE_MAX_DUPLICATES", default_value_t = 10)]
     pub max_duplicates: usize,
+
+    /// Siamese weights (safetensors from `lookalike train-siamese`; default:
+    /// the bundled model, trained on EfficientNet-Lite0 maps).
+    #[arg(long, env = "LOOKALIKE_SIAMESE_WEIGHTS")]
+    pub siamese_weights: Option<PathBuf>,
+
+    /// Siamese distance at or below which two images are duplicates
+    /// (default: the threshold calibrated with the model).
+    #[arg(long, env = "LOOKALIKE_DUPLICATE_DISTANCE")]
+    pub duplicate_distance: Option<f32>,
 }
 
 impl Config {
@@ -130,6 +142,8 @@ impl Config {
             duplicate_similarity: 0.85,
             max_k: 1000,
             max_duplicates: 10,
+            siamese_weights: None,
+            duplicate_distance: None,
         }
     }
 
@@ -166,6 +180,9 @@ impl Config {
         if !(-1.0..=1.0).contains(&self.duplicate_similarity) {
             return bad("--duplicate-similarity must be in [-1, 1]".into());
         }
+        if let Some(d) = self.duplicate_distance {
+            check_distance(d, "--duplicate-distance")?;
+        }
         if !(0.0..=1000.0).contains(&self.batch_budget_ms) {
             return bad("--batch-budget-ms must be in [0, 1000]".into());
         }
@@ -173,5 +190,16 @@ impl Config {
             return bad("--max-k and --rerank-factor must be positive".into());
         }
         Ok(())
+    }
+}
+
+/// A Siamese distance threshold must lie in (0, 2]: embeddings are unit vectors.
+pub fn check_distance(d: f32, what: &str) -> Result<()> {
+    if d > 0.0 && d <= 2.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{what} must be in (0, 2], got {d}"
+        )))
     }
 }

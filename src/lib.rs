@@ -15,9 +15,11 @@ pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod files;
 pub mod index;
 pub mod pca;
 pub mod server;
+pub mod siamese;
 pub mod store;
 
 pub use config::Config;

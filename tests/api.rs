@@ -137,6 +137,7 @@ async fn bad_inputs_get_clear_statuses_and_the_daemon_keeps_serving() {
         c.compare(CompareRequest {
             a: by_id("first"),
             b: None,
+            max_distance: 0.0,
         })
         .await,
         Code::InvalidArgument,
@@ -146,6 +147,7 @@ async fn bad_inputs_get_clear_statuses_and_the_daemon_keeps_serving() {
         c.compare(CompareRequest {
             a: by_id("first"),
             b: by_id("nope"),
+            max_distance: 0.0,
         })
         .await,
         Code::NotFound,
@@ -239,6 +241,7 @@ async fn insert_stream_compare_upsert_and_health() {
         .compare(CompareRequest {
             a: by_id(name0),
             b: data(read(path0)),
+            max_distance: 0.0,
         })
         .await
         .expect("compare")
@@ -248,6 +251,7 @@ async fn insert_stream_compare_upsert_and_health() {
         .compare(CompareRequest {
             a: by_id(name0),
             b: data(copy.clone()),
+            max_distance: 0.0,
         })
         .await
         .expect("compare")
@@ -256,6 +260,7 @@ async fn insert_stream_compare_upsert_and_health() {
         .compare(CompareRequest {
             a: by_id(name0),
             b: by_id(&set[1].0),
+            max_distance: 0.0,
         })
         .await
         .expect("compare")
@@ -268,6 +273,7 @@ async fn insert_stream_compare_upsert_and_health() {
         .compare(CompareRequest {
             a: data(copy),
             b: by_id(name0),
+            max_distance: 0.0,
         })
         .await
         .expect("compare")

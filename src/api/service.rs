@@ -94,10 +94,17 @@ impl Lookalike for Service {
         let req = request.into_inner();
         let a = image_source(req.a, "a")?;
         let b = image_source(req.b, "b")?;
-        let c = self.engine.compare(a, b).await.map_err(to_status)?;
+        let max_distance = (req.max_distance != 0.0).then_some(req.max_distance);
+        let c = self
+            .engine
+            .compare(a, b, max_distance)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(proto::CompareResponse {
             similarity: c.similarity,
+            distance: c.distance.unwrap_or(-1.0),
             duplicate: c.duplicate,
+            threshold: c.threshold.unwrap_or(0.0),
             similarity_threshold: c.similarity_threshold,
         }))
     }
@@ -147,6 +154,8 @@ impl Lookalike for Service {
             index_tombstones: s.index_tombstones,
             model: s.model,
             pca_min_images: s.pca_min_images,
+            duplicate_distance: s.duplicate_distance.unwrap_or(0.0),
+            duplicate_similarity: s.duplicate_similarity,
         }))
     }
 }
@@ -235,5 +244,7 @@ fn to_match(m: Match) -> proto::Match {
         id: m.id,
         similarity: m.similarity,
         metadata: m.metadata.into_iter().collect(),
+        distance: m.distance.unwrap_or(-1.0),
+        duplicate: m.duplicate,
     }
 }

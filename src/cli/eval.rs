@@ -60,6 +60,9 @@ pub enum EvalCommand {
         #[command(flatten)]
         common: EvalArgs,
     },
+    /// Quality of the Siamese duplicate verdict against CNN cosine and dHash,
+    /// on the validation photos (in-process, no daemon).
+    Siamese(super::siamese::EvalSiameseArgs),
 }
 
 #[derive(Args, Debug)]
@@ -90,6 +93,9 @@ pub async fn run(command: EvalCommand) -> Result<()> {
         ),
         EvalCommand::Classes { images, k, common } => {
             (classes(&images, k, &common).await?, common.json)
+        }
+        EvalCommand::Siamese(args) => {
+            return tokio::task::spawn_blocking(move || super::siamese::eval(args)).await?;
         }
     };
     if json {

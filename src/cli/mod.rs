@@ -3,6 +3,7 @@
 //! measures a private daemon of its own.
 
 mod eval;
+mod siamese;
 
 use std::{
     collections::HashMap,
@@ -15,13 +16,10 @@ use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use lookalike::api::proto::{
-    image_ref::Source, lookalike_client::LookalikeClient, CompareRequest, DeleteRequest,
-    GetRequest, ImageRef, InsertRequest, QueryRequest, StatsRequest,
+    image_ref::Source, lookalike_client::LookalikeClient, CompareRequest, CompareResponse,
+    DeleteRequest, GetRequest, ImageRef, InsertRequest, QueryRequest, StatsRequest,
 };
 use tonic::transport::Channel;
-
-/// File extensions `insert` picks up when walking a folder.
-const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
 
 #[derive(Args, Debug)]
 pub struct ClientArgs {
@@ -72,6 +70,10 @@ pub enum Command {
         /// Treat A and B as stored ids rather than files.
         #[arg(long)]
         ids: bool,
+        /// Siamese distance at or below which the pair is a duplicate
+        /// (default: the server's threshold).
+        #[arg(long)]
+        max_distance: Option<f32>,
     },
     /// Show a stored image's record.
     Get { id: String },
@@ -82,13 +84,36 @@ pub enum Command {
     /// Measure search quality on your photos (starts its own daemon).
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Train the Siamese duplicate-verdict network on photos (in-process).
+    TrainSiamese(siamese::TrainArgs),
 }
 
 pub async fn run(args: ClientArgs, command: Command) -> Result<()> {
     match command {
         Command::Eval(e) => eval::run(e).await,
+        Command::TrainSiamese(t) => tokio::task::spawn_blocking(move || siamese::train(t)).await?,
         remote => run_remote(&args, remote).await,
     }
+}
+
+fn print_comparison(c: &CompareResponse) {
+    let verdict = if c.duplicate { "yes" } else { "no" };
+    if c.distance >= 0.0 {
+        println!(
+            "distance    {:.4}  (Siamese, 0 = identical, 2 = opposite)",
+            c.distance
+        );
+        println!("duplicate   {verdict}  (distance <= {:.4})", c.threshold);
+    } else {
+        println!(
+            "duplicate   {verdict}  (similarity >= {:.3}; no Siamese distance)",
+            c.similarity_threshold
+        );
+    }
+    println!(
+        "similarity  {:.4}  (cosine of CNN features, 1 = identical)",
+        c.similarity
+    );
 }
 
 /// The subcommands that talk to a running daemon.
@@ -135,7 +160,12 @@ async fn run_remote(args: &ClientArgs, command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Compare { a, b, ids } => {
+        Command::Compare {
+            a,
+            b,
+            ids,
+            max_distance,
+        } => {
             let side = |s: String| {
                 if ids {
                     Ok(id_ref(s))
@@ -147,18 +177,11 @@ async fn run_remote(args: &ClientArgs, command: Command) -> Result<()> {
                 .compare(CompareRequest {
                     a: Some(side(a)?),
                     b: Some(side(b)?),
+                    max_distance: max_distance.unwrap_or(0.0),
                 })
                 .await?
                 .into_inner();
-            println!(
-                "similarity  {:.4}  (cosine of CNN features, 1 = identical)",
-                resp.similarity
-            );
-            println!(
-                "duplicate   {}  (threshold: similarity >= {:.3})",
-                if resp.duplicate { "yes" } else { "no" },
-                resp.similarity_threshold
-            );
+            print_comparison(&resp);
             Ok(())
         }
         Command::Get { id } => {
@@ -183,7 +206,7 @@ async fn run_remote(args: &ClientArgs, command: Command) -> Result<()> {
             println!("deleted {id}");
             Ok(())
         }
-        Command::Eval(e) => eval::run(e).await,
+        Command::Eval(_) | Command::TrainSiamese(_) => unreachable!("handled in run"),
         Command::Stats => {
             let s = client.stats(StatsRequest {}).await?.into_inner();
             println!("images          {}", s.count);
@@ -197,6 +220,17 @@ async fn run_remote(args: &ClientArgs, command: Command) -> Result<()> {
                 println!(
                     "index           exact (PCA + HNSW from {} images)",
                     s.pca_min_images
+                );
+            }
+            if s.duplicate_distance > 0.0 {
+                println!(
+                    "duplicates      Siamese distance <= {:.4}",
+                    s.duplicate_distance
+                );
+            } else {
+                println!(
+                    "duplicates      cosine >= {:.3} (no Siamese model)",
+                    s.duplicate_similarity
                 );
             }
             Ok(())
@@ -276,39 +310,7 @@ async fn insert(
 
 /// The image files under `paths`, folders walked recursively, sorted.
 pub(crate) fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for path in paths {
-        let meta =
-            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-        if meta.is_dir() {
-            walk(path, &mut out)?;
-        } else {
-            out.push(path.clone());
-        }
-    }
-    Ok(out)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else if has_image_extension(&path) {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    Ok(lookalike::files::image_files(paths)?)
 }
 
 fn file_ref(path: &Path) -> Result<ImageRef> {

@@ -6,6 +6,8 @@
 //! their input to one worker thread, which takes whatever has queued up,
 //! waiting at most `budget` for more once a first input is there, and runs
 //! them as one batch. A lone request pays at most `budget` extra latency.
+//! With a Siamese network, the same pass taps the CNN's mid-network maps
+//! and the worker runs the Siamese network over them, batched too.
 
 use std::{
     sync::{mpsc, Arc},
@@ -17,13 +19,23 @@ use tokio::sync::oneshot;
 
 use super::Embedder;
 use crate::error::{Error, Result};
+use crate::siamese::Siamese;
 
 /// Largest batch the worker runs at once.
 const MAX_BATCH: usize = 16;
 
+/// One image's descriptors.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    /// L2-normalised CNN features.
+    pub features: Vec<f32>,
+    /// The Siamese embedding; empty without a Siamese network.
+    pub siamese: Vec<f32>,
+}
+
 struct Job {
     input: Vec<f32>,
-    reply: oneshot::Sender<Vec<f32>>,
+    reply: oneshot::Sender<Result<Embedded>>,
 }
 
 /// Handle to the batching worker; the worker stops when the last handle drops.
@@ -33,29 +45,38 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the worker over `embedder`.
-    pub fn start(embedder: Arc<Embedder>, budget: Duration) -> Result<Self> {
+    /// Starts the worker over `embedder` (and `siamese`, when given).
+    pub fn start(
+        embedder: Arc<Embedder>,
+        siamese: Option<Arc<Siamese>>,
+        budget: Duration,
+    ) -> Result<Self> {
         let (queue, jobs) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name("lookalike-batcher".into())
-            .spawn(move || run(&embedder, &jobs, budget))
+            .spawn(move || run(&embedder, siamese.as_deref(), &jobs, budget))
             .map_err(|e| Error::Model(format!("cannot start the embedding worker: {e}")))?;
         Ok(Batcher { queue })
     }
 
     /// Embeds one preprocessed input (see [`Embedder::input`]).
-    pub async fn embed(&self, input: Vec<f32>) -> Result<Vec<f32>> {
+    pub async fn embed(&self, input: Vec<f32>) -> Result<Embedded> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Job { input, reply })
             .map_err(|_| Error::Internal("the embedding worker has stopped".into()))?;
         answer
             .await
-            .map_err(|_| Error::Internal("the embedding worker dropped a request".into()))
+            .map_err(|_| Error::Internal("the embedding worker dropped a request".into()))?
     }
 }
 
-fn run(embedder: &Embedder, jobs: &mpsc::Receiver<Job>, budget: Duration) {
+fn run(
+    embedder: &Embedder,
+    siamese: Option<&Siamese>,
+    jobs: &mpsc::Receiver<Job>,
+    budget: Duration,
+) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         let deadline = Instant::now() + budget;
@@ -68,12 +89,49 @@ fn run(embedder: &Embedder, jobs: &mpsc::Receiver<Job>, budget: Duration) {
         }
         let (inputs, replies): (Vec<Vec<f32>>, Vec<_>) =
             batch.into_iter().map(|j| (j.input, j.reply)).unzip();
-        let features = embedder.embed_inputs(&inputs);
-        for (reply, f) in replies.into_iter().zip(features) {
-            // The requester may have gone (cancelled call): nothing to do.
-            let _ = reply.send(f);
+        match describe(embedder, siamese, &inputs) {
+            Ok(described) => {
+                for (reply, d) in replies.into_iter().zip(described) {
+                    // The requester may have gone (cancelled call): nothing to do.
+                    let _ = reply.send(Ok(d));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Model(message.clone())));
+                }
+            }
         }
     }
+}
+
+fn describe(
+    embedder: &Embedder,
+    siamese: Option<&Siamese>,
+    inputs: &[Vec<f32>],
+) -> Result<Vec<Embedded>> {
+    let Some(siamese) = siamese else {
+        return Ok(embedder
+            .embed_inputs(inputs)
+            .into_iter()
+            .map(|features| Embedded {
+                features,
+                siamese: Vec::new(),
+            })
+            .collect());
+    };
+    let embedded = embedder.embed_inputs_with_taps(inputs);
+    let taps: Vec<&[f32]> = embedded.iter().map(|e| e.tap.as_slice()).collect();
+    let vectors = siamese.embed_taps(&taps, embedder.tap_shape())?;
+    Ok(embedded
+        .into_iter()
+        .zip(vectors)
+        .map(|(e, siamese)| Embedded {
+            features: e.features,
+            siamese,
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -85,7 +143,8 @@ mod tests {
     async fn concurrent_requests_get_their_own_answers() {
         let embedder =
             Arc::new(Embedder::load(ModelKind::EfficientNetLite0, None, 2).expect("load"));
-        let batcher = Batcher::start(embedder.clone(), Duration::from_millis(5)).expect("start");
+        let batcher =
+            Batcher::start(embedder.clone(), None, Duration::from_millis(5)).expect("start");
         let images: Vec<image::RgbImage> = (0..6u8)
             .map(|i| {
                 image::RgbImage::from_fn(64, 48, move |x, y| {
@@ -103,7 +162,7 @@ mod tests {
             .await
             .expect("batched");
         for (w, g) in want.iter().zip(&got) {
-            let cos: f32 = w.iter().zip(g).map(|(a, b)| a * b).sum();
+            let cos: f32 = w.iter().zip(&g.features).map(|(a, b)| a * b).sum();
             assert!(cos > 0.9999, "cosine {cos}");
         }
     }

@@ -156,6 +156,21 @@ pub struct FastEfficientNetLite {
     head: Pointwise,
 }
 
+/// Side, height and channels of one image's tapped feature map (NHWC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapShape {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl TapShape {
+    /// Floats in one image's map.
+    pub fn floats(&self) -> usize {
+        self.h * self.w * self.c
+    }
+}
+
 impl FastEfficientNetLite {
     /// Rearranges the reference network's folded weights.
     pub fn from_reference(net: &EfficientNetLite) -> Result<Self> {
@@ -181,20 +196,47 @@ impl FastEfficientNetLite {
         })
     }
 
+    /// Shape of the feature map [`Self::features_and_tap`] taps for `size` x
+    /// `size` input: the head's activations before pooling (7 x 7 x 1280
+    /// for Lite0), which the Siamese network reads. Their average is the
+    /// pooled features, so the Siamese network starts from what the cosine
+    /// already knows, plus where in the picture each part of it is.
+    pub fn tap_shape(&self, size: usize) -> TapShape {
+        let side = self
+            .blocks
+            .iter()
+            .fold(size.div_ceil(2), |s, b| s.div_ceil(b.depthwise.stride));
+        TapShape {
+            h: side,
+            w: side,
+            c: self.head.cout,
+        }
+    }
+
     /// Pooled head activations `[n][1280]` (not normalised) for `n` NHWC
     /// images of `size` x `size` x 3. With several images and threads, each
     /// thread runs whole images (no synchronisation, activations stay in its
     /// cache); a single image is split across the threads layer by layer.
-    pub fn features(&self, input: &[f32], n: usize, size: usize) -> Vec<f32> {
+    ///
+    /// With `tap`, also each image's head map before pooling (NHWC, see
+    /// [`Self::tap_shape`]), concatenated; the tap costs one copy.
+    pub fn features_and_tap(
+        &self,
+        input: &[f32],
+        n: usize,
+        size: usize,
+        tap: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
         let threads = rayon::current_num_threads();
         if n == 1 && threads > 1 {
-            return self.features_with_workspace(input, 1, size, true);
+            return self.features_with_workspace(input, 1, size, true, tap);
         }
-        let per_image: Vec<Vec<f32>> = input
+        let per_image: Vec<(Vec<f32>, Vec<f32>)> = input
             .par_chunks(size * size * 3)
-            .map(|image| self.features_with_workspace(image, 1, size, false))
+            .map(|image| self.features_with_workspace(image, 1, size, false, tap))
             .collect();
-        per_image.concat()
+        let (pooled, taps): (Vec<_>, Vec<_>) = per_image.into_iter().unzip();
+        (pooled.concat(), taps.concat())
     }
 
     /// Runs with this thread's buffers (fresh ones if they are in use, as
@@ -205,10 +247,11 @@ impl FastEfficientNetLite {
         n: usize,
         size: usize,
         parallel: bool,
-    ) -> Vec<f32> {
+        tap: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
         WORKSPACE.with(|ws| match ws.try_borrow_mut() {
-            Ok(mut ws) => self.forward(input, n, size, parallel, &mut ws),
-            Err(_) => self.forward(input, n, size, parallel, &mut Workspace::default()),
+            Ok(mut ws) => self.forward(input, n, size, parallel, tap, &mut ws),
+            Err(_) => self.forward(input, n, size, parallel, tap, &mut Workspace::default()),
         })
     }
 
@@ -218,8 +261,9 @@ impl FastEfficientNetLite {
         n: usize,
         size: usize,
         parallel: bool,
+        tap: bool,
         ws: &mut Workspace,
-    ) -> Vec<f32> {
+    ) -> (Vec<f32>, Vec<f32>) {
         let Workspace {
             cols,
             x,
@@ -251,7 +295,9 @@ impl FastEfficientNetLite {
             std::mem::swap(x, y);
         }
         let hs = self.head.forward(x, shape, None, true, expanded, parallel);
-        kernels::global_average_pool(&expanded[..hs.len()], hs)
+        let map = &expanded[..hs.len()];
+        let tapped = if tap { map.to_vec() } else { Vec::new() };
+        (kernels::global_average_pool(map, hs), tapped)
     }
 }
 

@@ -14,9 +14,10 @@ use std::{fmt, path::Path, str::FromStr};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 
-pub use batcher::Batcher;
-pub use efficientnet_lite::EfficientNetLite;
+pub use batcher::{Batcher, Embedded};
+pub use efficientnet_lite::{l2_normalise, EfficientNetLite};
 use fast::FastEfficientNetLite;
+pub use fast::TapShape;
 
 use crate::decode;
 use crate::error::{Error, Result};
@@ -78,6 +79,15 @@ impl FromStr for ModelKind {
         <Self as clap::ValueEnum>::from_str(s, false)
             .map_err(|_| Error::InvalidArgument(format!("unknown model '{s}'")))
     }
+}
+
+/// One image through the network.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    /// L2-normalised pooled features.
+    pub features: Vec<f32>,
+    /// The head's map before pooling, NHWC (empty unless asked for).
+    pub tap: Vec<f32>,
 }
 
 /// A loaded network plus the preprocessing it expects.
@@ -154,15 +164,44 @@ impl Embedder {
 
     /// [`Embedder::embed`] from preprocessed inputs (see [`Embedder::input`]).
     pub fn embed_inputs(&self, inputs: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        self.run(inputs, false)
+            .into_iter()
+            .map(|e| e.features)
+            .collect()
+    }
+
+    /// Features plus each image's head map before pooling (see
+    /// [`Embedder::tap_shape`]), from one forward pass: what the Siamese
+    /// network reads.
+    pub fn embed_inputs_with_taps(&self, inputs: &[Vec<f32>]) -> Vec<Embedding> {
+        self.run(inputs, true)
+    }
+
+    /// Only the tapped maps (for training).
+    pub fn taps(&self, inputs: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        self.run(inputs, true).into_iter().map(|e| e.tap).collect()
+    }
+
+    /// Shape of the map [`Embedder::embed_inputs_with_taps`] returns.
+    pub fn tap_shape(&self) -> TapShape {
+        self.fast.tap_shape(self.kind.input_size() as usize)
+    }
+
+    fn run(&self, inputs: &[Vec<f32>], tap: bool) -> Vec<Embedding> {
         let size = self.kind.input_size() as usize;
-        let dim = self.dim();
+        let (dim, tap_len) = (self.dim(), self.tap_shape().floats());
         let mut out = Vec::with_capacity(inputs.len());
         for chunk in inputs.chunks(MAX_BATCH) {
             let batch = chunk.concat();
-            let pooled = self
+            let (pooled, taps) = self
                 .pool
-                .install(|| self.fast.features(&batch, chunk.len(), size));
-            out.extend(pooled.chunks_exact(dim).map(normalised));
+                .install(|| self.fast.features_and_tap(&batch, chunk.len(), size, tap));
+            let mut taps = taps.chunks_exact(tap_len).map(<[f32]>::to_vec);
+            let mut pooled = pooled.chunks_exact(dim).map(normalised);
+            out.extend((0..chunk.len()).map(|_| Embedding {
+                features: pooled.next().unwrap_or_default(),
+                tap: taps.next().unwrap_or_default(),
+            }));
         }
         out
     }

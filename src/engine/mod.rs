@@ -22,11 +22,12 @@ use std::{
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::config::Config;
-use crate::embed::{Batcher, Embedder};
+use crate::config::{check_distance, Config};
+use crate::embed::{Batcher, Embedded, Embedder};
 use crate::error::{Error, Result};
 use crate::index::{Hit, Index};
 use crate::pca::{dot, Projection};
+use crate::siamese::{self, Siamese};
 use crate::store::{Record, SledStore, Store};
 
 /// Meta key naming the model a database was built with.
@@ -37,6 +38,10 @@ pub const META_PCA: &str = "pca";
 const MAX_ID_BYTES: usize = 512;
 /// Largest accepted metadata (keys plus values), in bytes.
 const MAX_METADATA_BYTES: usize = 64 << 10;
+/// Nearest neighbours (by cosine) an insert checks with the Siamese
+/// verdict, at least: a duplicate's cosine can rank below merely similar
+/// photos, so the shortlist is wider than the answer.
+const DUPLICATE_CANDIDATES: usize = 32;
 
 /// An image in a request: encoded bytes, or the id of a stored one.
 #[derive(Debug, Clone)]
@@ -59,7 +64,7 @@ pub struct NewImage {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub id: String,
-    features: Vec<f32>,
+    embedded: Embedded,
     metadata: BTreeMap<String, String>,
     upsert: bool,
 }
@@ -69,6 +74,10 @@ pub struct Prepared {
 pub struct Match {
     pub id: String,
     pub similarity: f32,
+    /// Siamese distance, when both images have a Siamese embedding.
+    pub distance: Option<f32>,
+    /// The duplicate verdict for this pair.
+    pub duplicate: bool,
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -84,8 +93,19 @@ pub struct InsertOutcome {
 #[derive(Debug, Clone, Copy)]
 pub struct Comparison {
     pub similarity: f32,
+    /// Siamese distance, when both images have a Siamese embedding.
+    pub distance: Option<f32>,
     pub duplicate: bool,
+    /// The Siamese distance threshold, when a Siamese model is loaded.
+    pub threshold: Option<f32>,
     pub similarity_threshold: f32,
+}
+
+/// One image's descriptors, from a request or the store.
+struct Resolved {
+    embedded: Embedded,
+    /// The seq to leave out of its own results, for a stored image.
+    exclude: Option<u64>,
 }
 
 /// Counts and state, for Stats.
@@ -98,6 +118,8 @@ pub struct Stats {
     pub index_tombstones: u64,
     pub model: String,
     pub pca_min_images: u64,
+    pub duplicate_distance: Option<f32>,
+    pub duplicate_similarity: f32,
 }
 
 /// Handle to the engine; clones share one state.
@@ -110,6 +132,9 @@ struct Shared {
     config: Config,
     store: Box<dyn Store>,
     embedder: Arc<Embedder>,
+    /// The duplicate verdict's network; `None` when there is none for the
+    /// backbone (cosine decides then).
+    siamese: Option<Arc<Siamese>>,
     /// Runs forward passes, batching concurrent requests.
     batcher: Batcher,
     /// The current index. Readers clone nothing: they hold the read lock for
@@ -142,8 +167,10 @@ impl Engine {
             config.weights.as_deref(),
             config.threads,
         )?);
+        let siamese = load_siamese(&config, &embedder)?;
         let batcher = Batcher::start(
             embedder.clone(),
+            siamese.clone(),
             Duration::from_micros((config.batch_budget_ms * 1000.0) as u64),
         )?;
         Ok(Engine {
@@ -151,6 +178,7 @@ impl Engine {
                 config,
                 store: Box::new(store),
                 embedder,
+                siamese,
                 batcher,
                 index: RwLock::new(Arc::new(Index::exact())),
                 ready: AtomicBool::new(false),
@@ -171,7 +199,7 @@ impl Engine {
 
     /// Decodes and embeds an encoded image: decoding on the blocking pool,
     /// the forward pass batched with concurrent requests.
-    pub async fn embed(&self, bytes: Vec<u8>) -> Result<Vec<f32>> {
+    pub async fn embed(&self, bytes: Vec<u8>) -> Result<Embedded> {
         let shared = self.shared.clone();
         let input = blocking(move || {
             shared
@@ -194,10 +222,10 @@ impl Engine {
         self.check_ready()?;
         let id = image_id(&image)?;
         check_metadata(&image.metadata)?;
-        let features = self.embed(image.image).await?;
+        let embedded = self.embed(image.image).await?;
         Ok(Prepared {
             id,
-            features,
+            embedded,
             metadata: image.metadata,
             upsert: image.upsert,
         })
@@ -229,20 +257,32 @@ impl Engine {
                 "min_similarity must be in [-1, 1], got {min_similarity}"
             )));
         }
-        let (features, exclude) = self.resolve(image).await?;
+        let query = self.resolve(image).await?;
         let shared = self.shared.clone();
-        blocking(move || shared.nearest(&features, k, min_similarity, exclude)).await
+        blocking(move || shared.nearest(&query.embedded, k, min_similarity, query.exclude)).await
     }
 
-    /// Cosine similarity of two images' features and the duplicate verdict.
-    pub async fn compare(&self, a: ImageSource, b: ImageSource) -> Result<Comparison> {
-        let ((fa, _), (fb, _)) = tokio::try_join!(self.resolve(a), self.resolve(b))?;
-        let similarity = dot(&fa, &fb).clamp(-1.0, 1.0);
-        let threshold = self.shared.config.duplicate_similarity;
+    /// Cosine similarity and Siamese distance of two images, and the
+    /// duplicate verdict (at `max_distance`, or the server's threshold).
+    pub async fn compare(
+        &self,
+        a: ImageSource,
+        b: ImageSource,
+        max_distance: Option<f32>,
+    ) -> Result<Comparison> {
+        if let Some(d) = max_distance {
+            check_distance(d, "max_distance")?;
+        }
+        let (a, b) = tokio::try_join!(self.resolve(a), self.resolve(b))?;
+        let (a, b) = (&a.embedded, &b.embedded);
+        let similarity = dot(&a.features, &b.features).clamp(-1.0, 1.0);
+        let distance = self.shared.distance(&a.siamese, &b.siamese);
         Ok(Comparison {
             similarity,
-            duplicate: similarity >= threshold,
-            similarity_threshold: threshold,
+            distance,
+            duplicate: self.shared.is_duplicate(similarity, distance, max_distance),
+            threshold: self.shared.distance_threshold(),
+            similarity_threshold: self.shared.config.duplicate_similarity,
         })
     }
 
@@ -279,6 +319,8 @@ impl Engine {
             index_tombstones: index.tombstones() as u64,
             model: self.shared.embedder.kind().name().to_string(),
             pca_min_images: self.shared.config.pca_min_images as u64,
+            duplicate_distance: self.shared.distance_threshold(),
+            duplicate_similarity: self.shared.config.duplicate_similarity,
         }
     }
 
@@ -302,17 +344,26 @@ impl Engine {
         }
     }
 
-    /// Features of a request image, plus the seq to leave out of its results
-    /// when it is a stored image.
-    async fn resolve(&self, image: ImageSource) -> Result<(Vec<f32>, Option<u64>)> {
+    /// Descriptors of a request image, plus the seq to leave out of its
+    /// results when it is a stored image.
+    async fn resolve(&self, image: ImageSource) -> Result<Resolved> {
         match image {
-            ImageSource::Bytes(bytes) => Ok((self.embed(bytes).await?, None)),
+            ImageSource::Bytes(bytes) => Ok(Resolved {
+                embedded: self.embed(bytes).await?,
+                exclude: None,
+            }),
             ImageSource::Id(id) => {
                 if id.is_empty() {
                     return Err(Error::InvalidArgument("image id is empty".into()));
                 }
                 let record = self.get(id).await?;
-                Ok((record.features, Some(record.seq)))
+                Ok(Resolved {
+                    embedded: Embedded {
+                        features: record.features,
+                        siamese: record.siamese,
+                    },
+                    exclude: Some(record.seq),
+                })
             }
         }
     }
@@ -324,10 +375,12 @@ impl Shared {
     }
 
     fn insert_features(&self, prepared: Prepared) -> Result<InsertOutcome> {
+        let Embedded { features, siamese } = prepared.embedded;
         let record = Record {
             id: prepared.id,
             seq: 0,
-            features: prepared.features,
+            features,
+            siamese,
             metadata: prepared.metadata,
             inserted_at_ms: now_ms(),
         };
@@ -342,12 +395,7 @@ impl Shared {
             index.add(inserted.seq, &record.features);
         }
         self.maintenance.notify_one();
-        let duplicates = self.nearest(
-            &record.features,
-            self.config.max_duplicates,
-            self.config.duplicate_similarity,
-            Some(inserted.seq),
-        )?;
+        let duplicates = self.duplicates_of(&record, inserted.seq)?;
         Ok(InsertOutcome {
             id: record.id,
             duplicates,
@@ -355,11 +403,50 @@ impl Shared {
         })
     }
 
+    /// The stored images the duplicate verdict says `record` duplicates:
+    /// a shortlist of nearest neighbours by cosine, judged pair by pair.
+    fn duplicates_of(&self, record: &Record, seq: u64) -> Result<Vec<Match>> {
+        let query = Embedded {
+            features: record.features.clone(),
+            siamese: record.siamese.clone(),
+        };
+        let max = self.config.max_duplicates;
+        let shortlist = match self.siamese {
+            Some(_) => max.saturating_mul(4).max(DUPLICATE_CANDIDATES),
+            None => max,
+        };
+        let mut found = self.nearest(&query, shortlist, -1.0, Some(seq))?;
+        found.retain(|m| m.duplicate);
+        found.truncate(max);
+        Ok(found)
+    }
+
+    /// Siamese distance of two embeddings; `None` if either is missing.
+    fn distance(&self, a: &[f32], b: &[f32]) -> Option<f32> {
+        (self.siamese.is_some() && !a.is_empty() && a.len() == b.len())
+            .then(|| siamese::distance(a, b))
+    }
+
+    /// The Siamese threshold in force (config override, else the model's).
+    fn distance_threshold(&self) -> Option<f32> {
+        let model = self.siamese.as_ref()?.threshold();
+        Some(self.config.duplicate_distance.unwrap_or(model))
+    }
+
+    /// The duplicate verdict: by Siamese distance when there is one, else by
+    /// cosine.
+    fn is_duplicate(&self, similarity: f32, distance: Option<f32>, max: Option<f32>) -> bool {
+        match (distance, max.or(self.distance_threshold())) {
+            (Some(d), Some(t)) => d <= t,
+            _ => similarity >= self.config.duplicate_similarity,
+        }
+    }
+
     /// Searches the index, then re-ranks the candidates by exact cosine on
     /// the stored full features (which also drops any that were deleted).
     fn nearest(
         &self,
-        query: &[f32],
+        query: &Embedded,
         k: usize,
         min_similarity: f32,
         exclude: Option<u64>,
@@ -369,17 +456,20 @@ impl Shared {
             Some(_) => k.saturating_mul(self.config.rerank_factor).max(k + 8),
             None => k,
         };
-        let hits: Vec<Hit> = index.search(query, candidates, exclude);
+        let hits: Vec<Hit> = index.search(&query.features, candidates, exclude);
         let mut matches = Vec::with_capacity(hits.len());
         for hit in hits {
             let Some(record) = self.store.get_by_seq(hit.seq)? else {
                 continue;
             };
-            let similarity = dot(query, &record.features).clamp(-1.0, 1.0);
+            let similarity = dot(&query.features, &record.features).clamp(-1.0, 1.0);
             if similarity >= min_similarity {
+                let distance = self.distance(&query.siamese, &record.siamese);
                 matches.push(Match {
                     id: record.id,
                     similarity,
+                    distance,
+                    duplicate: self.is_duplicate(similarity, distance, None),
                     metadata: record.metadata,
                 });
             }
@@ -442,6 +532,20 @@ fn check_model(store: &dyn Store, model: &str) -> Result<()> {
             store.meta_put(META_MODEL, model.as_bytes())?;
             store.flush()
         }
+    }
+}
+
+/// The Siamese network for this backbone: the configured weights (which
+/// must fit), else the bundled ones if they fit; `None` otherwise.
+fn load_siamese(config: &Config, embedder: &Embedder) -> Result<Option<Arc<Siamese>>> {
+    let path = config.siamese_weights.as_deref();
+    match Siamese::load(path, config.model, embedder.tap_shape()) {
+        Ok(s) => Ok(Some(Arc::new(s))),
+        Err(e) if path.is_none() => {
+            tracing::warn!("{e}; duplicates are decided by CNN cosine alone");
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -2,14 +2,18 @@
 //!
 //! Features are the bulk of a record (1280 floats), so a compact fixed
 //! layout beats a text format: version byte, id, insert time, features as
-//! little-endian f32, then metadata pairs; every length a u32.
+//! little-endian f32, the Siamese embedding likewise (version 2 on; version
+//! 1 records, written before it existed, read back with none), then
+//! metadata pairs; every length a u32.
 
 use std::collections::BTreeMap;
 
 use super::Record;
 use crate::error::{Error, Result};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// Records without a Siamese embedding.
+const VERSION_1: u8 = 1;
 
 pub fn encode(record: &Record) -> Vec<u8> {
     let meta_len: usize = record
@@ -17,14 +21,13 @@ pub fn encode(record: &Record) -> Vec<u8> {
         .iter()
         .map(|(k, v)| 8 + k.len() + v.len())
         .sum();
-    let mut out = Vec::with_capacity(17 + record.id.len() + 4 * record.features.len() + meta_len);
+    let floats = record.features.len() + record.siamese.len();
+    let mut out = Vec::with_capacity(21 + record.id.len() + 4 * floats + meta_len);
     out.push(VERSION);
     put_bytes(&mut out, record.id.as_bytes());
     out.extend_from_slice(&record.inserted_at_ms.to_le_bytes());
-    out.extend_from_slice(&(record.features.len() as u32).to_le_bytes());
-    for v in &record.features {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    put_floats(&mut out, &record.features);
+    put_floats(&mut out, &record.siamese);
     out.extend_from_slice(&(record.metadata.len() as u32).to_le_bytes());
     for (k, v) in &record.metadata {
         put_bytes(&mut out, k.as_bytes());
@@ -36,20 +39,17 @@ pub fn encode(record: &Record) -> Vec<u8> {
 pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record> {
     let mut r = Reader { bytes, pos: 0, seq };
     let version = r.take(1)?[0];
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(r.corrupt(&format!("unknown record version {version}")));
     }
     let id = r.string()?;
     let inserted_at_ms = i64::from_le_bytes(r.array()?);
-    let dim = r.u32()? as usize;
-    let features = r
-        .take(
-            dim.checked_mul(4)
-                .ok_or_else(|| r.corrupt("feature length overflows"))?,
-        )?
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let features = r.floats()?;
+    let siamese = if version == VERSION_1 {
+        Vec::new()
+    } else {
+        r.floats()?
+    };
     let pairs = r.u32()?;
     let mut metadata = BTreeMap::new();
     for _ in 0..pairs {
@@ -60,9 +60,17 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record> {
         id,
         seq,
         features,
+        siamese,
         metadata,
         inserted_at_ms,
     })
+}
+
+fn put_floats(out: &mut Vec<u8>, values: &[f32]) {
+    out.extend_from_slice(&(values.len() as u32).to_le_bytes());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -99,6 +107,18 @@ impl<'a> Reader<'a> {
         Ok(u32::from_le_bytes(self.array()?))
     }
 
+    fn floats(&mut self) -> Result<Vec<f32>> {
+        let len = self.u32()? as usize;
+        let bytes = len
+            .checked_mul(4)
+            .ok_or_else(|| self.corrupt("vector length overflows"))?;
+        Ok(self
+            .take(bytes)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
     fn string(&mut self) -> Result<String> {
         let len = self.u32()? as usize;
         let bytes = self.take(len)?;
@@ -116,10 +136,27 @@ mod tests {
             id: "photo-1".into(),
             seq: 42,
             features: vec![0.5, -1.25, 3.0],
+            siamese: vec![0.25, 0.75],
             metadata: [("camera".to_string(), "x100".to_string())].into(),
             inserted_at_ms: 1_700_000_000_000,
         };
         assert_eq!(decode(42, &encode(&record)).expect("decode"), record);
+    }
+
+    /// Databases written before the Siamese embedding still open.
+    #[test]
+    fn reads_version_1_records() {
+        let mut v1 = vec![VERSION_1];
+        put_bytes(&mut v1, b"old");
+        v1.extend_from_slice(&7i64.to_le_bytes());
+        put_floats(&mut v1, &[1.0, 2.0]);
+        v1.extend_from_slice(&0u32.to_le_bytes());
+        let record = decode(3, &v1).expect("decode v1");
+        assert_eq!(
+            (record.id.as_str(), record.features),
+            ("old", vec![1.0, 2.0])
+        );
+        assert!(record.siamese.is_empty());
     }
 
     #[test]
@@ -128,6 +165,7 @@ mod tests {
             id: "a".into(),
             seq: 1,
             features: vec![1.0; 8],
+            siamese: vec![0.5; 4],
             metadata: BTreeMap::new(),
             inserted_at_ms: 0,
         };

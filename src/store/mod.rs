@@ -1,7 +1,7 @@
 //! Persistence of image records.
 //!
 //! A record is what lookalike keeps per image: its id, the full
-//! L2-normalised CNN features, the caller's metadata and the insert time
+//! L2-normalised CNN features, its Siamese embedding, the caller's metadata and the insert time
 //! (never the pixels). Each record also gets a `seq`, a number unique for
 //! the life of the database, which is what the ANN index stores: ids are
 //! arbitrary strings, HNSW wants integers, and a replaced image gets a new
@@ -25,6 +25,8 @@ pub struct Record {
     pub id: String,
     pub seq: u64,
     pub features: Vec<f32>,
+    /// The Siamese embedding (empty when the daemon ran without one).
+    pub siamese: Vec<f32>,
     pub metadata: BTreeMap<String, String>,
     pub inserted_at_ms: i64,
 }

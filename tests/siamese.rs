@@ -221,3 +221,47 @@ async fn bad_compare_inputs_get_clear_statuses() {
     assert!(ok.duplicate && ok.distance < 1e-3, "{ok:?}");
     daemon.stop();
 }
+
+/// Vectors of two Siamese models cannot be compared: a database refuses
+/// weights other than the ones its vectors came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_refuses_other_siamese_weights() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Daemon::start(dir.path(), &[]).await.stop();
+    let bundled =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/siamese.safetensors");
+    let mut other = lookalike::siamese::Siamese::from_bytes(&read(&bundled)).expect("load");
+    other.set_threshold(0.5);
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other_path = other_dir.path().join("other.safetensors");
+    other.save(&other_path).expect("save");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--siamese-weights")
+        .arg(&other_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    // It must exit by itself; one still serving after a minute is a failure.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon started with other Siamese weights");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(!out.status.success(), "must refuse to start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Siamese vectors come from"), "{stderr}");
+    // The weights it was built with still open it.
+    Daemon::start(
+        dir.path(),
+        &["--siamese-weights", bundled.to_str().expect("utf-8")],
+    )
+    .await
+    .stop();
+}

@@ -32,6 +32,8 @@ use crate::store::{Record, SledStore, Store};
 
 /// Meta key naming the model a database was built with.
 pub const META_MODEL: &str = "model";
+/// Meta key naming the Siamese weights the stored vectors come from.
+pub const META_SIAMESE: &str = "siamese";
 /// Meta key of the fitted PCA projection.
 pub const META_PCA: &str = "pca";
 /// Longest accepted id, in bytes.
@@ -168,6 +170,9 @@ impl Engine {
             config.threads,
         )?);
         let siamese = load_siamese(&config, &embedder)?;
+        if let Some(s) = &siamese {
+            check_siamese(&store, s.fingerprint())?;
+        }
         let batcher = Batcher::start(
             embedder.clone(),
             siamese.clone(),
@@ -546,6 +551,23 @@ fn load_siamese(config: &Config, embedder: &Embedder) -> Result<Option<Arc<Siame
             Ok(None)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Records the Siamese weights in a database; refuses other weights, whose
+/// vectors could not be compared with the stored ones.
+fn check_siamese(store: &dyn Store, fingerprint: &str) -> Result<()> {
+    match store.meta_get(META_SIAMESE)? {
+        Some(stored) if stored != fingerprint.as_bytes() => Err(Error::ModelMismatch(format!(
+            "this database's Siamese vectors come from Siamese weights {}, not these ({fingerprint}); \
+             start with the --siamese-weights it was built with or use another --data-dir",
+            String::from_utf8_lossy(&stored)
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            store.meta_put(META_SIAMESE, fingerprint.as_bytes())?;
+            store.flush()
+        }
     }
 }
 

@@ -40,6 +40,9 @@ pub struct Siamese {
     /// Distance at or below which a pair is a duplicate.
     threshold: f32,
     backbone: String,
+    /// Names these weights: a database records it, since vectors from two
+    /// Siamese models cannot be compared.
+    fingerprint: String,
 }
 
 impl Siamese {
@@ -79,6 +82,7 @@ impl Siamese {
             net: SiameseNet::from_tensors(tensors)?,
             threshold,
             backbone: String::from_utf8_lossy(&backbone).into_owned(),
+            fingerprint: fingerprint(bytes),
         })
     }
 
@@ -88,6 +92,7 @@ impl Siamese {
             net,
             threshold,
             backbone: backbone.name().to_string(),
+            fingerprint: String::new(),
         }
     }
 
@@ -111,6 +116,12 @@ impl Siamese {
     /// Sets the duplicate threshold (after calibration).
     pub fn set_threshold(&mut self, threshold: f32) {
         self.threshold = threshold;
+    }
+
+    /// The first 16 hex digits of the SHA-256 of the weights file (empty for
+    /// a network made in this process).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// The calibrated duplicate threshold (Euclidean distance).
@@ -149,6 +160,15 @@ pub fn distance(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y) * (x - y))
         .sum::<f32>()
         .sqrt()
+}
+
+fn fingerprint(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn take(tensors: &mut HashMap<String, Tensor>, name: &str) -> Result<Tensor> {

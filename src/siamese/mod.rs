@@ -129,10 +129,6 @@ impl Siamese {
         self.threshold
     }
 
-    pub fn net(&self) -> &SiameseNet {
-        &self.net
-    }
-
     /// Embeddings of tapped maps (NHWC, `shape`), one per map.
     pub fn embed_taps(&self, taps: &[&[f32]], shape: TapShape) -> Result<Vec<Vec<f32>>> {
         if taps.is_empty() {

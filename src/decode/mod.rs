@@ -5,10 +5,18 @@
 //! decompression bomb is refused before it allocates, then resize the shorter
 //! side and centre-crop to the network's square input, scaled to about
 //! [-1, 1], pixel-major (HWC) order.
+//!
+//! Large JPEGs take a shortcut: [`jpeg_eighth`] reads them at 1/8 scale
+//! from the entropy-coded data when that still leaves enough pixels.
+
+mod jpeg_eighth;
+mod resize;
+
+pub use resize::{resize_target, to_input};
 
 use std::io::Cursor;
 
-use image::{imageops, imageops::FilterType, ImageDecoder, ImageReader, RgbImage};
+use image::{ImageDecoder, ImageReader, RgbImage};
 
 use crate::error::{Error, Result};
 
@@ -23,19 +31,40 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
 /// as long as its shorter side stays at least `min_short_side`.
 pub fn decode_at_least(bytes: &[u8], max_pixels: u64, min_short_side: u32) -> Result<RgbImage> {
     let probe = probe(bytes, max_pixels)?;
-    let scaled = match probe.format {
-        image::ImageFormat::Jpeg if probe.width.min(probe.height) / 2 >= min_short_side => {
-            decode_jpeg_scaled(bytes, &probe, min_short_side)?
-        }
-        _ => None,
-    };
-    let image = match scaled {
+    let eighth = (probe.format == image::ImageFormat::Jpeg
+        && probe.short_side().div_ceil(8) >= min_short_side)
+        .then(|| jpeg_eighth::decode(bytes, max_pixels))
+        .flatten();
+    let image = match eighth {
         Some(image) => image,
-        None => decode_full(bytes, &probe)?,
+        None => decode_general(bytes, &probe, min_short_side)?,
     };
     let mut image = image::DynamicImage::ImageRgb8(image);
     image.apply_orientation(probe.orientation);
     Ok(image.into_rgb8())
+}
+
+/// Every format and JPEG layout: JPEGs at 1/2 or 1/4 scale where
+/// `min_short_side` allows, the rest in full.
+fn decode_general(bytes: &[u8], probe: &Probe, min_short_side: u32) -> Result<RgbImage> {
+    if probe.format != image::ImageFormat::Jpeg {
+        return decode_full(bytes, probe);
+    }
+    if jpeg_is_truncated(bytes) {
+        return Err(Error::BadImage(format!(
+            "the JPEG is truncated ({} bytes, no end-of-image marker after its scan data)",
+            bytes.len()
+        )));
+    }
+    let scaled = if probe.short_side() / 2 >= min_short_side {
+        decode_jpeg_scaled(bytes, probe, min_short_side)?
+    } else {
+        None
+    };
+    match scaled {
+        Some(image) => Ok(image),
+        None => decode_full(bytes, probe),
+    }
 }
 
 /// What the headers say, checked against the limits.
@@ -44,6 +73,12 @@ struct Probe {
     width: u32,
     height: u32,
     orientation: image::metadata::Orientation,
+}
+
+impl Probe {
+    fn short_side(&self) -> u32 {
+        self.width.min(self.height)
+    }
 }
 
 fn probe(bytes: &[u8], max_pixels: u64) -> Result<Probe> {
@@ -72,12 +107,6 @@ fn probe(bytes: &[u8], max_pixels: u64) -> Result<Probe> {
     if pixels > max_pixels {
         return Err(Error::TooLarge(format!(
             "{width}x{height} = {pixels} pixels, over the limit of {max_pixels}"
-        )));
-    }
-    if format == image::ImageFormat::Jpeg && jpeg_is_truncated(bytes) {
-        return Err(Error::BadImage(format!(
-            "the JPEG is truncated ({} bytes, no end-of-image marker after its scan data)",
-            bytes.len()
         )));
     }
     Ok(Probe {
@@ -161,55 +190,6 @@ fn jpeg_is_truncated(bytes: &[u8]) -> bool {
 
 fn hex_prefix(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-/// Resizes the shorter side to `size / 0.875` (256 for 224), centre-crops a
-/// `size` square and returns it as HWC floats `(v - 127) / 128`, the scaling
-/// the EfficientNet-Lite weights were trained with.
-pub fn to_input(image: &RgbImage, size: u32) -> Vec<f32> {
-    let resized = resize_shorter_side(image, resize_target(size));
-    let (w, h) = resized.dimensions();
-    let x0 = (w - size.min(w)) / 2;
-    let y0 = (h - size.min(h)) / 2;
-    let crop = imageops::crop_imm(&resized, x0, y0, size.min(w), size.min(h)).to_image();
-    let mut out = vec![0f32; 3 * (size * size) as usize];
-    let row = 3 * size as usize;
-    for (y, src) in crop
-        .as_raw()
-        .chunks_exact(3 * crop.width() as usize)
-        .enumerate()
-    {
-        for (o, &v) in out[y * row..].iter_mut().zip(src) {
-            *o = (f32::from(v) - 127.0) / 128.0;
-        }
-    }
-    out
-}
-
-/// The shorter side an image is resized to before the `size` centre crop.
-pub fn resize_target(size: u32) -> u32 {
-    (size as f32 / 0.875).round() as u32
-}
-
-/// Scales so the shorter side is `target` pixels, keeping the aspect ratio.
-/// Large downscales go through a fast area-averaging pass first.
-fn resize_shorter_side(image: &RgbImage, target: u32) -> RgbImage {
-    let (w, h) = image.dimensions();
-    let short = w.min(h).max(1);
-    let scale = target as f64 / short as f64;
-    let scaled = |side: u32| ((side as f64 * scale).round() as u32).max(1);
-    let (nw, nh) = if w <= h {
-        (target, scaled(h))
-    } else {
-        (scaled(w), target)
-    };
-    if short >= 3 * target {
-        let (iw, ih) = (nw * 2, nh * 2);
-        let rough = imageops::thumbnail(image, iw, ih);
-        imageops::resize(&rough, nw, nh, FilterType::Triangle)
-    } else {
-        imageops::resize(image, nw, nh, FilterType::Triangle)
-    }
 }
 
 #[cfg(test)]

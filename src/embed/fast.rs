@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::efficientnet_lite::{EfficientNetLite, FoldedConv};
 use super::kernels::{self, Depthwise, Shape};
+use super::pointwise::{self, Epilogue, PointwiseWeights};
 use crate::error::{Error, Result};
 
 /// Activation buffers reused from one forward pass to the next: no
@@ -38,12 +39,10 @@ fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
-/// A 1x1 convolution: `[cin][cout]` weights and a bias.
+/// A 1x1 convolution: weights and a bias.
 struct Pointwise {
-    weight: Vec<f32>,
+    weights: PointwiseWeights,
     bias: Vec<f32>,
-    cin: usize,
-    cout: usize,
 }
 
 impl Pointwise {
@@ -61,10 +60,8 @@ impl Pointwise {
             }
         }
         Ok(Pointwise {
-            weight,
+            weights: PointwiseWeights::new(weight, cin, cout),
             bias: conv.bias.clone(),
-            cin,
-            cout,
         })
     }
 
@@ -79,24 +76,16 @@ impl Pointwise {
         parallel: bool,
     ) -> Shape {
         let out_shape = Shape {
-            c: self.cout,
+            c: self.weights.cout(),
             ..shape
         };
-        let out = grow(out, out_shape.len());
-        let threads = if parallel {
-            rayon::current_num_threads()
-        } else {
-            1
+        let epilogue = Epilogue {
+            bias: &self.bias,
+            residual,
+            relu6,
         };
-        kernels::matmul(
-            &x[..shape.len()],
-            &self.weight,
-            out,
-            self.cin,
-            self.cout,
-            threads,
-        );
-        kernels::bias_residual_act(out, &self.bias, residual, relu6, parallel);
+        let out = grow(out, out_shape.len());
+        pointwise::conv1x1(&x[..shape.len()], &self.weights, &epilogue, out, parallel);
         out_shape
     }
 }
@@ -209,7 +198,7 @@ impl FastEfficientNetLite {
         TapShape {
             h: side,
             w: side,
-            c: self.head.cout,
+            c: self.head.weights.cout(),
         }
     }
 
@@ -315,9 +304,7 @@ fn stem_matrix(conv: &FoldedConv) -> Pointwise {
         }
     }
     Pointwise {
-        weight,
+        weights: PointwiseWeights::new(weight, patch, cout),
         bias: conv.bias.clone(),
-        cin: patch,
-        cout,
     }
 }

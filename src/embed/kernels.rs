@@ -223,7 +223,7 @@ fn dispatch_depthwise_row(image: &[f32], g: &RowGeometry, p: &Depthwise<'_>, out
             return unsafe { depthwise_row_avx2(image, g, p, out_row) };
         }
     }
-    depthwise_row::<false>(image, g, p, out_row)
+    depthwise_pixels::<false>(image, g, p, 0, out_row)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -234,7 +234,7 @@ unsafe fn depthwise_row_avx512(
     p: &Depthwise<'_>,
     out_row: &mut [f32],
 ) {
-    depthwise_row::<true>(image, g, p, out_row)
+    depthwise_pixels::<true>(image, g, p, 0, out_row)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -245,29 +245,149 @@ unsafe fn depthwise_row_avx2(
     p: &Depthwise<'_>,
     out_row: &mut [f32],
 ) {
-    depthwise_row::<true>(image, g, p, out_row)
+    if !g.shape.c.is_multiple_of(8) || p.kernel > MAX_KERNEL {
+        return depthwise_pixels::<true>(image, g, p, 0, out_row);
+    }
+    let c = g.shape.c;
+    let interior = interior_pixels(g, p, out_row.len() / c);
+    let (left, rest) = out_row.split_at_mut(interior.start * c);
+    let (middle, right) = rest.split_at_mut(interior.len() * c);
+    depthwise_pixels::<true>(image, g, p, 0, left);
+    depthwise_pixels::<true>(image, g, p, interior.end, right);
+    // Window rows inside the image; the others are zero padding.
+    let mut rows = [(0usize, 0usize); MAX_KERNEL];
+    let mut count = 0;
+    for ky in 0..p.kernel.min(MAX_KERNEL) {
+        if let Some(iy) = (g.oy * p.stride + ky)
+            .checked_sub(g.pad_top)
+            .filter(|&iy| iy < g.shape.h)
+        {
+            rows[count] = (ky, iy);
+            count += 1;
+        }
+    }
+    let mut ox = interior.start;
+    for strip in middle.chunks_mut(STRIP * c) {
+        let n = strip.len() / c;
+        let s = Strip {
+            image,
+            g,
+            p,
+            rows: &rows[..count],
+            ox,
+            out: strip,
+        };
+        match n {
+            8 => s.run::<8>(),
+            7 => s.run::<7>(),
+            6 => s.run::<6>(),
+            5 => s.run::<5>(),
+            4 => s.run::<4>(),
+            3 => s.run::<3>(),
+            2 => s.run::<2>(),
+            _ => s.run::<1>(),
+        }
+        ox += n;
+    }
+}
+
+/// Output pixels per register strip of the AVX2 depthwise kernel.
+const STRIP: usize = 8;
+
+/// Largest window the strip kernel takes (EfficientNet uses 3 and 5).
+const MAX_KERNEL: usize = 7;
+
+/// The output pixels of a row whose whole window lies inside the image
+/// (no padding to handle).
+fn interior_pixels(g: &RowGeometry, p: &Depthwise<'_>, wo: usize) -> std::ops::Range<usize> {
+    let first = g.pad_left.div_ceil(p.stride).min(wo);
+    let end = if g.shape.w + g.pad_left >= p.kernel {
+        ((g.shape.w + g.pad_left - p.kernel) / p.stride + 1).min(wo)
+    } else {
+        0
+    };
+    first..end.max(first)
+}
+
+/// Up to [`STRIP`] neighbouring interior output pixels of one row, computed
+/// 8 channels at a time with the sums in registers across the window.
+#[cfg(target_arch = "x86_64")]
+struct Strip<'a, 'b> {
+    image: &'a [f32],
+    g: &'a RowGeometry,
+    p: &'a Depthwise<'b>,
+    /// `(ky, iy)` of the window rows inside the image.
+    rows: &'a [(usize, usize)],
+    /// Output pixel of the strip's first element.
+    ox: usize,
+    out: &'a mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Strip<'_, '_> {
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run<const N: usize>(self) {
+        use std::arch::x86_64::*;
+        let (c, k, s) = (self.g.shape.c, self.p.kernel, self.p.stride);
+        let (h, w) = (self.g.shape.h, self.g.shape.w);
+        assert!(self.out.len() == N * c && self.image.len() >= h * w * c);
+        assert!(self.rows.iter().all(|&(ky, iy)| ky < k && iy < h));
+        // Leftmost input column of the first pixel's window (interior: >= 0,
+        // and the last pixel's window ends inside the row).
+        let x0 = self.ox * s - self.g.pad_left;
+        assert!(x0 + (N - 1) * s + k <= w);
+        let (image, weight, bias) = (
+            self.image.as_ptr(),
+            self.p.weight.as_ptr(),
+            self.p.bias.as_ptr(),
+        );
+        let out = self.out.as_mut_ptr();
+        let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+        for c0 in (0..c).step_by(8) {
+            let mut acc = [_mm256_loadu_ps(bias.add(c0)); N];
+            for &(ky, iy) in self.rows {
+                let row = image.add((iy * w + x0) * c + c0);
+                for kx in 0..k {
+                    let wv = _mm256_loadu_ps(weight.add((ky * k + kx) * c + c0));
+                    let tap = row.add(kx * c);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(tap.add(j * s * c)), wv, *a);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(
+                    out.add(j * c + c0),
+                    _mm256_min_ps(_mm256_max_ps(*a, zero), six),
+                );
+            }
+        }
+    }
 }
 
 /// Floats of output a depthwise tile accumulates (16 KiB, well inside L1).
 const TILE_FLOATS: usize = 4096;
 
-/// One output row: `out[ox][c] = relu6(bias[c] + Σ x[iy][ix][c] · w[ky][kx][c])`.
+/// Output pixels `first..` of one row (as many as `out_row` holds):
+/// `out[ox][c] = relu6(bias[c] + Σ x[iy][ix][c] · w[ky][kx][c])`.
 /// The row goes in tiles of output pixels small enough that their sums stay
 /// in L1 while the `k x k` window is swept; the innermost loop runs over
 /// contiguous channels and vectorises. `FMA` picks fused multiply-add, only
 /// fast where the CPU has it.
 #[inline(always)]
-fn depthwise_row<const FMA: bool>(
+fn depthwise_pixels<const FMA: bool>(
     image: &[f32],
     g: &RowGeometry,
     p: &Depthwise<'_>,
+    first: usize,
     out_row: &mut [f32],
 ) {
     let (c, k, w) = (g.shape.c, p.kernel, g.shape.w);
     // Output pixels per tile: the tile's sums stay in L1 across the window.
     let tile = (TILE_FLOATS / c).max(1);
     for (t, tile_out) in out_row.chunks_mut(tile * c).enumerate() {
-        let ox0 = t * tile;
+        let ox0 = first + t * tile;
         for px in tile_out.chunks_exact_mut(c) {
             px.copy_from_slice(p.bias);
         }
@@ -426,6 +546,10 @@ mod tests {
             (10, 10, 16, 5, 2),
             (7, 9, 33, 3, 2),
             (6, 6, 8, 5, 1),
+            // Wide rows: full strips of 8 interior pixels and remainders.
+            (5, 30, 24, 3, 1),
+            (6, 41, 32, 5, 2),
+            (4, 21, 8, 5, 1),
         ] {
             let s = Shape { n: 2, h, w, c };
             let x = ramp(s.len(), 4.0);

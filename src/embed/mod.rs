@@ -8,6 +8,7 @@ mod batcher;
 mod efficientnet_lite;
 mod fast;
 mod kernels;
+mod pointwise;
 
 use std::{fmt, path::Path, str::FromStr};
 

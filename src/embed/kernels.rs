@@ -485,7 +485,7 @@ pub fn global_average_pool(x: &[f32], shape: Shape) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -533,7 +533,8 @@ mod tests {
         out
     }
 
-    fn ramp(len: usize, scale: f32) -> Vec<f32> {
+    /// Deterministic test values in about `[-0.3, 0.7] * scale`.
+    pub(in crate::embed) fn ramp(len: usize, scale: f32) -> Vec<f32> {
         (0..len)
             .map(|i| ((i * 7919 % 101) as f32 / 101.0 - 0.3) * scale)
             .collect()

@@ -284,12 +284,7 @@ impl Tile {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ramp(len: usize, scale: f32) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 % 101) as f32 / 101.0 - 0.3) * scale)
-            .collect()
-    }
+    use crate::embed::kernels::tests::ramp;
 
     /// Every tile shape: pixel counts that leave 1..5 rows over, channel
     /// counts with and without an 8-wide panel, with and without residual.

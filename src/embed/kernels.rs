@@ -250,10 +250,6 @@ unsafe fn depthwise_row_avx2(
     }
     let c = g.shape.c;
     let interior = interior_pixels(g, p, out_row.len() / c);
-    let (left, rest) = out_row.split_at_mut(interior.start * c);
-    let (middle, right) = rest.split_at_mut(interior.len() * c);
-    depthwise_pixels::<true>(image, g, p, 0, left);
-    depthwise_pixels::<true>(image, g, p, interior.end, right);
     // Window rows inside the image; the others are zero padding.
     let mut rows = [(0usize, 0usize); MAX_KERNEL];
     let mut count = 0;
@@ -266,6 +262,26 @@ unsafe fn depthwise_row_avx2(
             count += 1;
         }
     }
+    let rows = &rows[..count];
+    let (left, rest) = out_row.split_at_mut(interior.start * c);
+    let (middle, right) = rest.split_at_mut(interior.len() * c);
+    let border = left.chunks_exact_mut(c).enumerate().chain(
+        right
+            .chunks_exact_mut(c)
+            .enumerate()
+            .map(|(i, px)| (interior.end + i, px)),
+    );
+    for (ox, out) in border {
+        Strip {
+            image,
+            g,
+            p,
+            rows,
+            ox,
+            out,
+        }
+        .run_border();
+    }
     let mut ox = interior.start;
     for strip in middle.chunks_mut(STRIP * c) {
         let n = strip.len() / c;
@@ -273,7 +289,7 @@ unsafe fn depthwise_row_avx2(
             image,
             g,
             p,
-            rows: &rows[..count],
+            rows,
             ox,
             out: strip,
         };
@@ -362,6 +378,46 @@ impl Strip<'_, '_> {
                     _mm256_min_ps(_mm256_max_ps(*a, zero), six),
                 );
             }
+        }
+    }
+
+    /// One output pixel whose window crosses the image border: the taps
+    /// outside are zero padding and skipped.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_border(self) {
+        use std::arch::x86_64::*;
+        let (c, k, w) = (self.g.shape.c, self.p.kernel, self.g.shape.w);
+        assert!(self.out.len() == c && self.image.len() >= self.g.shape.h * w * c);
+        assert!(self
+            .rows
+            .iter()
+            .all(|&(ky, iy)| ky < k && iy < self.g.shape.h));
+        // Window columns inside the image: kx in taps, at input column x0 + kx.
+        let x0 = (self.ox * self.p.stride) as isize - self.g.pad_left as isize;
+        let taps = (0..k).filter(|&kx| (0..w as isize).contains(&(x0 + kx as isize)));
+        let (first, last) = match (taps.clone().next(), taps.last()) {
+            (Some(a), Some(b)) => (a, b + 1),
+            _ => (0, 0),
+        };
+        let (image, weight, bias) = (
+            self.image.as_ptr(),
+            self.p.weight.as_ptr(),
+            self.p.bias.as_ptr(),
+        );
+        let out = self.out.as_mut_ptr();
+        let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+        for c0 in (0..c).step_by(8) {
+            let mut acc = _mm256_loadu_ps(bias.add(c0));
+            for &(ky, iy) in self.rows {
+                for kx in first..last {
+                    let ix = (x0 + kx as isize) as usize;
+                    let wv = _mm256_loadu_ps(weight.add((ky * k + kx) * c + c0));
+                    let xv = _mm256_loadu_ps(image.add((iy * w + ix) * c + c0));
+                    acc = _mm256_fmadd_ps(xv, wv, acc);
+                }
+            }
+            _mm256_storeu_ps(out.add(c0), _mm256_min_ps(_mm256_max_ps(acc, zero), six));
         }
     }
 }

@@ -160,41 +160,58 @@ unsafe fn block_avx2(
     let (cin, cout) = (w.cin, w.cout);
     let a = x.as_ptr().add(first * cin);
     let res = ep.residual.map(|r| r.as_ptr().add(first * cout));
-    for (start, width) in panel_spans(cout) {
-        let panel = w.panels.as_ptr().add(start * cin);
-        let bias = ep.bias.as_ptr().add(start);
-        let mut row = 0;
-        while row < rows {
-            let m = (rows - row).min(TILE_ROWS);
-            let tile = Tile {
-                a: a.add(row * cin),
-                lda: cin,
-                panel,
-                k: cin,
-                bias,
-                residual: res.map(|r| r.add(row * cout + start)),
-                relu6: ep.relu6,
-                c: out.as_mut_ptr().add(row * cout + start),
-                ldc: cout,
-            };
-            match (width, m) {
-                (16, 6) => tile.run16::<6>(),
-                (16, 5) => tile.run16::<5>(),
-                (16, 4) => tile.run16::<4>(),
-                (16, 3) => tile.run16::<3>(),
-                (16, 2) => tile.run16::<2>(),
-                (16, 1) => tile.run16::<1>(),
-                (_, 6) => tile.run8::<6>(),
-                (_, 5) => tile.run8::<5>(),
-                (_, 4) => tile.run8::<4>(),
-                (_, 3) => tile.run8::<3>(),
-                (_, 2) => tile.run8::<2>(),
-                _ => tile.run8::<1>(),
+    let out = out.as_mut_ptr();
+    let tile = |row: usize, m: usize, start: usize, width: usize| {
+        let tile = Tile {
+            a: a.add(row * cin),
+            lda: cin,
+            panel: w.panels.as_ptr().add(start * cin),
+            k: cin,
+            bias: ep.bias.as_ptr().add(start),
+            residual: res.map(|r| r.add(row * cout + start)),
+            relu6: ep.relu6,
+            c: out.add(row * cout + start),
+            ldc: cout,
+        };
+        match (width, m) {
+            (16, 6) => tile.run16::<6>(),
+            (16, 5) => tile.run16::<5>(),
+            (16, 4) => tile.run16::<4>(),
+            (16, 3) => tile.run16::<3>(),
+            (16, 2) => tile.run16::<2>(),
+            (16, 1) => tile.run16::<1>(),
+            (_, 6) => tile.run8::<6>(),
+            (_, 5) => tile.run8::<5>(),
+            (_, 4) => tile.run8::<4>(),
+            (_, 3) => tile.run8::<3>(),
+            (_, 2) => tile.run8::<2>(),
+            _ => tile.run8::<1>(),
+        }
+    };
+    let strips = (0..rows)
+        .step_by(TILE_ROWS)
+        .map(|row| (row, (rows - row).min(TILE_ROWS)));
+    if cin * cout * 4 <= SMALL_WEIGHTS {
+        // All weights stay in cache: finish each strip of pixels across
+        // every panel, so output rows are written whole, once.
+        for (row, m) in strips {
+            for (start, width) in panel_spans(cout) {
+                tile(row, m, start, width);
             }
-            row += m;
+        }
+    } else {
+        // Large weights: one panel at a time over the block's pixels, which
+        // stay in L2.
+        for (start, width) in panel_spans(cout) {
+            for (row, m) in strips.clone() {
+                tile(row, m, start, width);
+            }
         }
     }
 }
+
+/// Weights (bytes) small enough to stay in L1/L2 across a pixel block.
+const SMALL_WEIGHTS: usize = 128 * 1024;
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn block_avx2(

@@ -176,7 +176,7 @@ fn parse_huffman(mut s: &[u8], tables: &mut Tables) -> Option<()> {
         let values = s.get(17..17 + total)?;
         let slot = usize::from(class_slot & 15);
         match class_slot >> 4 {
-            0 => *tables.dc.get_mut(slot)? = Some(Huffman::new(&counts, values)?),
+            0 => *tables.dc.get_mut(slot)? = Some(Huffman::new_dc(&counts, values)?),
             1 => *tables.ac.get_mut(slot)? = Some(Huffman::new_ac(&counts, values)?),
             _ => return None,
         }
@@ -306,12 +306,7 @@ fn decode_block(
 ) -> Option<u8> {
     let mut bits = *reader;
     bits.ensure();
-    let size = dc.decode(&mut bits)?;
-    if size > 15 {
-        return None;
-    }
-    let diff = bits.receive_extend(u32::from(size));
-    *prediction = prediction.wrapping_add(diff);
+    *prediction = prediction.wrapping_add(dc.decode_dc(&mut bits)?);
     let mut k = 1;
     while k < 64 {
         bits.ensure();
@@ -379,6 +374,10 @@ struct Huffman {
     lookup: Vec<u16>,
     /// By the next [`SKIP_BITS`] bits: a packed [`Skip`], for AC tables.
     skip: Vec<u32>,
+    /// By the next [`LOOKUP_BITS`] bits, for DC tables: `total << 8 |
+    /// length << 4 | size` where the code (`length` bits) and its `size`
+    /// magnitude bits both fit (`total` bits), else 0.
+    dc_ahead: Vec<u16>,
     /// Canonical decoding of longer codes (libjpeg's `maxcode`/`valoffset`).
     max_code: [i32; 17],
     value_offset: [i32; 17],
@@ -390,6 +389,7 @@ impl Huffman {
         let mut table = Huffman {
             lookup: vec![0; 1 << LOOKUP_BITS],
             skip: Vec::new(),
+            dc_ahead: Vec::new(),
             max_code: [-1; 17],
             value_offset: [0; 17],
             values: values.to_vec(),
@@ -417,6 +417,47 @@ impl Huffman {
             code <<= 1;
         }
         Some(table)
+    }
+
+    /// A DC table: also builds the lookup of code plus magnitude bits.
+    fn new_dc(counts: &[u8; 16], values: &[u8]) -> Option<Huffman> {
+        let mut table = Huffman::new(counts, values)?;
+        table.dc_ahead = table
+            .lookup
+            .iter()
+            .map(|&entry| {
+                let (len, size) = (entry >> 8, entry & 0xFF);
+                let total = len + size;
+                if entry == 0 || size > 15 || total > LOOKUP_BITS as u16 {
+                    0
+                } else {
+                    (total << 8) | (len << 4) | size
+                }
+            })
+            .collect();
+        Some(table)
+    }
+
+    /// Reads a DC difference: code and magnitude bits (the caller has
+    /// ensured 32 bits are buffered).
+    #[inline(always)]
+    fn decode_dc(&self, bits: &mut BitReader<'_>) -> Option<i32> {
+        let entry = self.dc_ahead[bits.peek(LOOKUP_BITS) as usize];
+        if entry != 0 {
+            let (len, size) = (u32::from((entry >> 4) & 15), u32::from(entry & 15));
+            let magnitude = if size == 0 {
+                0
+            } else {
+                ((bits.buf << len) >> (64 - size)) as i32
+            };
+            bits.consume(u32::from(entry >> 8));
+            return Some(extend(magnitude, size));
+        }
+        let size = self.decode(bits)?;
+        if size > 15 {
+            return None;
+        }
+        Some(bits.receive_extend(u32::from(size)))
     }
 
     /// An AC table: also builds the skip lookup.
@@ -590,11 +631,7 @@ impl<'a> BitReader<'a> {
         }
         let v = self.peek(size) as i32;
         self.consume(size);
-        if v < 1 << (size - 1) {
-            v - (1 << size) + 1
-        } else {
-            v
-        }
+        extend(v, size)
     }
 
     /// True once made-up bits have been consumed.
@@ -614,6 +651,16 @@ impl<'a> BitReader<'a> {
         }
         *self = BitReader::new(self.data, after);
         Some(())
+    }
+}
+
+/// JPEG's EXTEND: `size` magnitude bits `v` as a signed value.
+#[inline(always)]
+fn extend(v: i32, size: u32) -> i32 {
+    if size > 0 && v < 1 << (size - 1) {
+        v - (1 << size) + 1
+    } else {
+        v
     }
 }
 

@@ -26,6 +26,11 @@ struct Workspace {
     depthwise: Vec<f32>,
 }
 
+/// Blocks whose expanded activations are larger than this (bytes) run
+/// fused, row by row ([`Block::forward_fused`]), when one thread runs the
+/// whole image.
+const FUSE_BYTES: usize = 512 * 1024;
+
 thread_local! {
     static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::default());
 }
@@ -88,6 +93,24 @@ impl Pointwise {
         pointwise::conv1x1(&x[..shape.len()], &self.weights, &epilogue, out, parallel);
         out_shape
     }
+
+    /// [`Self::forward`] on this thread into `out`, which holds exactly the
+    /// output.
+    fn forward_into(
+        &self,
+        x: &[f32],
+        shape: Shape,
+        residual: Option<&[f32]>,
+        relu6: bool,
+        out: &mut [f32],
+    ) {
+        let epilogue = Epilogue {
+            bias: &self.bias,
+            residual,
+            relu6,
+        };
+        pointwise::conv1x1(&x[..shape.len()], &self.weights, &epilogue, out, false);
+    }
 }
 
 /// A depthwise convolution, weights `[k][k][c]`.
@@ -119,13 +142,16 @@ impl DepthwiseConv {
         let (ho, _) = kernels::same_padding(shape.h, self.kernel, self.stride);
         let (wo, _) = kernels::same_padding(shape.w, self.kernel, self.stride);
         let out = grow(out, shape.n * ho * wo * shape.c);
-        let params = Depthwise {
+        kernels::depthwise(&x[..shape.len()], shape, &self.params(), out, parallel)
+    }
+
+    fn params(&self) -> Depthwise<'_> {
+        Depthwise {
             weight: &self.weight,
             bias: &self.bias,
             kernel: self.kernel,
             stride: self.stride,
-        };
-        kernels::depthwise(&x[..shape.len()], shape, &params, out, parallel)
+        }
     }
 }
 
@@ -134,6 +160,105 @@ struct Block {
     depthwise: DepthwiseConv,
     project: Pointwise,
     residual: bool,
+}
+
+impl Block {
+    /// Bytes of this block's expanded activations for an input of `shape`.
+    fn expanded_bytes(&self, shape: Shape) -> usize {
+        self.expand
+            .as_ref()
+            .map_or(0, |e| 4 * shape.n * shape.h * shape.w * e.weights.cout())
+    }
+
+    /// Expand, depthwise and project one layer at a time; returns the
+    /// output shape (in `out`).
+    fn forward(
+        &self,
+        x: &[f32],
+        shape: Shape,
+        expanded: &mut Vec<f32>,
+        depthwise: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+        parallel: bool,
+    ) -> Shape {
+        let (h, hs) = match &self.expand {
+            Some(e) => {
+                let hs = e.forward(x, shape, None, true, expanded, parallel);
+                (&expanded[..], hs)
+            }
+            None => (x, shape),
+        };
+        let ds = self.depthwise.forward(h, hs, depthwise, parallel);
+        let residual = self.residual.then_some(&x[..shape.len()]);
+        self.project
+            .forward(depthwise, ds, residual, false, out, parallel)
+    }
+
+    /// The same, row by row for one image: each depthwise output row
+    /// expands just the input rows its window needs that are not already
+    /// in a ring of `kernel` rows, then is projected at once, so the large
+    /// expanded activations never leave the cache.
+    fn forward_fused(
+        &self,
+        x: &[f32],
+        shape: Shape,
+        ring: &mut Vec<f32>,
+        dw_row: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Shape {
+        let Some(expand) = &self.expand else {
+            return self.forward(x, shape, ring, dw_row, out, false);
+        };
+        let (k, stride) = (self.depthwise.kernel, self.depthwise.stride);
+        let (ho, pad_top) = kernels::same_padding(shape.h, k, stride);
+        let (wo, _) = kernels::same_padding(shape.w, k, stride);
+        let row_shape = |w: usize, c: usize| Shape { n: 1, h: 1, w, c };
+        let expanded = Shape {
+            c: expand.weights.cout(),
+            ..shape
+        };
+        let cout = self.project.weights.cout();
+        let (in_row, exp_row) = (shape.w * shape.c, shape.w * expanded.c);
+        let ring = grow(ring, k * exp_row);
+        let dw_row = grow(dw_row, wo * expanded.c);
+        let out_len = ho * wo * cout;
+        grow(out, out_len);
+        let mut held = vec![usize::MAX; k];
+        for oy in 0..ho {
+            for ky in 0..k {
+                let Some(iy) = (oy * stride + ky)
+                    .checked_sub(pad_top)
+                    .filter(|&iy| iy < shape.h)
+                else {
+                    continue;
+                };
+                if held[iy % k] != iy {
+                    held[iy % k] = iy;
+                    let slot = &mut ring[(iy % k) * exp_row..(iy % k + 1) * exp_row];
+                    expand.forward_into(
+                        &x[iy * in_row..(iy + 1) * in_row],
+                        row_shape(shape.w, shape.c),
+                        None,
+                        true,
+                        slot,
+                    );
+                }
+            }
+            kernels::depthwise_ring_row(ring, k, expanded, oy, &self.depthwise.params(), dw_row);
+            let row_out = &mut out[oy * wo * cout..(oy + 1) * wo * cout];
+            let residual = self
+                .residual
+                .then(|| &x[oy * wo * cout..(oy + 1) * wo * cout]);
+            self.project
+                .forward_into(dw_row, row_shape(wo, expanded.c), residual, false, row_out);
+        }
+        Shape {
+            n: 1,
+            h: ho,
+            w: wo,
+            c: cout,
+        }
+    }
 }
 
 /// The whole network in kernel layout.
@@ -269,18 +394,11 @@ impl FastEfficientNetLite {
         let col_shape = kernels::im2col(input, shape, self.stem_kernel, 2, cols, parallel);
         let mut shape = self.stem.forward(cols, col_shape, None, true, x, parallel);
         for block in &self.blocks {
-            let (h, hs) = match &block.expand {
-                Some(e) => {
-                    let hs = e.forward(x, shape, None, true, expanded, parallel);
-                    (&expanded[..], hs)
-                }
-                None => (&x[..], shape),
+            shape = if !parallel && shape.n == 1 && block.expanded_bytes(shape) > FUSE_BYTES {
+                block.forward_fused(x, shape, expanded, depthwise, y)
+            } else {
+                block.forward(x, shape, expanded, depthwise, y, parallel)
             };
-            let ds = block.depthwise.forward(h, hs, depthwise, parallel);
-            let residual = block.residual.then_some(&x[..shape.len()]);
-            shape = block
-                .project
-                .forward(depthwise, ds, residual, false, y, parallel);
             std::mem::swap(x, y);
         }
         let hs = self.head.forward(x, shape, None, true, expanded, parallel);

@@ -195,6 +195,7 @@ pub fn depthwise(
                 oy,
                 pad_top,
                 pad_left,
+                ring: None,
             };
             dispatch_depthwise_row(image, &geometry, p, out_row);
         },
@@ -208,6 +209,43 @@ struct RowGeometry {
     oy: usize,
     pad_top: usize,
     pad_left: usize,
+    /// The input is a ring of this many rows (input row `iy` in slot
+    /// `iy % ring`) rather than the whole image.
+    ring: Option<usize>,
+}
+
+impl RowGeometry {
+    /// Where input row `iy` is in the buffer, in rows.
+    fn slot(&self, iy: usize) -> usize {
+        self.ring.map_or(iy, |r| iy % r)
+    }
+
+    /// Rows the buffer holds.
+    fn buffer_rows(&self) -> usize {
+        self.ring.unwrap_or(self.shape.h)
+    }
+}
+
+/// One output row `oy` of a depthwise convolution over an input held as a
+/// ring of `ring` rows (row `iy` of the `shape` input at slot `iy % ring`,
+/// each `[w][c]`): lets a caller produce input rows just before they are
+/// needed, so they are still in cache.
+pub fn depthwise_ring_row(
+    ring: &[f32],
+    rows: usize,
+    shape: Shape,
+    oy: usize,
+    p: &Depthwise<'_>,
+    out_row: &mut [f32],
+) {
+    let geometry = RowGeometry {
+        shape,
+        oy,
+        pad_top: same_padding(shape.h, p.kernel, p.stride).1,
+        pad_left: same_padding(shape.w, p.kernel, p.stride).1,
+        ring: Some(rows),
+    };
+    dispatch_depthwise_row(&ring[..rows * shape.w * shape.c], &geometry, p, out_row);
 }
 
 fn dispatch_depthwise_row(image: &[f32], g: &RowGeometry, p: &Depthwise<'_>, out_row: &mut [f32]) {
@@ -258,7 +296,7 @@ unsafe fn depthwise_row_avx2(
             .checked_sub(g.pad_top)
             .filter(|&iy| iy < g.shape.h)
         {
-            rows[count] = (ky, iy);
+            rows[count] = (ky, g.slot(iy));
             count += 1;
         }
     }
@@ -332,7 +370,7 @@ struct Strip<'a, 'b> {
     image: &'a [f32],
     g: &'a RowGeometry,
     p: &'a Depthwise<'b>,
-    /// `(ky, iy)` of the window rows inside the image.
+    /// `(ky, buffer row)` of the window rows inside the image.
     rows: &'a [(usize, usize)],
     /// Output pixel of the strip's first element.
     ox: usize,
@@ -346,9 +384,10 @@ impl Strip<'_, '_> {
     unsafe fn run<const N: usize>(self) {
         use std::arch::x86_64::*;
         let (c, k, s) = (self.g.shape.c, self.p.kernel, self.p.stride);
-        let (h, w) = (self.g.shape.h, self.g.shape.w);
-        assert!(self.out.len() == N * c && self.image.len() >= h * w * c);
-        assert!(self.rows.iter().all(|&(ky, iy)| ky < k && iy < h));
+        let w = self.g.shape.w;
+        let buffered = self.g.buffer_rows();
+        assert!(self.out.len() == N * c && self.image.len() >= buffered * w * c);
+        assert!(self.rows.iter().all(|&(ky, row)| ky < k && row < buffered));
         // Leftmost input column of the first pixel's window (interior: >= 0,
         // and the last pixel's window ends inside the row).
         let x0 = self.ox * s - self.g.pad_left;
@@ -388,15 +427,13 @@ impl Strip<'_, '_> {
     unsafe fn run_border(self) {
         use std::arch::x86_64::*;
         let (c, k, w) = (self.g.shape.c, self.p.kernel, self.g.shape.w);
-        assert!(self.out.len() == c && self.image.len() >= self.g.shape.h * w * c);
-        assert!(self
-            .rows
-            .iter()
-            .all(|&(ky, iy)| ky < k && iy < self.g.shape.h));
+        let buffered = self.g.buffer_rows();
+        assert!(self.out.len() == c && self.image.len() >= buffered * w * c);
+        assert!(self.rows.iter().all(|&(ky, row)| ky < k && row < buffered));
         // Window columns inside the image: kx in taps, at input column x0 + kx.
         let x0 = (self.ox * self.p.stride) as isize - self.g.pad_left as isize;
         let taps = (0..k).filter(|&kx| (0..w as isize).contains(&(x0 + kx as isize)));
-        let (first, last) = match (taps.clone().next(), taps.last()) {
+        let (first, last) = match (taps.clone().next(), taps.clone().next_back()) {
             (Some(a), Some(b)) => (a, b + 1),
             _ => (0, 0),
         };
@@ -454,7 +491,8 @@ fn depthwise_pixels<const FMA: bool>(
             else {
                 continue;
             };
-            let in_row = &image[iy * w * c..(iy + 1) * w * c];
+            let slot = g.slot(iy);
+            let in_row = &image[slot * w * c..(slot + 1) * w * c];
             for kx in 0..k {
                 let wv = &p.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
                 for (i, dst) in tile_out.chunks_exact_mut(c).enumerate() {

@@ -250,11 +250,15 @@ impl Tile {
         use std::arch::x86_64::*;
         let mut lo = [_mm256_setzero_ps(); M];
         let mut hi = [_mm256_setzero_ps(); M];
+        // Row pointers up front: the loop then only steps one index.
+        let rows: [*const f32; M] = std::array::from_fn(|i| self.a.add(i * self.lda));
+        let mut b = self.panel;
         for kk in 0..self.k {
-            let b0 = _mm256_loadu_ps(self.panel.add(kk * 16));
-            let b1 = _mm256_loadu_ps(self.panel.add(kk * 16 + 8));
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            b = b.add(16);
             for i in 0..M {
-                let v = _mm256_broadcast_ss(&*self.a.add(i * self.lda + kk));
+                let v = _mm256_broadcast_ss(&*rows[i].add(kk));
                 lo[i] = _mm256_fmadd_ps(v, b0, lo[i]);
                 hi[i] = _mm256_fmadd_ps(v, b1, hi[i]);
             }

@@ -21,6 +21,14 @@ prints ONE JSON object on stdout:
         --threads 2 --seconds 5
       -> {"images_per_sec": ..., "ms_per_batch": ..., "batch": 16, "threads": 2, ...}
 
+    # End to end, the peer of our decode + forward: FILE read from memory 16
+    # times per batch, each copy decoded with Pillow in draft mode (DCT-scaled
+    # JPEG decode) and preprocessed as src/decode does, on a pool of T threads
+    # (Pillow releases the GIL while decoding), then one ORT run with T threads.
+    "$py" scripts/peer_embed.py e2e --onnx /tmp/lite0.onnx --image FILE --size 224 \\
+        --batch 16 --threads 2 --seconds 5
+      -> {"images_per_sec": ..., ...}
+
     # Sanity check of the export: Pillow preprocessing as in src/decode.rs
     # (shorter side to round(size/0.875), bilinear, centre crop), top-5 classes.
     # tests/data/chelsea.png must give a cat class (281-285), coffee.png 967.
@@ -100,11 +108,15 @@ def cmd_bench(a):
     }))
 
 
-def preprocess(path, size):
-    """Like src/decode.rs to_input: RGB, shorter side to round(size/0.875)
-    (bilinear), centre crop size x size, (v - 127) / 128, NCHW."""
+def preprocess(path, size, draft=False):
+    """Like src/decode to_input: RGB, shorter side to round(size/0.875)
+    (bilinear), centre crop size x size, (v - 127) / 128, NCHW. With `draft`,
+    JPEGs are decoded at the smallest DCT scale that keeps that side."""
     from PIL import Image
-    img = Image.open(path).convert("RGB")
+    img = Image.open(path)
+    if draft:
+        img.draft("RGB", (round(size / 0.875),) * 2)
+    img = img.convert("RGB")
     w, h = img.size
     target = round(size / 0.875)
     scale = target / min(w, h)
@@ -114,6 +126,30 @@ def preprocess(path, size):
     img = img.crop((x0, y0, x0 + size, y0 + size))
     arr = (np.asarray(img, dtype=np.float32) - 127.0) / 128.0
     return arr.transpose(2, 0, 1)[None].copy()
+
+
+def cmd_e2e(a):
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+    s = session(a.onnx, a.threads)
+    with open(a.image, "rb") as f:
+        data = f.read()
+    pool = ThreadPoolExecutor(max_workers=a.threads)
+
+    def batch():
+        xs = list(pool.map(lambda _: preprocess(io.BytesIO(data), a.size, draft=True),
+                           range(a.batch)))
+        s.run(["features"], {"input": np.concatenate(xs)})
+
+    batch()
+    start = time.perf_counter()
+    runs = 0
+    while runs < 3 or time.perf_counter() < start + a.seconds:
+        batch()
+        runs += 1
+    total = time.perf_counter() - start
+    print(json.dumps({"images_per_sec": a.batch * runs / total, "batch": a.batch,
+                      "threads": a.threads, "iterations": runs}))
 
 
 def cmd_classify(a):
@@ -146,6 +182,14 @@ def main():
     b.add_argument("--seconds", type=float, default=5.0)
     b.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds (at least 3 runs)")
     b.set_defaults(func=cmd_bench)
+    e = sub.add_parser("e2e", help="time Pillow draft decode + forward of one file")
+    e.add_argument("--onnx", required=True)
+    e.add_argument("--image", required=True)
+    e.add_argument("--size", type=int, default=224)
+    e.add_argument("--batch", type=int, default=16)
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--seconds", type=float, default=5.0)
+    e.set_defaults(func=cmd_e2e)
     k = sub.add_parser("classify", help="top-5 ImageNet classes of one image")
     k.add_argument("--onnx", required=True)
     k.add_argument("--image", required=True)

@@ -377,27 +377,38 @@ struct Strip<'a, 'b> {
     out: &'a mut [f32],
 }
 
+/// Raw pointers to a strip's input, weights, bias and output.
+#[cfg(target_arch = "x86_64")]
+type StripPointers = (*const f32, *const f32, *const f32, *mut f32);
+
 #[cfg(target_arch = "x86_64")]
 impl Strip<'_, '_> {
+    /// Checks that the buffers hold every row the window reads and `pixels`
+    /// output pixels; returns their pointers.
+    fn checked_pointers(&mut self, pixels: usize) -> StripPointers {
+        let (c, k, w) = (self.g.shape.c, self.p.kernel, self.g.shape.w);
+        let buffered = self.g.buffer_rows();
+        assert!(self.out.len() == pixels * c && self.image.len() >= buffered * w * c);
+        assert!(self.rows.iter().all(|&(ky, row)| ky < k && row < buffered));
+        (
+            self.image.as_ptr(),
+            self.p.weight.as_ptr(),
+            self.p.bias.as_ptr(),
+            self.out.as_mut_ptr(),
+        )
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run<const N: usize>(self) {
+    unsafe fn run<const N: usize>(mut self) {
         use std::arch::x86_64::*;
         let (c, k, s) = (self.g.shape.c, self.p.kernel, self.p.stride);
         let w = self.g.shape.w;
-        let buffered = self.g.buffer_rows();
-        assert!(self.out.len() == N * c && self.image.len() >= buffered * w * c);
-        assert!(self.rows.iter().all(|&(ky, row)| ky < k && row < buffered));
+        let (image, weight, bias, out) = self.checked_pointers(N);
         // Leftmost input column of the first pixel's window (interior: >= 0,
         // and the last pixel's window ends inside the row).
         let x0 = self.ox * s - self.g.pad_left;
         assert!(x0 + (N - 1) * s + k <= w);
-        let (image, weight, bias) = (
-            self.image.as_ptr(),
-            self.p.weight.as_ptr(),
-            self.p.bias.as_ptr(),
-        );
-        let out = self.out.as_mut_ptr();
         let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
         for c0 in (0..c).step_by(8) {
             let mut acc = [_mm256_loadu_ps(bias.add(c0)); N];
@@ -424,12 +435,10 @@ impl Strip<'_, '_> {
     /// outside are zero padding and skipped.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_border(self) {
+    unsafe fn run_border(mut self) {
         use std::arch::x86_64::*;
         let (c, k, w) = (self.g.shape.c, self.p.kernel, self.g.shape.w);
-        let buffered = self.g.buffer_rows();
-        assert!(self.out.len() == c && self.image.len() >= buffered * w * c);
-        assert!(self.rows.iter().all(|&(ky, row)| ky < k && row < buffered));
+        let (image, weight, bias, out) = self.checked_pointers(1);
         // Window columns inside the image: kx in taps, at input column x0 + kx.
         let x0 = (self.ox * self.p.stride) as isize - self.g.pad_left as isize;
         let taps = (0..k).filter(|&kx| (0..w as isize).contains(&(x0 + kx as isize)));
@@ -437,12 +446,6 @@ impl Strip<'_, '_> {
             (Some(a), Some(b)) => (a, b + 1),
             _ => (0, 0),
         };
-        let (image, weight, bias) = (
-            self.image.as_ptr(),
-            self.p.weight.as_ptr(),
-            self.p.bias.as_ptr(),
-        );
-        let out = self.out.as_mut_ptr();
         let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
         for c0 in (0..c).step_by(8) {
             let mut acc = _mm256_loadu_ps(bias.add(c0));

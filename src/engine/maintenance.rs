@@ -9,7 +9,8 @@
 //! `pca_refit_growth`, and rebuilds the graph when tombstones pass
 //! `rebuild_tombstone_fraction`. Each job builds a new index without locks,
 //! then takes the write lock briefly to add what was inserted meanwhile and
-//! swap it in.
+//! swap it in. Between those, it refreshes the graph's flat search copy as
+//! inserts pile up (`Index::search_copy_due`).
 
 use std::{
     sync::{atomic::Ordering, Arc},
@@ -53,6 +54,8 @@ enum Job {
     Refit,
     /// Rebuild the graph over the current PCA, dropping tombstones.
     Rebuild,
+    /// Copy the current graph afresh for searching.
+    RefreshSearchCopy,
 }
 
 impl Engine {
@@ -168,13 +171,14 @@ impl Shared {
             if !matches {
                 return Ok(None);
             }
-            Index::load_graph(
+            let index = Index::load_graph(
                 &dir,
                 projection.clone(),
                 self.graph_params(),
                 stamp.tombstones,
-            )
-            .map(Some)
+            )?;
+            index.refresh_search_copy();
+            Ok(Some(index))
         })();
         let _ = std::fs::remove_dir_all(&dir);
         match loaded {
@@ -206,7 +210,11 @@ impl Shared {
             Some(_) => {
                 let dead = index.tombstones();
                 let limit = index.size() as f64 * self.config.rebuild_tombstone_fraction;
-                (dead > 0 && dead as f64 > limit).then_some(Job::Rebuild)
+                if dead > 0 && dead as f64 > limit {
+                    Some(Job::Rebuild)
+                } else {
+                    index.search_copy_due().then_some(Job::RefreshSearchCopy)
+                }
             }
         }
     }
@@ -224,6 +232,16 @@ impl Shared {
                 Some(p) => p.clone(),
                 None => return Ok(()),
             },
+            Job::RefreshSearchCopy => {
+                let index = self.current_index();
+                index.refresh_search_copy();
+                tracing::debug!(
+                    points = index.size(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "search copy refreshed"
+                );
+                return Ok(());
+            }
         };
         let (index, built_upto) = self.build(Some(projection))?;
         self.swap_in(index, built_upto)?;
@@ -265,6 +283,7 @@ impl Shared {
             None => Index::exact(),
         };
         let built_upto = add_records_after(&index, &*self.store, 0)?;
+        index.refresh_search_copy();
         Ok((index, built_upto))
     }
 

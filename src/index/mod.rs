@@ -432,6 +432,18 @@ mod tests {
             .collect()
     }
 
+    const PARAMS: GraphParams = GraphParams {
+        m: 16,
+        ef_construction: 100,
+        ef_search: 64,
+    };
+
+    /// A 16-component PCA fitted on all of `pts`.
+    fn projection_of(pts: &[(u64, Vec<f32>)]) -> Arc<Projection> {
+        let samples: Vec<Vec<f32>> = pts.iter().map(|(_, v)| v.clone()).collect();
+        Arc::new(Projection::fit(&samples, 16, samples.len()).expect("fit"))
+    }
+
     fn fill(index: &Index, pts: &[(u64, Vec<f32>)]) {
         index.add_batch(pts);
     }
@@ -454,14 +466,7 @@ mod tests {
     #[test]
     fn search_copy_serves_old_and_new_points() {
         let pts = points(700, 32);
-        let samples: Vec<Vec<f32>> = pts.iter().map(|(_, v)| v.clone()).collect();
-        let projection = Arc::new(Projection::fit(&samples, 16, samples.len()).expect("fit"));
-        let params = GraphParams {
-            m: 16,
-            ef_construction: 100,
-            ef_search: 64,
-        };
-        let index = Index::graph(projection, params, pts.len());
+        let index = Index::graph(projection_of(&pts), PARAMS, pts.len());
         let (old, new) = pts.split_at(400);
         fill(&index, old);
         assert!(index.search_copy_due());
@@ -499,14 +504,7 @@ mod tests {
     #[test]
     fn graph_mode_finds_itself_and_skips_tombstones() {
         let pts = points(400, 32);
-        let samples: Vec<Vec<f32>> = pts.iter().map(|(_, v)| v.clone()).collect();
-        let projection = Arc::new(Projection::fit(&samples, 16, samples.len()).expect("fit"));
-        let params = GraphParams {
-            m: 16,
-            ef_construction: 100,
-            ef_search: 64,
-        };
-        let index = Index::graph(projection, params, pts.len());
+        let index = Index::graph(projection_of(&pts), PARAMS, pts.len());
         fill(&index, &pts);
         let mut found = 0;
         for (seq, v) in &pts {
@@ -527,7 +525,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(index.dump(dir.path()).expect("dump"));
         let projection = index.projection().expect("graph").clone();
-        let loaded = Index::load_graph(dir.path(), projection, params, index.tombstone_list())
+        let loaded = Index::load_graph(dir.path(), projection, PARAMS, index.tombstone_list())
             .expect("load");
         assert_eq!(loaded.size(), 400);
         assert_eq!(loaded.tombstones(), 1);

@@ -111,6 +111,16 @@ impl Index {
             params.ef_construction,
             DistDot {},
         );
+        Self::over(projection, graph, params, HashSet::new())
+    }
+
+    /// A graph index around an hnsw_rs graph, with no search copy yet.
+    fn over(
+        projection: Arc<Projection>,
+        graph: Hnsw<'static, f32, DistDot>,
+        params: GraphParams,
+        tombstones: HashSet<u64>,
+    ) -> Self {
         Index {
             mode: Mode::Graph {
                 projection,
@@ -119,7 +129,7 @@ impl Index {
                 copy: RwLock::default(),
                 copying: Mutex::new(()),
             },
-            tombstones: RwLock::new(HashSet::new()),
+            tombstones: RwLock::new(tombstones),
         }
     }
 
@@ -151,16 +161,12 @@ impl Index {
                 dir.display()
             ))
         })?;
-        Ok(Index {
-            mode: Mode::Graph {
-                projection,
-                graph,
-                params,
-                copy: RwLock::default(),
-                copying: Mutex::new(()),
-            },
-            tombstones: RwLock::new(tombstones.into_iter().collect()),
-        })
+        Ok(Self::over(
+            projection,
+            graph,
+            params,
+            tombstones.into_iter().collect(),
+        ))
     }
 
     /// The tombstoned seqs, for saving with a dump.

@@ -24,12 +24,19 @@ struct Workspace {
     y: Vec<f32>,
     expanded: Vec<f32>,
     depthwise: Vec<f32>,
+    /// The early layers' outputs of a group of images, stacked for the
+    /// last stage.
+    stacked: Vec<f32>,
 }
 
 /// Blocks whose expanded activations are larger than this (bytes) run
-/// fused, row by row ([`Block::forward_fused`]), when one thread runs the
-/// whole image.
+/// fused, row by row ([`Block::forward_fused`]), in bands of rows when
+/// several threads share one image.
 const FUSE_BYTES: usize = 512 * 1024;
+
+/// Bytes of expanded activations a group of images may take in the last
+/// stage ([`FastEfficientNetLite::group_size`]): about a core's L2.
+const GROUP_BYTES: usize = 1024 * 1024;
 
 thread_local! {
     static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::default());
@@ -170,6 +177,24 @@ impl Block {
             .map_or(0, |e| 4 * shape.n * shape.h * shape.w * e.weights.cout())
     }
 
+    /// One block, fused row by row when `shape` is one image whose expanded
+    /// activations would not stay in cache, else layer by layer.
+    fn run(
+        &self,
+        x: &[f32],
+        shape: Shape,
+        expanded: &mut Vec<f32>,
+        depthwise: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+        parallel: bool,
+    ) -> Shape {
+        if shape.n == 1 && self.expanded_bytes(shape) > FUSE_BYTES {
+            self.forward_fused(x, shape, expanded, depthwise, out, parallel)
+        } else {
+            self.forward(x, shape, expanded, depthwise, out, parallel)
+        }
+    }
+
     /// Expand, depthwise and project one layer at a time; returns the
     /// output shape (in `out`).
     fn forward(
@@ -197,7 +222,10 @@ impl Block {
     /// The same, row by row for one image: each depthwise output row
     /// expands just the input rows its window needs that are not already
     /// in a ring of `kernel` rows, then is projected at once, so the large
-    /// expanded activations never leave the cache.
+    /// expanded activations never leave the cache. With `parallel`, the
+    /// output rows are split into one band per thread, each with its own
+    /// ring (the `kernel - 1` input rows where two bands meet are expanded
+    /// by both).
     fn forward_fused(
         &self,
         x: &[f32],
@@ -205,12 +233,53 @@ impl Block {
         ring: &mut Vec<f32>,
         dw_row: &mut Vec<f32>,
         out: &mut Vec<f32>,
+        parallel: bool,
     ) -> Shape {
         let Some(expand) = &self.expand else {
-            return self.forward(x, shape, ring, dw_row, out, false);
+            return self.forward(x, shape, ring, dw_row, out, parallel);
         };
         let (k, stride) = (self.depthwise.kernel, self.depthwise.stride);
-        let (ho, pad_top) = kernels::same_padding(shape.h, k, stride);
+        let (ho, _) = kernels::same_padding(shape.h, k, stride);
+        let (wo, _) = kernels::same_padding(shape.w, k, stride);
+        let row_len = wo * self.project.weights.cout();
+        let out = grow(out, ho * row_len);
+        let exp_row = shape.w * expand.weights.cout();
+        if parallel {
+            let band = ho.div_ceil(rayon::current_num_threads()).max(1);
+            out.par_chunks_mut(band * row_len)
+                .enumerate()
+                .for_each(|(i, rows)| {
+                    let (mut ring, mut dw_row) = (Vec::new(), Vec::new());
+                    self.fused_rows(x, shape, i * band, &mut ring, &mut dw_row, rows);
+                });
+        } else {
+            grow(ring, k * exp_row);
+            self.fused_rows(x, shape, 0, ring, dw_row, out);
+        }
+        Shape {
+            n: 1,
+            h: ho,
+            w: wo,
+            c: self.project.weights.cout(),
+        }
+    }
+
+    /// Output rows `first..` of [`Self::forward_fused`], as many as `out`
+    /// holds.
+    fn fused_rows(
+        &self,
+        x: &[f32],
+        shape: Shape,
+        first: usize,
+        ring: &mut Vec<f32>,
+        dw_row: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let Some(expand) = &self.expand else {
+            unreachable!("only blocks with an expansion run fused")
+        };
+        let (k, stride) = (self.depthwise.kernel, self.depthwise.stride);
+        let (_, pad_top) = kernels::same_padding(shape.h, k, stride);
         let (wo, _) = kernels::same_padding(shape.w, k, stride);
         let row_shape = |w: usize, c: usize| Shape { n: 1, h: 1, w, c };
         let expanded = Shape {
@@ -221,10 +290,8 @@ impl Block {
         let (in_row, exp_row) = (shape.w * shape.c, shape.w * expanded.c);
         let ring = grow(ring, k * exp_row);
         let dw_row = grow(dw_row, wo * expanded.c);
-        let out_len = ho * wo * cout;
-        grow(out, out_len);
         let mut held = vec![usize::MAX; k];
-        for oy in 0..ho {
+        for (oy, row_out) in (first..).zip(out.chunks_exact_mut(wo * cout)) {
             for ky in 0..k {
                 let Some(iy) = (oy * stride + ky)
                     .checked_sub(pad_top)
@@ -245,18 +312,11 @@ impl Block {
                 }
             }
             kernels::depthwise_ring_row(ring, k, expanded, oy, &self.depthwise.params(), dw_row);
-            let row_out = &mut out[oy * wo * cout..(oy + 1) * wo * cout];
             let residual = self
                 .residual
                 .then(|| &x[oy * wo * cout..(oy + 1) * wo * cout]);
             self.project
                 .forward_into(dw_row, row_shape(wo, expanded.c), residual, false, row_out);
-        }
-        Shape {
-            n: 1,
-            h: ho,
-            w: wo,
-            c: cout,
         }
     }
 }
@@ -345,9 +405,13 @@ impl FastEfficientNetLite {
         if n == 1 && threads > 1 {
             return self.features_with_workspace(input, 1, size, true, tap);
         }
+        let group = self.group_size(size).min(n.div_ceil(threads)).max(1);
         let per_image: Vec<(Vec<f32>, Vec<f32>)> = input
-            .par_chunks(size * size * 3)
-            .map(|image| self.features_with_workspace(image, 1, size, false, tap))
+            .par_chunks(group * size * size * 3)
+            .map(|images| {
+                let count = images.len() / (size * size * 3);
+                self.features_with_workspace(images, count, size, false, tap)
+            })
             .collect();
         let (pooled, taps): (Vec<_>, Vec<_>) = per_image.into_iter().unzip();
         (pooled.concat(), taps.concat())
@@ -369,6 +433,10 @@ impl FastEfficientNetLite {
         })
     }
 
+    /// `n` images: each one alone through the stem and the blocks before
+    /// the last stage (fused where large), then all `n` together through
+    /// the last stage and the head, whose large weights are then read once
+    /// for the group rather than once per image.
     fn forward(
         &self,
         input: &[f32],
@@ -384,27 +452,64 @@ impl FastEfficientNetLite {
             y,
             expanded,
             depthwise,
+            stacked,
         } = ws;
-        let shape = Shape {
-            n,
-            h: size,
-            w: size,
-            c: 3,
-        };
-        let col_shape = kernels::im2col(input, shape, self.stem_kernel, 2, cols, parallel);
-        let mut shape = self.stem.forward(cols, col_shape, None, true, x, parallel);
-        for block in &self.blocks {
-            shape = if !parallel && shape.n == 1 && block.expanded_bytes(shape) > FUSE_BYTES {
-                block.forward_fused(x, shape, expanded, depthwise, y)
-            } else {
-                block.forward(x, shape, expanded, depthwise, y, parallel)
+        let (early, late) = self.blocks.split_at(self.last_stage());
+        let image_len = size * size * 3;
+        let mut shape = Shape::default();
+        for (i, image) in input.chunks_exact(image_len).take(n).enumerate() {
+            let one = Shape {
+                n: 1,
+                h: size,
+                w: size,
+                c: 3,
             };
+            let col_shape = kernels::im2col(image, one, self.stem_kernel, 2, cols, parallel);
+            shape = self.stem.forward(cols, col_shape, None, true, x, parallel);
+            for block in early {
+                shape = block.run(x, shape, expanded, depthwise, y, parallel);
+                std::mem::swap(x, y);
+            }
+            if n > 1 {
+                let len = shape.len();
+                grow(stacked, n * len)[i * len..(i + 1) * len].copy_from_slice(&x[..len]);
+            }
+        }
+        if n > 1 {
+            std::mem::swap(x, stacked);
+            shape.n = n;
+        }
+        for block in late {
+            shape = block.run(x, shape, expanded, depthwise, y, parallel);
             std::mem::swap(x, y);
         }
         let hs = self.head.forward(x, shape, None, true, expanded, parallel);
         let map = &expanded[..hs.len()];
         let tapped = if tap { map.to_vec() } else { Vec::new() };
         (kernels::global_average_pool(map, hs), tapped)
+    }
+
+    /// Index of the first block of the last stage: the blocks after the
+    /// last downsampling, which run at the smallest size with the largest
+    /// weights.
+    fn last_stage(&self) -> usize {
+        self.blocks
+            .iter()
+            .rposition(|b| b.depthwise.stride > 1)
+            .map_or(0, |i| i + 1)
+    }
+
+    /// Images run together through the last stage: as many as keep its
+    /// largest expanded activations within [`GROUP_BYTES`], at most 8.
+    fn group_size(&self, size: usize) -> usize {
+        let tap = self.tap_shape(size);
+        let widest = self.blocks[self.last_stage()..]
+            .iter()
+            .filter_map(|b| b.expand.as_ref())
+            .map(|e| e.weights.cout())
+            .max()
+            .unwrap_or(tap.c);
+        (GROUP_BYTES / (4 * tap.h * tap.w * widest).max(1)).clamp(1, 8)
     }
 }
 

@@ -38,7 +38,7 @@ pub fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize)
 }
 
 /// Shape of one NHWC activation: `n` images of `h` x `w` x `c`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Shape {
     pub n: usize,
     pub h: usize,
@@ -251,10 +251,6 @@ pub fn depthwise_ring_row(
 fn dispatch_depthwise_row(image: &[f32], g: &RowGeometry, p: &Depthwise<'_>, out_row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { depthwise_row_avx512(image, g, p, out_row) };
-        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
@@ -262,17 +258,6 @@ fn dispatch_depthwise_row(image: &[f32], g: &RowGeometry, p: &Depthwise<'_>, out
         }
     }
     depthwise_pixels::<false>(image, g, p, 0, out_row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn depthwise_row_avx512(
-    image: &[f32],
-    g: &RowGeometry,
-    p: &Depthwise<'_>,
-    out_row: &mut [f32],
-) {
-    depthwise_pixels::<true>(image, g, p, 0, out_row)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -308,6 +308,11 @@ mod tests {
                     let cos: f32 = r.iter().zip(f).map(|(a, b)| a * b).sum();
                     assert!(cos >= 0.9999, "{kind} {name}: cosine {cos}");
                 }
+                // One image alone: split across both threads (row bands,
+                // weight panels) rather than one image per thread.
+                let alone = embedder.embed(&images[..1]).expect("fast, one image");
+                let cos: f32 = reference[0].iter().zip(&alone[0]).map(|(a, b)| a * b).sum();
+                assert!(cos >= 0.9999, "{kind} {} alone: cosine {cos}", names[0]);
             }
         }
     }

@@ -13,6 +13,8 @@
 //! Elsewhere (AVX-512, other architectures, channel counts not a multiple
 //! of 8) the `gemm` crate does the product and [`kernels`] the epilogue.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::kernels;
@@ -85,26 +87,41 @@ pub fn conv1x1(
         assert_eq!(r.len(), out.len());
     }
     if use_own_kernel(w.cout) {
+        let out = OutPtr(out.as_mut_ptr());
+        let panels = w.cout.div_ceil(16);
+        let threads = rayon::current_num_threads();
+        if parallel && w.cout > pixels && panels >= threads {
+            // Fewer pixels than output channels (the last, small stages of
+            // one image): each thread takes a share of the weight panels,
+            // so each reads only its part of the (then larger) weights.
+            let share = panels.div_ceil(threads);
+            (0..threads).into_par_iter().for_each(|t| {
+                let mine = (t * share).min(panels)..((t + 1) * share).min(panels);
+                // SAFETY: as below; the threads write disjoint channels.
+                unsafe { pixel_blocks(x, w, epilogue, pixels, mine, &out) }
+            });
+            return;
+        }
         // Pixel blocks whose activations stay in L2 while every panel
         // passes over them; at least two per thread when parallel.
         let mut block = block_rows(w.cin);
         if parallel {
-            let share = pixels.div_ceil(2 * rayon::current_num_threads());
+            let share = pixels.div_ceil(2 * threads);
             block = block
                 .min(share.div_ceil(TILE_ROWS) * TILE_ROWS)
                 .max(TILE_ROWS);
         }
-        let run = |(i, out_block): (usize, &mut [f32])| {
-            let first = i * block;
-            let rows = out_block.len() / w.cout;
+        let run = |first: usize| {
+            let rows = block.min(pixels - first);
             // SAFETY: the CPU has AVX2 and FMA (checked by
-            // `use_own_kernel`); lengths are checked above.
-            unsafe { block_avx2(x, w, epilogue, first, rows, out_block) }
+            // `use_own_kernel`); lengths are checked above; each block
+            // writes its own pixels.
+            unsafe { block_avx2(x, w, epilogue, first, rows, 0..panels, &out) }
         };
         if parallel {
-            out.par_chunks_mut(block * w.cout).enumerate().for_each(run);
+            (0..pixels).into_par_iter().step_by(block).for_each(run);
         } else {
-            out.chunks_mut(block * w.cout).enumerate().for_each(run);
+            (0..pixels).step_by(block).for_each(run);
         }
         return;
     }
@@ -132,12 +149,37 @@ fn use_own_kernel(cout: usize) -> bool {
         cout.is_multiple_of(8)
             && std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
-            && !std::arch::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = cout;
         false
+    }
+}
+
+/// The output buffer, shared by threads that write disjoint parts of it.
+struct OutPtr(*mut f32);
+
+// SAFETY: only used to write disjoint pixels or channels from each thread,
+// while the `&mut [f32]` it came from is borrowed by `conv1x1`.
+unsafe impl Sync for OutPtr {}
+
+/// All `pixels` in blocks of [`block_rows`], for the panels in `panels`.
+///
+/// # Safety
+/// As [`block_avx2`].
+unsafe fn pixel_blocks(
+    x: &[f32],
+    w: &PointwiseWeights,
+    ep: &Epilogue<'_>,
+    pixels: usize,
+    panels: Range<usize>,
+    out: &OutPtr,
+) {
+    let block = block_rows(w.cin);
+    for first in (0..pixels).step_by(block) {
+        let rows = block.min(pixels - first);
+        block_avx2(x, w, ep, first, rows, panels.clone(), out);
     }
 }
 
@@ -147,6 +189,12 @@ fn block_rows(cin: usize) -> usize {
     rows / TILE_ROWS * TILE_ROWS
 }
 
+/// Pixels `first..first + rows` of the output, for the weight panels in
+/// `panels` (indices of [`panel_spans`]).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `x`, the residual and `out` hold all pixels;
+/// no other thread writes these pixels' channels of these panels.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2(
@@ -155,12 +203,18 @@ unsafe fn block_avx2(
     ep: &Epilogue<'_>,
     first: usize,
     rows: usize,
-    out: &mut [f32],
+    panels: Range<usize>,
+    out: &OutPtr,
 ) {
     let (cin, cout) = (w.cin, w.cout);
     let a = x.as_ptr().add(first * cin);
     let res = ep.residual.map(|r| r.as_ptr().add(first * cout));
-    let out = out.as_mut_ptr();
+    let out = out.0.add(first * cout);
+    let spans = || {
+        panel_spans(cout)
+            .skip(panels.start)
+            .take(panels.end - panels.start)
+    };
     let tile = |row: usize, m: usize, start: usize, width: usize| {
         let tile = Tile {
             a: a.add(row * cin),
@@ -195,14 +249,14 @@ unsafe fn block_avx2(
         // All weights stay in cache: finish each strip of pixels across
         // every panel, so output rows are written whole, once.
         for (row, m) in strips {
-            for (start, width) in panel_spans(cout) {
+            for (start, width) in spans() {
                 tile(row, m, start, width);
             }
         }
     } else {
         // Large weights: one panel at a time over the block's pixels, which
         // stay in L2.
-        for (start, width) in panel_spans(cout) {
+        for (start, width) in spans() {
             for (row, m) in strips.clone() {
                 tile(row, m, start, width);
             }
@@ -220,7 +274,8 @@ unsafe fn block_avx2(
     _: &Epilogue<'_>,
     _: usize,
     _: usize,
-    _: &mut [f32],
+    _: Range<usize>,
+    _: &OutPtr,
 ) {
     unreachable!("only selected on x86_64")
 }
@@ -308,7 +363,8 @@ mod tests {
     use crate::embed::kernels::tests::ramp;
 
     /// Every tile shape: pixel counts that leave 1..5 rows over, channel
-    /// counts with and without an 8-wide panel, with and without residual.
+    /// counts with and without an 8-wide panel, with and without residual;
+    /// fewer pixels than channels (threads split the panels).
     #[test]
     fn matches_the_definition() {
         for (p, cin, cout) in [
@@ -318,6 +374,8 @@ mod tests {
             (200, 27, 32),
             (5, 8, 8),
             (7, 5, 12),
+            (5, 12, 48),
+            (7, 9, 40),
         ] {
             let x = ramp(p * cin, 1.0);
             let w = ramp(cin * cout, 1.0);

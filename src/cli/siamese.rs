@@ -75,6 +75,10 @@ pub struct EvalSiameseArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also list this many pairs of different photos that the Siamese
+    /// distance finds closest (the confusions that set the threshold).
+    #[arg(long, default_value_t = 0)]
+    closest_negatives: usize,
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
@@ -144,7 +148,29 @@ pub fn eval(args: EvalSiameseArgs) -> Result<()> {
     let (_, val) = load_split(&args.photos)?;
     let pairs = quality::score_pairs(&embedder, &siamese, &val)?;
     let report = quality::report(&pairs, args.photos.precision);
-    print_report(&report, siamese.threshold(), val.len(), args.json)
+    print_report(&report, siamese.threshold(), val.len(), args.json)?;
+    if args.closest_negatives > 0 {
+        print_closest_negatives(&pairs, &val, args.closest_negatives);
+    }
+    Ok(())
+}
+
+/// The `n` pairs of different photos with the smallest Siamese distance,
+/// with their cosine: where the verdict is most likely to be wrong.
+fn print_closest_negatives(pairs: &[quality::Pair], photos: &[Photo], n: usize) {
+    let mut negatives: Vec<&quality::Pair> = pairs.iter().filter(|p| !p.positive).collect();
+    negatives.sort_by(|a, b| b.scores[0].total_cmp(&a.scores[0]));
+    println!("\n| Siamese distance | cosine | pair | photo A | photo B |\n|---|---|---|---|---|");
+    for p in negatives.iter().take(n) {
+        println!(
+            "| {:.4} | {:.4} | {} | {} | {} |",
+            -p.scores[0],
+            p.scores[1],
+            p.family,
+            photos[p.photos.0].path.display(),
+            photos[p.photos.1].path.display()
+        );
+    }
 }
 
 fn print_report(report: &QualityReport, shipped: f32, photos: usize, json: bool) -> Result<()> {

@@ -330,6 +330,9 @@ unsafe fn depthwise_row_avx2(
     }
 }
 
+/// Groups of 8 channels a border pixel sums at once.
+const BORDER_GROUPS: usize = 4;
+
 /// Output pixels per register strip of the AVX2 depthwise kernel.
 const STRIP: usize = 8;
 
@@ -432,17 +435,31 @@ impl Strip<'_, '_> {
             _ => (0, 0),
         };
         let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
-        for c0 in (0..c).step_by(8) {
-            let mut acc = _mm256_loadu_ps(bias.add(c0));
+        // Four groups of 8 channels at a time: four independent chains of
+        // FMAs, so the sums do not wait on each other's latency.
+        let mut c0 = 0;
+        while c0 < c {
+            let groups = ((c - c0) / 8).min(BORDER_GROUPS);
+            let mut acc = [zero; BORDER_GROUPS];
+            for (g, acc) in acc.iter_mut().enumerate().take(groups) {
+                *acc = _mm256_loadu_ps(bias.add(c0 + 8 * g));
+            }
             for &(ky, iy) in self.rows {
                 for kx in first..last {
                     let ix = (x0 + kx as isize) as usize;
-                    let wv = _mm256_loadu_ps(weight.add((ky * k + kx) * c + c0));
-                    let xv = _mm256_loadu_ps(image.add((iy * w + ix) * c + c0));
-                    acc = _mm256_fmadd_ps(xv, wv, acc);
+                    let wp = weight.add((ky * k + kx) * c + c0);
+                    let xp = image.add((iy * w + ix) * c + c0);
+                    for (g, acc) in acc.iter_mut().enumerate().take(groups) {
+                        let wv = _mm256_loadu_ps(wp.add(8 * g));
+                        *acc = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(8 * g)), wv, *acc);
+                    }
                 }
             }
-            _mm256_storeu_ps(out.add(c0), _mm256_min_ps(_mm256_max_ps(acc, zero), six));
+            for (g, acc) in acc.iter().enumerate().take(groups) {
+                let v = _mm256_min_ps(_mm256_max_ps(*acc, zero), six);
+                _mm256_storeu_ps(out.add(c0 + 8 * g), v);
+            }
+            c0 += 8 * groups;
         }
     }
 }
@@ -633,6 +650,7 @@ pub(super) mod tests {
             (5, 30, 24, 3, 1),
             (6, 41, 32, 5, 2),
             (4, 21, 8, 5, 1),
+            (5, 40, 16, 3, 2),
         ] {
             let s = Shape { n: 2, h, w, c };
             let x = ramp(s.len(), 4.0);

@@ -250,11 +250,11 @@ impl Block {
                 .enumerate()
                 .for_each(|(i, rows)| {
                     let (mut ring, mut dw_row) = (Vec::new(), Vec::new());
-                    self.fused_rows(x, shape, i * band, &mut ring, &mut dw_row, rows);
+                    self.fused_rows(expand, x, shape, i * band, &mut ring, &mut dw_row, rows);
                 });
         } else {
             grow(ring, k * exp_row);
-            self.fused_rows(x, shape, 0, ring, dw_row, out);
+            self.fused_rows(expand, x, shape, 0, ring, dw_row, out);
         }
         Shape {
             n: 1,
@@ -265,9 +265,11 @@ impl Block {
     }
 
     /// Output rows `first..` of [`Self::forward_fused`], as many as `out`
-    /// holds.
+    /// holds; `expand` is this block's expansion.
+    #[allow(clippy::too_many_arguments)]
     fn fused_rows(
         &self,
+        expand: &Pointwise,
         x: &[f32],
         shape: Shape,
         first: usize,
@@ -275,9 +277,6 @@ impl Block {
         dw_row: &mut Vec<f32>,
         out: &mut [f32],
     ) {
-        let Some(expand) = &self.expand else {
-            unreachable!("only blocks with an expansion run fused")
-        };
         let (k, stride) = (self.depthwise.kernel, self.depthwise.stride);
         let (_, pad_top) = kernels::same_padding(shape.h, k, stride);
         let (wo, _) = kernels::same_padding(shape.w, k, stride);

@@ -388,8 +388,10 @@ impl FastEfficientNetLite {
 
     /// Pooled head activations `[n][1280]` (not normalised) for `n` NHWC
     /// images of `size` x `size` x 3. With several images and threads, each
-    /// thread runs whole images (no synchronisation, activations stay in its
-    /// cache); a single image is split across the threads layer by layer.
+    /// thread runs whole groups of images ([`Self::group_size`]; no
+    /// synchronisation, activations stay in its cache); a single image is
+    /// split across the threads layer by layer (bands of rows in the fused
+    /// blocks, pixels or weight panels in the 1x1 layers).
     ///
     /// With `tap`, also each image's head map before pooling (NHWC, see
     /// [`Self::tap_shape`]), concatenated; the tap costs one copy.

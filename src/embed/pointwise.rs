@@ -97,32 +97,33 @@ pub fn conv1x1(
             let share = panels.div_ceil(threads);
             (0..threads).into_par_iter().for_each(|t| {
                 let mine = (t * share).min(panels)..((t + 1) * share).min(panels);
-                // SAFETY: as below; the threads write disjoint channels.
+                // SAFETY: the CPU has AVX2 and FMA (checked by
+                // `use_own_kernel`); lengths are checked above; the
+                // threads write disjoint channels.
                 unsafe { pixel_blocks(x, w, epilogue, pixels, mine, &out) }
             });
             return;
         }
         // Pixel blocks whose activations stay in L2 while every panel
         // passes over them; at least two per thread when parallel.
-        let mut block = block_rows(w.cin);
-        if parallel {
-            let share = pixels.div_ceil(2 * threads);
-            block = block
-                .min(share.div_ceil(TILE_ROWS) * TILE_ROWS)
-                .max(TILE_ROWS);
-        }
-        let run = |first: usize| {
-            let rows = block.min(pixels - first);
+        if !parallel {
             // SAFETY: the CPU has AVX2 and FMA (checked by
-            // `use_own_kernel`); lengths are checked above; each block
-            // writes its own pixels.
-            unsafe { block_avx2(x, w, epilogue, first, rows, 0..panels, &out) }
-        };
-        if parallel {
-            (0..pixels).into_par_iter().step_by(block).for_each(run);
-        } else {
-            (0..pixels).step_by(block).for_each(run);
+            // `use_own_kernel`); lengths are checked above.
+            unsafe { pixel_blocks(x, w, epilogue, pixels, 0..panels, &out) };
+            return;
         }
+        let share = pixels.div_ceil(2 * threads);
+        let block = block_rows(w.cin)
+            .min(share.div_ceil(TILE_ROWS) * TILE_ROWS)
+            .max(TILE_ROWS);
+        (0..pixels)
+            .into_par_iter()
+            .step_by(block)
+            .for_each(|first| {
+                let rows = block.min(pixels - first);
+                // SAFETY: as above; each block writes its own pixels.
+                unsafe { block_avx2(x, w, epilogue, first, rows, 0..panels, &out) }
+            });
         return;
     }
     let threads = if parallel {

@@ -8,6 +8,7 @@
 use std::{
     path::Path,
     sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
 };
 
 use sled::{
@@ -30,11 +31,7 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(256 << 20)
-            .open()
-            .map_err(|e| Error::Storage(format!("cannot open sled at '{}': {e}", dir.display())))?;
+        let db = open_db(dir)?;
         let records = db.open_tree("records")?;
         let ids = db.open_tree("ids")?;
         let meta = db.open_tree("meta")?;
@@ -46,6 +43,42 @@ impl SledStore {
             meta,
             count,
         })
+    }
+}
+
+/// How long [`open_db`] waits for another holder of the database's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens sled, waiting up to [`LOCK_WAIT`] while its file lock is held.
+/// sled releases the lock only when its background flusher has stopped,
+/// a moment after the last handle is dropped, so a reopen in the same
+/// process (or a restart while the old process is still exiting) can find
+/// it taken; a lock still held after the wait means another process is
+/// using the database, and the error says so.
+fn open_db(dir: &Path) -> Result<sled::Db> {
+    let started = Instant::now();
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 << 20)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            // sled (pinned at 0.34.7) reports a taken lock only in the text of
+            // an `ErrorKind::Other` I/O error.
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(Error::Storage(format!(
+                    "cannot open sled at '{}' (is another lookalike using it?): {e}",
+                    dir.display()
+                )))
+            }
+        }
     }
 }
 
@@ -178,6 +211,27 @@ mod tests {
             metadata: [("k".to_string(), id.to_string())].into(),
             inserted_at_ms: 7,
         }
+    }
+
+    /// A database held open elsewhere is refused with a clear message after
+    /// the lock wait, not a hang.
+    #[test]
+    fn a_held_database_is_refused_after_the_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _held = SledStore::open(dir.path()).expect("open");
+        let started = Instant::now();
+        let err = SledStore::open(dir.path())
+            .err()
+            .expect("second open must fail");
+        assert!(
+            started.elapsed() >= LOCK_WAIT,
+            "gave up after {:?}",
+            started.elapsed()
+        );
+        assert!(
+            err.to_string().contains("another lookalike"),
+            "unclear error: {err}"
+        );
     }
 
     #[test]

@@ -251,15 +251,26 @@ pub fn depthwise_ring_row(
 fn dispatch_depthwise_row(image: &[f32], g: &RowGeometry, p: &Depthwise<'_>, out_row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { depthwise_row_avx2(image, g, p, out_row) };
+        use std::arch::is_x86_feature_detected as has;
+        let (c, k) = (g.shape.c, p.kernel);
+        if has!("avx2") && has!("fma") && k <= MAX_KERNEL {
+            if c.is_multiple_of(16) && has!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                return unsafe { depthwise_row_avx512(image, g, p, out_row) };
+            }
+            if c.is_multiple_of(8) {
+                // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                return unsafe { depthwise_row_avx2(image, g, p, out_row) };
+            }
         }
     }
     depthwise_pixels::<false>(image, g, p, 0, out_row)
 }
 
+/// [`depthwise_row`] on 8-channel `ymm` vectors.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `c` is a multiple of 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn depthwise_row_avx2(
@@ -268,15 +279,44 @@ unsafe fn depthwise_row_avx2(
     p: &Depthwise<'_>,
     out_row: &mut [f32],
 ) {
-    if !g.shape.c.is_multiple_of(8) || p.kernel > MAX_KERNEL {
-        return depthwise_pixels::<true>(image, g, p, 0, out_row);
-    }
+    depthwise_row::<simd::Ymm>(image, g, p, out_row)
+}
+
+/// [`depthwise_row`] on 16-channel `zmm` vectors.
+///
+/// # Safety
+/// The CPU has AVX-512F; `c` is a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn depthwise_row_avx512(
+    image: &[f32],
+    g: &RowGeometry,
+    p: &Depthwise<'_>,
+    out_row: &mut [f32],
+) {
+    depthwise_row::<simd::Zmm>(image, g, p, out_row)
+}
+
+/// One output row: strips of interior pixels in registers, border pixels
+/// one at a time. Inlined into a function compiled for `V`'s instructions.
+///
+/// # Safety
+/// The CPU has `V`'s instructions; `c` is a multiple of `V::LANES`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn depthwise_row<V: simd::Lanes>(
+    image: &[f32],
+    g: &RowGeometry,
+    p: &Depthwise<'_>,
+    out_row: &mut [f32],
+) {
     let c = g.shape.c;
+    assert!(c.is_multiple_of(V::LANES) && p.kernel <= MAX_KERNEL);
     let interior = interior_pixels(g, p, out_row.len() / c);
     // Window rows inside the image; the others are zero padding.
     let mut rows = [(0usize, 0usize); MAX_KERNEL];
     let mut count = 0;
-    for ky in 0..p.kernel.min(MAX_KERNEL) {
+    for ky in 0..p.kernel {
         if let Some(iy) = (g.oy * p.stride + ky)
             .checked_sub(g.pad_top)
             .filter(|&iy| iy < g.shape.h)
@@ -303,7 +343,7 @@ unsafe fn depthwise_row_avx2(
             ox,
             out,
         }
-        .run_border();
+        .run_border::<V>();
     }
     let mut ox = interior.start;
     for strip in middle.chunks_mut(STRIP * c) {
@@ -317,23 +357,23 @@ unsafe fn depthwise_row_avx2(
             out: strip,
         };
         match n {
-            8 => s.run::<8>(),
-            7 => s.run::<7>(),
-            6 => s.run::<6>(),
-            5 => s.run::<5>(),
-            4 => s.run::<4>(),
-            3 => s.run::<3>(),
-            2 => s.run::<2>(),
-            _ => s.run::<1>(),
+            8 => s.run::<V, 8>(),
+            7 => s.run::<V, 7>(),
+            6 => s.run::<V, 6>(),
+            5 => s.run::<V, 5>(),
+            4 => s.run::<V, 4>(),
+            3 => s.run::<V, 3>(),
+            2 => s.run::<V, 2>(),
+            _ => s.run::<V, 1>(),
         }
         ox += n;
     }
 }
 
-/// Groups of 8 channels a border pixel sums at once.
+/// Vectors a border pixel sums at once.
 const BORDER_GROUPS: usize = 4;
 
-/// Output pixels per register strip of the AVX2 depthwise kernel.
+/// Output pixels per register strip of the depthwise kernel.
 const STRIP: usize = 8;
 
 /// Largest window the strip kernel takes (EfficientNet uses 3 and 5).
@@ -352,7 +392,8 @@ fn interior_pixels(g: &RowGeometry, p: &Depthwise<'_>, wo: usize) -> std::ops::R
 }
 
 /// Up to [`STRIP`] neighbouring interior output pixels of one row, computed
-/// 8 channels at a time with the sums in registers across the window.
+/// one vector of channels at a time with the sums in registers across the
+/// window.
 #[cfg(target_arch = "x86_64")]
 struct Strip<'a, 'b> {
     image: &'a [f32],
@@ -386,10 +427,10 @@ impl Strip<'_, '_> {
         )
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run<const N: usize>(mut self) {
-        use std::arch::x86_64::*;
+    /// # Safety
+    /// The CPU has `V`'s instructions; `c` is a multiple of `V::LANES`.
+    #[inline(always)]
+    unsafe fn run<V: simd::Lanes, const N: usize>(mut self) {
         let (c, k, s) = (self.g.shape.c, self.p.kernel, self.p.stride);
         let w = self.g.shape.w;
         let (image, weight, bias, out) = self.checked_pointers(N);
@@ -397,36 +438,33 @@ impl Strip<'_, '_> {
         // and the last pixel's window ends inside the row).
         let x0 = self.ox * s - self.g.pad_left;
         assert!(x0 + (N - 1) * s + k <= w);
-        let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
-        for c0 in (0..c).step_by(8) {
-            let mut acc = [_mm256_loadu_ps(bias.add(c0)); N];
+        for c0 in (0..c).step_by(V::LANES) {
+            let mut acc = [V::load(bias.add(c0)); N];
             for &(ky, iy) in self.rows {
                 let row = image.add((iy * w + x0) * c + c0);
                 for kx in 0..k {
-                    let wv = _mm256_loadu_ps(weight.add((ky * k + kx) * c + c0));
+                    let wv = V::load(weight.add((ky * k + kx) * c + c0));
                     let tap = row.add(kx * c);
                     for (j, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(tap.add(j * s * c)), wv, *a);
+                        *a = V::fmadd(V::load(tap.add(j * s * c)), wv, *a);
                     }
                 }
             }
             for (j, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(
-                    out.add(j * c + c0),
-                    _mm256_min_ps(_mm256_max_ps(*a, zero), six),
-                );
+                a.store_relu6(out.add(j * c + c0));
             }
         }
     }
 
     /// One output pixel whose window crosses the image border: the taps
     /// outside are zero padding and skipped.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_border(mut self) {
-        use std::arch::x86_64::*;
+    ///
+    /// # Safety
+    /// The CPU has `V`'s instructions; `c` is a multiple of `V::LANES`.
+    #[inline(always)]
+    unsafe fn run_border<V: simd::Lanes>(mut self) {
         let (c, k, w) = (self.g.shape.c, self.p.kernel, self.g.shape.w);
-        let (image, weight, bias, out) = self.checked_pointers(1);
+        let ptrs = self.checked_pointers(1);
         // Window columns inside the image: kx in taps, at input column x0 + kx.
         let x0 = (self.ox * self.p.stride) as isize - self.g.pad_left as isize;
         let taps = (0..k).filter(|&kx| (0..w as isize).contains(&(x0 + kx as isize)));
@@ -434,32 +472,122 @@ impl Strip<'_, '_> {
             (Some(a), Some(b)) => (a, b + 1),
             _ => (0, 0),
         };
-        let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
-        // Four groups of 8 channels at a time: four independent chains of
-        // FMAs, so the sums do not wait on each other's latency.
+        // Several vectors of channels at a time: independent chains of
+        // FMAs, so the sums do not wait on each other's latency; a fixed
+        // number, so the sums stay in registers.
         let mut c0 = 0;
+        while c0 + BORDER_GROUPS * V::LANES <= c {
+            self.border_channels::<V, BORDER_GROUPS>(ptrs, x0, first..last, c0);
+            c0 += BORDER_GROUPS * V::LANES;
+        }
         while c0 < c {
-            let groups = ((c - c0) / 8).min(BORDER_GROUPS);
-            let mut acc = [zero; BORDER_GROUPS];
-            for (g, acc) in acc.iter_mut().enumerate().take(groups) {
-                *acc = _mm256_loadu_ps(bias.add(c0 + 8 * g));
-            }
-            for &(ky, iy) in self.rows {
-                for kx in first..last {
-                    let ix = (x0 + kx as isize) as usize;
-                    let wp = weight.add((ky * k + kx) * c + c0);
-                    let xp = image.add((iy * w + ix) * c + c0);
-                    for (g, acc) in acc.iter_mut().enumerate().take(groups) {
-                        let wv = _mm256_loadu_ps(wp.add(8 * g));
-                        *acc = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(8 * g)), wv, *acc);
-                    }
+            self.border_channels::<V, 1>(ptrs, x0, first..last, c0);
+            c0 += V::LANES;
+        }
+    }
+
+    /// `G` vectors of channels from `c0` of a border pixel whose window
+    /// starts at input column `x0` and is inside the image for `taps`.
+    ///
+    /// # Safety
+    /// As [`Strip::run_border`]; `c0 + G * V::LANES <= c`.
+    #[inline(always)]
+    unsafe fn border_channels<V: simd::Lanes, const G: usize>(
+        &self,
+        (image, weight, bias, out): StripPointers,
+        x0: isize,
+        taps: std::ops::Range<usize>,
+        c0: usize,
+    ) {
+        let (c, k, w) = (self.g.shape.c, self.p.kernel, self.g.shape.w);
+        let mut acc: [V; G] = std::array::from_fn(|g| V::load(bias.add(c0 + V::LANES * g)));
+        for &(ky, iy) in self.rows {
+            for kx in taps.clone() {
+                let ix = (x0 + kx as isize) as usize;
+                let wp = weight.add((ky * k + kx) * c + c0);
+                let xp = image.add((iy * w + ix) * c + c0);
+                for (g, acc) in acc.iter_mut().enumerate() {
+                    let (x, wv) = (V::load(xp.add(V::LANES * g)), V::load(wp.add(V::LANES * g)));
+                    *acc = V::fmadd(x, wv, *acc);
                 }
             }
-            for (g, acc) in acc.iter().enumerate().take(groups) {
-                let v = _mm256_min_ps(_mm256_max_ps(*acc, zero), six);
-                _mm256_storeu_ps(out.add(c0 + 8 * g), v);
-            }
-            c0 += 8 * groups;
+        }
+        for (g, acc) in acc.iter().enumerate() {
+            acc.store_relu6(out.add(c0 + V::LANES * g));
+        }
+    }
+}
+
+/// The vector operations the depthwise kernel needs, for 8-lane (AVX2)
+/// and 16-lane (AVX-512) registers, so it is written once. Every method is
+/// `#[inline(always)]` and only called from functions compiled with the
+/// matching `target_feature`, where the intrinsics inline.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    pub trait Lanes: Copy {
+        const LANES: usize;
+        /// # Safety
+        /// `p` is valid for `LANES` reads; the CPU has the instructions.
+        unsafe fn load(p: *const f32) -> Self;
+        /// `a * b + c`, fused.
+        ///
+        /// # Safety
+        /// The CPU has the instructions.
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+        /// Stores `min(max(self, 0), 6)`.
+        ///
+        /// # Safety
+        /// `p` is valid for `LANES` writes; the CPU has the instructions.
+        unsafe fn store_relu6(self, p: *mut f32);
+    }
+
+    /// 8 lanes: AVX2 + FMA.
+    #[derive(Clone, Copy)]
+    pub struct Ymm(__m256);
+
+    impl Lanes for Ymm {
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Ymm(_mm256_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            Ymm(_mm256_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn store_relu6(self, p: *mut f32) {
+            let v = _mm256_min_ps(
+                _mm256_max_ps(self.0, _mm256_setzero_ps()),
+                _mm256_set1_ps(6.0),
+            );
+            _mm256_storeu_ps(p, v)
+        }
+    }
+
+    /// 16 lanes: AVX-512F.
+    #[derive(Clone, Copy)]
+    pub struct Zmm(__m512);
+
+    impl Lanes for Zmm {
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Zmm(_mm512_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            Zmm(_mm512_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn store_relu6(self, p: *mut f32) {
+            let v = _mm512_min_ps(
+                _mm512_max_ps(self.0, _mm512_setzero_ps()),
+                _mm512_set1_ps(6.0),
+            );
+            _mm512_storeu_ps(p, v)
         }
     }
 }

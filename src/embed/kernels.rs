@@ -3,11 +3,12 @@
 //! candle runs a depthwise convolution as one small matrix multiply per
 //! channel, which made depthwise layers 75-88 % of the plain port's time.
 //! Here a depthwise convolution is a direct loop whose innermost dimension
-//! is the channel, contiguous in NHWC, so it vectorises; 1x1 convolutions
-//! (most of the arithmetic) are single matrix multiplies by the `gemm`
-//! crate; bias, ReLU6 and the residual add are fused into one pass over the
-//! output. Hot loops are compiled for AVX-512 and AVX2+FMA and picked at run
-//! time, so one binary runs fast on the machine it lands on.
+//! is the channel, contiguous in NHWC, so it vectorises: written once over
+//! [`simd::Lanes`] and compiled for AVX-512 (16 channels per register) and
+//! AVX2+FMA (8), picked at run time, so one binary runs fast on the machine
+//! it lands on. 1x1 convolutions (most of the arithmetic) live in
+//! [`super::pointwise`]; the general matrix multiply and epilogue here are
+//! its fallback where our kernels do not apply.
 
 use rayon::prelude::*;
 

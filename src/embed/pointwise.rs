@@ -353,7 +353,8 @@ unsafe fn block_avx2(l: &Layer<'_>, first: usize, rows: usize, panels: Range<usi
     });
 }
 
-/// As [`block_avx2`] in 6 x 64 `zmm` tiles (narrower ones at the edge).
+/// As [`block_avx2`] in 6 x 64 `zmm` tiles (12 x 32 for narrow layers;
+/// narrower ones at the edge).
 ///
 /// # Safety
 /// As [`block_avx2`], and the CPU has AVX-512F and VL.
@@ -394,13 +395,13 @@ unsafe fn block_avx512(_: &Layer<'_>, _: usize, _: usize, _: Range<usize>) {
     unreachable!("only selected on x86_64")
 }
 
-/// One register tile: `M` pixels by 32, 16 or 8 output channels.
+/// One register tile: `M` pixels by up to 64 output channels.
 #[cfg(target_arch = "x86_64")]
 struct Tile {
     /// First pixel's inputs; pixel `i` at `a + i * lda`.
     a: *const f32,
     lda: usize,
-    /// `[k][16]` weights (a second panel follows at `panel + 16 k`), or
+    /// `[k][16]` weights (the next panel follows at `panel + 16 k`), or
     /// `[k][8]` for the last, 8-wide panel.
     panel: *const f32,
     k: usize,

@@ -2,12 +2,13 @@
 //! stored images, `cargo bench --bench cold_start`.
 //!
 //! The database is written directly through the library (sled store, model
-//! name, a fitted PCA), with features DRAWN at random around a fixed mean
-//! direction, not embedded from photos: embedding a million photos would
-//! take hours here, and start-up time depends on the number of records and
-//! the graph, not on what the vectors show. Each size is timed twice: the
-//! first start rebuilds the HNSW graph from the store (as after a crash);
-//! the second loads the graph the clean shutdown before it saved.
+//! name, a fitted PCA), with features DRAWN from a low-dimensional latent
+//! model (`support/drawn_store.rs` says why and how), not embedded from
+//! photos: embedding a million photos would take hours here, and start-up
+//! time depends on the number of records and the graph, not on what the
+//! vectors show. Each size is timed twice: the first start rebuilds the
+//! HNSW graph from the store (as after a crash); the second loads the graph
+//! the clean shutdown before it saved.
 //!
 //! After the second start it also times Query by id (k = 10) on the loaded
 //! graph, one call at a time.
@@ -17,53 +18,14 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+#[path = "support/drawn_store.rs"]
+mod drawn_store;
+
+use std::time::{Duration, Instant};
 
 use common::{query_by_id, rss_mib, Daemon};
-use lookalike::engine::{META_MODEL, META_PCA};
-use lookalike::pca::Projection;
-use lookalike::store::{Record, SledStore, Store};
+use drawn_store::{build_store, record_id};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-
-const DIM: usize = 1280;
-
-fn feature(rng: &mut StdRng) -> Vec<f32> {
-    let mut v: Vec<f32> = (0..DIM)
-        .map(|i| 0.5 + (i % 7) as f32 * 0.1 + rng.random_range(0.0..1.0f32))
-        .collect();
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|x| *x /= n);
-    v
-}
-
-/// Writes `n` records plus the model name and a fitted PCA.
-fn build_store(dir: &std::path::Path, n: usize) {
-    let store = SledStore::open(&dir.join("sled")).expect("open");
-    store
-        .meta_put(META_MODEL, b"efficientnet-lite0")
-        .expect("meta");
-    let mut rng = StdRng::seed_from_u64(11);
-    let sample: Vec<Vec<f32>> = (0..2000).map(|_| feature(&mut rng)).collect();
-    let projection = Projection::fit(&sample, 100, n).expect("fit");
-    store
-        .meta_put(META_PCA, &projection.to_bytes())
-        .expect("meta");
-    for i in 0..n {
-        let record = Record {
-            id: format!("img-{i:07}"),
-            seq: 0,
-            features: feature(&mut rng),
-            siamese: Vec::new(),
-            metadata: BTreeMap::new(),
-            inserted_at_ms: 0,
-        };
-        store.insert(&record, false).expect("insert");
-    }
-    store.flush().expect("flush");
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -107,7 +69,7 @@ async fn query_latency(daemon: &Daemon, n: usize) -> (f64, f64) {
     let mut rng = StdRng::seed_from_u64(5);
     let mut times = Vec::new();
     for _ in 0..500 {
-        let id = format!("img-{:07}", rng.random_range(0..n));
+        let id = record_id(rng.random_range(0..n));
         let t = Instant::now();
         query_by_id(&mut client, &id).await;
         times.push(t.elapsed().as_secs_f64() * 1e3);

@@ -60,6 +60,11 @@ impl Projection {
         })
     }
 
+    /// Width of the vectors it projects.
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
     pub fn out_dim(&self) -> usize {
         self.out_dim
     }

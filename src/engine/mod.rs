@@ -447,8 +447,10 @@ impl Shared {
         }
     }
 
-    /// Searches the index, then re-ranks the candidates by exact cosine on
-    /// the stored full features (which also drops any that were deleted).
+    /// Searches the index, re-ranks the candidates on the full features
+    /// the index holds (8-bit codes), then reads the best few from the
+    /// store for their exact cosine, id and metadata (which also drops any
+    /// that were deleted).
     fn nearest(
         &self,
         query: &Embedded,
@@ -462,6 +464,7 @@ impl Shared {
             None => k,
         };
         let hits: Vec<Hit> = index.search(&query.features, candidates, exclude);
+        let hits = index.rescore(&query.features, hits, exact_scored(k));
         let mut matches = Vec::with_capacity(hits.len());
         for hit in hits {
             let Some(record) = self.store.get_by_seq(hit.seq)? else {
@@ -487,6 +490,13 @@ impl Shared {
         matches.truncate(k);
         Ok(matches)
     }
+}
+
+/// How many of the best re-ranked candidates are read from the store and
+/// scored exactly, for `k` results: twice `k`, so that the 8-bit codes'
+/// error (about 1e-3 in cosine) cannot push a true top-`k` neighbour out.
+fn exact_scored(k: usize) -> usize {
+    k.saturating_mul(2).max(k + 4)
 }
 
 /// Runs CPU-bound or blocking work off the async runtime.

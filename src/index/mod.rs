@@ -14,11 +14,16 @@
 //! ([`Index::search_copy_due`]); until the first copy exists, hnsw_rs
 //! searches.
 //!
+//! In graph mode the index also keeps every point's full features as 8-bit
+//! codes ([`codes`]), so that [`Index::rescore`] can re-rank the graph's
+//! candidates without reading each from the store.
+//!
 //! hnsw_rs cannot delete, so deleted or replaced points stay in the graph as
 //! tombstones that the search filter skips; the engine rebuilds the graph
 //! when they pile up. The index is a cache of the store: it is rebuilt from
 //! the store at start, and whenever the PCA is refitted.
 
+mod codes;
 mod flat;
 
 use std::{
@@ -35,10 +40,13 @@ use hnsw_rs::{
 
 use crate::error::{Error, Result};
 use crate::pca::{dot, Projection};
+use codes::Codes;
 use flat::FlatGraph;
 
 /// File name stem of a dumped graph (`graph.hnsw.graph`, `graph.hnsw.data`).
 const DUMP_BASENAME: &str = "graph";
+/// File of the dumped re-rank codes, beside the graph.
+const CODES_FILE: &str = "rerank.codes";
 
 /// hnsw_rs's `file_dump` only works with this many layers.
 const MAX_LAYER: usize = 16;
@@ -69,6 +77,9 @@ enum Mode {
         copy: RwLock<SearchCopy>,
         /// Held while a copy is being made, so two never race.
         copying: Mutex<()>,
+        /// Full features of every live point, for re-ranking (boxed: the
+        /// other mode is small).
+        codes: Box<RwLock<Codes>>,
     },
 }
 
@@ -111,7 +122,8 @@ impl Index {
             params.ef_construction,
             DistDot {},
         );
-        Self::over(projection, graph, params, HashSet::new())
+        let codes = Codes::new(projection.in_dim(), capacity);
+        Self::over(projection, graph, params, codes, HashSet::new())
     }
 
     /// A graph index around an hnsw_rs graph, with no search copy yet.
@@ -119,6 +131,7 @@ impl Index {
         projection: Arc<Projection>,
         graph: Hnsw<'static, f32, DistDot>,
         params: GraphParams,
+        codes: Codes,
         tombstones: HashSet<u64>,
     ) -> Self {
         Index {
@@ -128,20 +141,23 @@ impl Index {
                 params,
                 copy: RwLock::default(),
                 copying: Mutex::new(()),
+                codes: Box::new(RwLock::new(codes)),
             },
             tombstones: RwLock::new(tombstones),
         }
     }
 
     /// Writes a graph index's graph and vectors into `dir` (hnsw_rs's dump
-    /// format). Returns false for an exact index, which has nothing to save.
+    /// format), and its re-rank codes. Returns false for an exact index,
+    /// which has nothing to save.
     pub fn dump(&self, dir: &Path) -> Result<bool> {
-        let Mode::Graph { graph, .. } = &self.mode else {
+        let Mode::Graph { graph, codes, .. } = &self.mode else {
             return Ok(false);
         };
         graph.file_dump(dir, DUMP_BASENAME).map_err(|e| {
             Error::Storage(format!("cannot dump the graph to '{}': {e}", dir.display()))
         })?;
+        read(codes).save(&dir.join(CODES_FILE))?;
         Ok(true)
     }
 
@@ -161,10 +177,12 @@ impl Index {
                 dir.display()
             ))
         })?;
+        let codes = Codes::load(&dir.join(CODES_FILE))?;
         Ok(Self::over(
             projection,
             graph,
             params,
+            codes,
             tombstones.into_iter().collect(),
         ))
     }
@@ -192,9 +210,11 @@ impl Index {
                 projection,
                 graph,
                 copy,
+                codes,
                 ..
             } => {
                 let projected = projection.project(features);
+                write(codes).insert(seq, features);
                 graph.insert_slice((&projected, seq as usize));
                 write(copy).recent.push((seq, projected));
             }
@@ -214,8 +234,15 @@ impl Index {
                 projection,
                 graph,
                 copy,
+                codes,
                 ..
             } => {
+                {
+                    let mut codes = write(codes);
+                    for (seq, features) in batch {
+                        codes.insert(*seq, features);
+                    }
+                }
                 let projected: Vec<(u64, Vec<f32>)> = batch
                     .iter()
                     .map(|(seq, f)| (*seq, projection.project(f)))
@@ -236,8 +263,9 @@ impl Index {
             Mode::Exact(map) => {
                 write(map).remove(&seq);
             }
-            Mode::Graph { .. } => {
+            Mode::Graph { codes, .. } => {
                 write(&self.tombstones).insert(seq);
+                write(codes).remove(seq);
             }
         }
     }
@@ -249,7 +277,12 @@ impl Index {
             return;
         }
         let old = read(&old.tombstones);
-        write(&self.tombstones).extend(old.iter().filter(|&&s| s <= built_upto));
+        let inherited: Vec<u64> = old.iter().copied().filter(|&s| s <= built_upto).collect();
+        if let Mode::Graph { codes, .. } = &self.mode {
+            let mut codes = write(codes);
+            inherited.iter().for_each(|&seq| codes.remove(seq));
+        }
+        write(&self.tombstones).extend(inherited);
     }
 
     /// Points held, tombstones included.
@@ -283,6 +316,27 @@ impl Index {
                 self.search_graph(&projection.project(query), n, exclude, ef)
             }
         }
+    }
+
+    /// Re-ranks `hits` (from [`Index::search`]) by the cosine of `query`
+    /// (full, L2-normalised features) with each hit's full features, as
+    /// held in the 8-bit codes, and keeps the best `keep`, best first. In
+    /// exact mode the hits are exact already and are only cut to `keep`.
+    /// Hits removed since the search are dropped.
+    pub fn rescore(&self, query: &[f32], mut hits: Vec<Hit>, keep: usize) -> Vec<Hit> {
+        if let Mode::Graph { codes, .. } = &self.mode {
+            let codes = read(codes);
+            hits = hits
+                .into_iter()
+                .filter_map(|hit| {
+                    let similarity = codes.dot(query, hit.seq)?;
+                    Some(Hit { similarity, ..hit })
+                })
+                .collect();
+            hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        }
+        hits.truncate(keep);
+        hits
     }
 
     /// Graph search for a query already projected (and normalised) by this

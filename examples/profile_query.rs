@@ -12,6 +12,7 @@ mod drawn_store;
 use std::time::Instant;
 
 use lookalike::engine::ImageSource;
+use lookalike::store::{SledStore, Store};
 use lookalike::{Config, Engine};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -25,6 +26,10 @@ async fn main() {
         let t = Instant::now();
         drawn_store::build_store(&dir, n);
         eprintln!("wrote {n} records in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    if std::env::var_os("STORE_ONLY").is_some() {
+        store_reads(&dir, n, queries);
+        return;
     }
     let engine = Engine::open(Config::with_data_dir(&dir)).expect("open");
     let t = Instant::now();
@@ -51,4 +56,29 @@ async fn main() {
         at(1.0)
     );
     engine.close().expect("close");
+}
+
+/// With STORE_ONLY set: p50 / p99 of 21 random record reads from sled (what
+/// Query by id with k = 10 reads), no engine.
+fn store_reads(dir: &std::path::Path, n: usize, queries: usize) {
+    let store = SledStore::open(&dir.join("sled")).expect("open");
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut times: Vec<f64> = (0..queries)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..21 {
+                let seq = rng.random_range(1..=n as u64);
+                std::hint::black_box(store.get_by_seq(seq).expect("get"));
+            }
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    println!(
+        "21 sled reads: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
 }

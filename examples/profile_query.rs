@@ -47,14 +47,7 @@ async fn main() {
         times.push(t.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box(found);
     }
-    times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-    println!(
-        "Query by id, k=10, {queries} queries: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-        at(0.5),
-        at(0.99),
-        at(1.0)
-    );
+    report(&format!("Query by id, k=10, {queries} queries"), times);
     engine.close().expect("close");
 }
 
@@ -63,7 +56,7 @@ async fn main() {
 fn store_reads(dir: &std::path::Path, n: usize, queries: usize) {
     let store = SledStore::open(&dir.join("sled")).expect("open");
     let mut rng = StdRng::seed_from_u64(7);
-    let mut times: Vec<f64> = (0..queries)
+    let times: Vec<f64> = (0..queries)
         .map(|_| {
             let t = Instant::now();
             for _ in 0..21 {
@@ -73,10 +66,15 @@ fn store_reads(dir: &std::path::Path, n: usize, queries: usize) {
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
+    report("21 sled reads", times);
+}
+
+/// Prints p50, p99 and the maximum of `times` (ms).
+fn report(label: &str, mut times: Vec<f64>) {
     times.sort_by(f64::total_cmp);
     let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
     println!(
-        "21 sled reads: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        "{label}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
         at(0.5),
         at(0.99),
         at(1.0)

@@ -562,6 +562,43 @@ mod tests {
     }
 
     #[test]
+    fn rescore_orders_by_full_features_and_drops_removed_points() {
+        let pts = points(300, 32);
+        let index = Index::graph(projection_of(&pts), PARAMS, pts.len());
+        fill(&index, &pts);
+        let query = &pts[42].1;
+        let hits = index.search(query, 40, None);
+        index.remove(hits[1].seq);
+        let kept = index.rescore(query, hits.clone(), 10);
+        assert_eq!(kept.len(), 10);
+        assert_eq!(kept[0].seq, pts[42].0);
+        assert!(
+            kept.iter().all(|h| h.seq != hits[1].seq),
+            "removed point kept"
+        );
+        assert!(kept.windows(2).all(|w| w[0].similarity >= w[1].similarity));
+        // Scores are the full-feature cosines (to 8-bit precision), and the
+        // ten kept are the ten best of the live hits by that measure.
+        let full = |seq: u64| dot(query, &pts[seq as usize - 1].1);
+        for hit in &kept {
+            assert!((hit.similarity - full(hit.seq)).abs() < 2e-3);
+        }
+        let mut best: Vec<f32> = hits
+            .iter()
+            .filter(|h| h.seq != hits[1].seq)
+            .map(|h| full(h.seq))
+            .collect();
+        best.sort_by(|a, b| b.total_cmp(a));
+        assert!(full(kept[9].seq) >= best[9] - 2e-3);
+
+        // Exact mode: the hits are exact already; only the cut applies.
+        let exact = Index::exact();
+        fill(&exact, &pts);
+        let hits = exact.search(query, 20, None);
+        assert_eq!(exact.rescore(query, hits.clone(), 5), hits[..5].to_vec());
+    }
+
+    #[test]
     fn graph_mode_finds_itself_and_skips_tombstones() {
         let pts = points(400, 32);
         let index = Index::graph(projection_of(&pts), PARAMS, pts.len());

@@ -494,7 +494,8 @@ impl Shared {
 
 /// How many of the best re-ranked candidates are read from the store and
 /// scored exactly, for `k` results: twice `k`, so that the 8-bit codes'
-/// error (about 1e-3 in cosine) cannot push a true top-`k` neighbour out.
+/// error (about 1e-3 in cosine) would have to exceed the gap between the
+/// `k`-th and the `2k`-th candidate to push a true top-`k` neighbour out.
 fn exact_scored(k: usize) -> usize {
     k.saturating_mul(2).max(k + 4)
 }

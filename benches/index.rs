@@ -28,14 +28,17 @@
 //! rest the base. Past the 70,000 photos the base continues with the same
 //! base photos mirrored left-right (real embeddings of real, mirrored
 //! photos; never a query's mirror); the table says how many. Sizes beyond
-//! that use vectors DRAWN to match the real ones (Gaussian with the real
-//! vectors' mean and top-100 principal covariance plus isotropic residual,
-//! clipped at 0 as ReLU features are, then normalised), queries included.
+//! that use vectors DRAWN to match the real ones, queries included: the
+//! real embeddings resampled with jitter (each draw a random real vector
+//! moved as far as its nearest real neighbour is, within the top-100
+//! principal directions and outside them; clipped at 0 as ReLU features
+//! are, then normalised; see `drawn_vectors`).
 //!
 //! Environment: BENCH_SIZES (default "10000,100000"; add 1000000 for a
 //! million), BENCH_QUERIES (500), BENCH_FULL_PEERS_UPTO (100000: the
 //! largest size at which the peers also build over the 1280-d vectors,
-//! which costs them 13x the distance work of the 100-d run).
+//! which costs them 13x the distance work of the 100-d run), BENCH_DRAWN=1
+//! (drawn vectors at every size, to compare them with the real ones).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -228,51 +231,96 @@ impl RealSet {
     }
 }
 
-/// `n` vectors drawn to match `real`: mean + top principal directions with
-/// their variances + isotropic residual, clipped at 0, normalised.
+/// `n` vectors drawn to match `real` by resampling it with jitter (a
+/// smoothed bootstrap). Each draw is a random real vector moved by a
+/// Gaussian step as long as the distance to that vector's nearest real
+/// neighbour, split as that distance is: the part within the real vectors'
+/// top principal directions (shaped by their variances), the rest spread
+/// evenly over the other directions. Then clipped at 0 (ReLU features) and
+/// normalised. So the draws keep the real vectors' clusters and their
+/// nearest-neighbour scale in both parts of the space, where a single
+/// Gaussian fitted to them has neither (and made a graph over a million of
+/// them far dearer to build than over real ones), and where jitter in the
+/// principal directions alone would leave a source's draws sharing its
+/// residual exactly, a fingerprint that no projection keeps.
 fn drawn_vectors(real: &[Vec<f32>], n: usize, seed: u64) -> Vec<Vec<f32>> {
-    let p = Projection::fit(real, PCA_DIM, real.len()).expect("fit");
-    let mean: Vec<f32> = (0..DIM)
-        .map(|j| real.iter().map(|v| v[j]).sum::<f32>() / real.len() as f32)
-        .collect();
+    let fit_on = real.len().min(20_000);
+    let p = Projection::fit(&real[..fit_on], PCA_DIM, fit_on).expect("fit");
     let basis = p.components();
-    let coords: Vec<Vec<f32>> = real
-        .iter()
-        .map(|v| {
-            let c: Vec<f32> = v.iter().zip(&mean).map(|(a, m)| a - m).collect();
-            basis.chunks_exact(DIM).map(|row| dot(row, &c)).collect()
-        })
-        .collect();
+    let coords =
+        |v: &[f32]| -> Vec<f32> { basis.chunks_exact(DIM).map(|row| dot(row, v)).collect() };
+    let projected: Vec<Vec<f32>> = real.par_iter().map(|v| coords(v)).collect();
     let sd: Vec<f32> = (0..p.out_dim())
-        .map(|i| (coords.iter().map(|c| c[i] * c[i]).sum::<f32>() / coords.len() as f32).sqrt())
-        .collect();
-    let total: f32 = real
-        .iter()
-        .map(|v| {
-            v.iter()
-                .zip(&mean)
-                .map(|(a, m)| (a - m) * (a - m))
+        .map(|i| {
+            let mean = projected.iter().map(|c| c[i]).sum::<f32>() / projected.len() as f32;
+            let var = projected
+                .iter()
+                .map(|c| (c[i] - mean) * (c[i] - mean))
                 .sum::<f32>()
+                / projected.len() as f32;
+            var.sqrt()
         })
-        .sum::<f32>()
-        / real.len() as f32;
-    let explained: f32 = sd.iter().map(|s| s * s).sum();
-    let residual_sd = ((total - explained).max(0.0) / DIM as f32).sqrt();
+        .collect();
+    let shape_norm = sd.iter().map(|s| s * s).sum::<f32>().sqrt().max(1e-12);
+    // Per real vector: its nearest neighbour's distance within the
+    // principal directions and outside them.
+    let steps: Vec<(f32, f32)> = nearest(&projected)
+        .par_iter()
+        .enumerate()
+        .map(|(i, &(j, top2))| {
+            let full2 = squared_distance(&real[i], &real[j]);
+            (top2.sqrt(), (full2 - top2).max(0.0).sqrt())
+        })
+        .collect();
+    let spread = ((DIM - p.out_dim()) as f32).sqrt();
     (0..n)
         .into_par_iter()
         .map(|i| {
             let mut rng =
                 StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mut v = mean.clone();
+            let source = rng.random_range(0..real.len());
+            let (top, rest) = steps[source];
+            let mut v = real[source].clone();
             for (row, s) in basis.chunks_exact(DIM).zip(&sd) {
-                let z: f32 = gaussian(&mut rng) * s;
+                let z: f32 = gaussian(&mut rng) * s * top / shape_norm;
                 v.iter_mut().zip(row).for_each(|(x, b)| *x += z * b);
             }
+            let mut g: Vec<f32> = (0..DIM).map(|_| gaussian(&mut rng)).collect();
+            for row in basis.chunks_exact(DIM) {
+                let c = dot(row, &g);
+                g.iter_mut().zip(row).for_each(|(x, b)| *x -= c * b);
+            }
             v.iter_mut()
-                .for_each(|x| *x = (*x + gaussian(&mut rng) * residual_sd).max(0.0));
+                .zip(&g)
+                .for_each(|(x, z)| *x = (*x + z * rest / spread).max(0.0));
             let norm = dot(&v, &v).sqrt().max(1e-12);
             v.iter_mut().for_each(|x| *x /= norm);
             v
+        })
+        .collect()
+}
+
+fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// Each vector's nearest other vector (exact) and their squared distance.
+fn nearest(vectors: &[Vec<f32>]) -> Vec<(usize, f32)> {
+    const BLOCK: usize = 64;
+    vectors
+        .par_chunks(BLOCK)
+        .enumerate()
+        .flat_map_iter(|(block, rows)| {
+            let mut best = vec![(0usize, f32::INFINITY); rows.len()];
+            for (j, other) in vectors.iter().enumerate() {
+                for (r, (row, b)) in rows.iter().zip(best.iter_mut()).enumerate() {
+                    let d2 = squared_distance(row, other);
+                    if block * BLOCK + r != j && d2 < b.1 {
+                        *b = (j, d2);
+                    }
+                }
+            }
+            best
         })
         .collect()
 }
@@ -621,7 +669,8 @@ fn qps_at_95(runs: &[Run]) -> Option<f64> {
 
 /// Base and queries for size `n`, and a word on where they come from.
 fn vectors_for(real: &RealSet, n: usize, nq: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, String) {
-    if nq + n <= real.rows() {
+    let force_drawn = std::env::var_os("BENCH_DRAWN").is_some_and(|v| v == "1");
+    if nq + n <= real.rows() && !force_drawn {
         let mut base = real.vectors(nq + n);
         let queries: Vec<Vec<f32>> = base.drain(..nq).collect();
         let mirrored = (nq + n).saturating_sub(real.files.len());
@@ -631,10 +680,12 @@ fn vectors_for(real: &RealSet, n: usize, nq: usize) -> (Vec<Vec<f32>>, Vec<Vec<f
         };
         return (base, queries, kind);
     }
-    let sample = real.vectors(nq + 20_000);
-    let mut base = drawn_vectors(&sample[nq..], n + nq, n as u64);
+    let sample = real.vectors(nq + real.files.len());
+    let sources = &sample[nq..];
+    let mut base = drawn_vectors(sources, n + nq, n as u64);
     let queries = base.split_off(n);
-    (base, queries, "drawn".to_string())
+    let kind = format!("drawn around {} real", sources.len());
+    (base, queries, kind)
 }
 
 fn main() {

@@ -48,7 +48,7 @@ async fn main() {
         std::hint::black_box(found);
     }
     report(&format!("Query by id, k=10, {queries} queries"), times);
-    engine.close().expect("close");
+    engine.close().await.expect("close");
 }
 
 /// With STORE_ONLY set: p50 / p99 of 21 random record reads from sled (what

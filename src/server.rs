@@ -78,7 +78,7 @@ pub async fn run(
         .await;
     loader.abort();
     set_health(&reporter, ServingStatus::NotServing).await;
-    let closed = engine.close();
+    let closed = engine.close().await;
     served.map_err(|e| Error::Internal(format!("server failed: {e}")))?;
     closed
 }

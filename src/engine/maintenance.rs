@@ -18,7 +18,6 @@ use std::{
 };
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use tokio::task::JoinHandle;
 
 use super::{blocking, load_projection, Engine, Shared, META_PCA};
 use crate::error::{Error, Result};
@@ -44,6 +43,9 @@ struct Stamp {
 
 /// Records added to a new index per batch while building it.
 const BUILD_BATCH: usize = 4096;
+/// A swap catches up without the lock until at most this many records
+/// were added in one pass; the rest are added under the lock.
+const CATCH_UP_UNDER_LOCK: usize = 256;
 /// How often the task looks for work when nothing wakes it.
 const IDLE_CHECK: Duration = Duration::from_secs(30);
 
@@ -85,10 +87,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Starts the background maintenance task; it stops after [`Engine::close`].
-    pub fn spawn_maintenance(&self) -> JoinHandle<()> {
+    /// Starts the background maintenance task; [`Engine::close`] stops it
+    /// and waits for it.
+    pub fn spawn_maintenance(&self) {
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 let _ = tokio::time::timeout(IDLE_CHECK, shared.maintenance.notified()).await;
                 if shared.shutdown.load(Ordering::SeqCst) {
@@ -96,12 +99,25 @@ impl Engine {
                 }
                 let Some(job) = shared.due() else { continue };
                 let worker = shared.clone();
-                if let Err(e) = blocking(move || worker.run(job)).await {
-                    tracing::error!(?job, error = %e, "index maintenance failed");
-                    tokio::time::sleep(IDLE_CHECK).await;
+                match blocking(move || worker.run(job)).await {
+                    Ok(()) => {}
+                    Err(_) if shared.shutdown.load(Ordering::SeqCst) => return,
+                    Err(e) => {
+                        tracing::error!(?job, error = %e, "index maintenance failed");
+                        let _ =
+                            tokio::time::timeout(IDLE_CHECK, shared.maintenance.notified()).await;
+                    }
                 }
             }
-        })
+        });
+        let mut slot = self
+            .shared
+            .maintenance_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.replace(task) {
+            old.abort();
+        }
     }
 
     /// Runs whatever maintenance is due now, in the caller's task. For tests
@@ -118,9 +134,9 @@ impl Engine {
 
 impl Shared {
     /// Saves the graph for the next start (clean shutdown only): the dump
-    /// plus a stamp of the store's state it matches.
-    pub(super) fn save_index(&self) -> Result<()> {
-        let index = self.current_index();
+    /// plus a stamp of the store's state it matches. `index` is the slot's
+    /// write guard: no write can land between the dump and the stamp.
+    pub(super) fn save_index(&self, index: &Index) -> Result<()> {
         let Some(projection) = index.projection() else {
             return Ok(());
         };
@@ -282,19 +298,56 @@ impl Shared {
             Some(p) => Index::graph(p, self.graph_params(), self.store.len()),
             None => Index::exact(),
         };
-        let built_upto = add_records_after(&index, &*self.store, 0)?;
+        let built_upto = self.add_records_after(&index, 0)?.0;
         index.refresh_search_copy();
         Ok((index, built_upto))
     }
 
-    /// Under the write lock: adds records stored since `built_upto`, carries
-    /// over tombstones, and makes `index` current.
-    fn swap_in(&self, index: Index, built_upto: u64) -> Result<()> {
+    /// Adds records stored since `built_upto` to `index`, carries over
+    /// tombstones, and makes it current. Catches up without the slot's
+    /// lock while many records arrived during the build, then takes the
+    /// write lock for the last few only, so writers wait briefly.
+    fn swap_in(&self, index: Index, mut built_upto: u64) -> Result<()> {
+        loop {
+            let (upto, added) = self.add_records_after(&index, built_upto)?;
+            built_upto = upto;
+            if added <= CATCH_UP_UNDER_LOCK {
+                break;
+            }
+        }
         let mut slot = self.index.write().unwrap_or_else(|e| e.into_inner());
-        add_records_after(&index, &*self.store, built_upto)?;
+        if self.closed.load(Ordering::SeqCst) {
+            // Shutdown saved the index in the slot; this one is dropped.
+            return Ok(());
+        }
+        built_upto = self.add_records_after(&index, built_upto)?.0;
         index.inherit_tombstones(&slot, built_upto);
         *slot = Arc::new(index);
         Ok(())
+    }
+
+    /// Adds every record with seq above `after`; returns the highest seq
+    /// added (or `after` when none) and how many were added. Gives up with
+    /// an error once shutdown has begun: a build then has no use.
+    fn add_records_after(&self, index: &Index, after: u64) -> Result<(u64, usize)> {
+        let (mut upto, mut added) = (after, 0);
+        let mut batch = Vec::with_capacity(BUILD_BATCH);
+        for record in self.store.scan_after(after) {
+            let record = record?;
+            upto = upto.max(record.seq);
+            batch.push((record.seq, record.features));
+            if batch.len() == BUILD_BATCH {
+                if self.shutdown.load(Ordering::SeqCst) {
+                    return Err(Error::Unavailable("shutting down".into()));
+                }
+                index.add_batch(&batch);
+                added += batch.len();
+                batch.clear();
+            }
+        }
+        index.add_batch(&batch);
+        added += batch.len();
+        Ok((upto, added))
     }
 
     fn graph_params(&self) -> GraphParams {
@@ -304,22 +357,4 @@ impl Shared {
             ef_search: self.config.hnsw_ef_search,
         }
     }
-}
-
-/// Adds every record with seq above `after`; returns the highest seq added
-/// (or `after` when none).
-fn add_records_after(index: &Index, store: &dyn crate::store::Store, after: u64) -> Result<u64> {
-    let mut upto = after;
-    let mut batch = Vec::with_capacity(BUILD_BATCH);
-    for record in store.scan_after(after) {
-        let record = record?;
-        upto = upto.max(record.seq);
-        batch.push((record.seq, record.features));
-        if batch.len() == BUILD_BATCH {
-            index.add_batch(&batch);
-            batch.clear();
-        }
-    }
-    index.add_batch(&batch);
-    Ok(upto)
 }

@@ -36,6 +36,8 @@ pub const META_MODEL: &str = "model";
 pub const META_SIAMESE: &str = "siamese";
 /// Meta key of the fitted PCA projection.
 pub const META_PCA: &str = "pca";
+/// How long shutdown waits for background maintenance to stop.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Longest accepted id, in bytes.
 const MAX_ID_BYTES: usize = 512;
 /// Largest accepted metadata (keys plus values), in bytes.
@@ -139,16 +141,30 @@ struct Shared {
     siamese: Option<Arc<Siamese>>,
     /// Runs forward passes, batching concurrent requests.
     batcher: Batcher,
-    /// The current index. Readers clone nothing: they hold the read lock for
-    /// one search or one add. A rebuild builds a new index without the lock
-    /// and takes the write lock only to catch up and swap.
+    /// The current index. Searches clone the `Arc` and let go at once.
+    /// Writers (insert, delete) hold the read lock from their store write to
+    /// their index update, so that whoever takes the write lock (a rebuild
+    /// swapping a new index in, shutdown saving the graph) sees every stored
+    /// record in the index, and no removal lands on an index already
+    /// replaced. A rebuild builds its new index and catches up without the
+    /// lock, and takes the write lock only for the last few records and the
+    /// swap.
+    ///
+    /// Lock order: this lock first; under it the store (sled's own locks)
+    /// and the index's locks (see `crate::index`), never the reverse: no
+    /// code holding a store or index lock takes this one.
     index: RwLock<Arc<Index>>,
+    /// Set under the index's write lock at shutdown, after which writes are
+    /// refused: the graph saved then must hold every acknowledged insert.
+    closed: AtomicBool,
     /// False until the index has been loaded from the store at start.
     ready: AtomicBool,
     /// Wakes the maintenance task after writes.
     maintenance: Notify,
-    /// Tells the maintenance task to stop.
+    /// Tells the maintenance task (and a build it is running) to stop.
     shutdown: AtomicBool,
+    /// The maintenance task, awaited at shutdown.
+    maintenance_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -186,9 +202,11 @@ impl Engine {
                 siamese,
                 batcher,
                 index: RwLock::new(Arc::new(Index::exact())),
+                closed: AtomicBool::new(false),
                 ready: AtomicBool::new(false),
                 maintenance: Notify::new(),
                 shutdown: AtomicBool::new(false),
+                maintenance_task: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -302,12 +320,15 @@ impl Engine {
         self.check_ready()?;
         let shared = self.shared.clone();
         blocking(move || {
-            let seq = shared
-                .store
-                .delete(&id)?
-                .ok_or_else(|| Error::NotFound(id.clone()))?;
-            shared.store.flush()?;
-            shared.current_index().remove(seq);
+            {
+                let index = shared.write_slot()?;
+                let seq = shared
+                    .store
+                    .delete(&id)?
+                    .ok_or_else(|| Error::NotFound(id.clone()))?;
+                shared.store.flush()?;
+                index.remove(seq);
+            }
             shared.maintenance.notify_one();
             Ok(())
         })
@@ -329,16 +350,38 @@ impl Engine {
         }
     }
 
-    /// Flushes the store and saves the graph for a fast next start; call
-    /// before exit.
-    pub fn close(&self) -> Result<()> {
+    /// Stops background maintenance (a rebuild in progress is abandoned:
+    /// the index is a cache of the store), waits for writes in flight,
+    /// refuses new ones, flushes the store and saves the graph for a fast
+    /// next start; call before exit.
+    pub async fn close(&self) -> Result<()> {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.maintenance.notify_one();
-        self.shared.store.flush()?;
-        if self.is_ready() {
-            self.shared.save_index()?;
+        let task = self
+            .shared
+            .maintenance_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            // A build stops at its next batch; a PCA fit cannot be
+            // interrupted, and is not waited for: whatever it finishes is
+            // never swapped in once `closed` is set.
+            if tokio::time::timeout(CLOSE_WAIT, task).await.is_err() {
+                tracing::warn!("index maintenance still running at shutdown; not waiting for it");
+            }
         }
-        Ok(())
+        let shared = self.shared.clone();
+        blocking(move || {
+            let slot = shared.index.write().unwrap_or_else(|e| e.into_inner());
+            shared.closed.store(true, Ordering::SeqCst);
+            shared.store.flush()?;
+            if shared.ready.load(Ordering::SeqCst) {
+                shared.save_index(&slot)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     fn check_ready(&self) -> Result<()> {
@@ -379,6 +422,16 @@ impl Shared {
         self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The index slot's read lock, for a write to the store and the index
+    /// (see [`Shared::index`]); refused once shutdown has begun.
+    fn write_slot(&self) -> Result<std::sync::RwLockReadGuard<'_, Arc<Index>>> {
+        let slot = self.index.read().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable("the daemon is shutting down".into()));
+        }
+        Ok(slot)
+    }
+
     fn insert_features(&self, prepared: Prepared) -> Result<InsertOutcome> {
         let Embedded { features, siamese } = prepared.embedded;
         let record = Record {
@@ -390,15 +443,16 @@ impl Shared {
             inserted_at_ms: now_ms(),
         };
         let upsert = prepared.upsert;
-        let inserted = self.store.insert(&record, upsert)?;
-        self.store.flush()?;
-        {
-            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let inserted = {
+            let index = self.write_slot()?;
+            let inserted = self.store.insert(&record, upsert)?;
+            self.store.flush()?;
             if let Some(old) = inserted.replaced {
                 index.remove(old);
             }
             index.add(inserted.seq, &record.features);
-        }
+            inserted
+        };
         self.maintenance.notify_one();
         let duplicates = self.duplicates_of(&record, inserted.seq)?;
         Ok(InsertOutcome {

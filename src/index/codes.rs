@@ -76,6 +76,11 @@ impl Codes {
         self.slots.remove(&seq);
     }
 
+    /// Whether `seq`'s features are held (added and not removed).
+    pub fn contains(&self, seq: u64) -> bool {
+        self.slots.contains_key(&seq)
+    }
+
     /// Approximate dot product of `query` (full width) with `seq`'s
     /// features; `None` if `seq` is not held or `query` has another width.
     pub fn dot(&self, query: &[f32], seq: u64) -> Option<f32> {

@@ -43,9 +43,10 @@ impl FlatGraph {
     /// Copies `graph`; None when it holds no point. Points inserted while
     /// the copy is made may or may not be in it (the caller keeps them
     /// aside either way); links to points missing from the copy are dropped.
+    ///
+    /// Safe while other threads insert: see [`point_handles`].
     pub fn copy_of(graph: &Hnsw<'static, f32, DistDot>) -> Option<Self> {
-        // Hold the graph's layer lock only while taking the point handles.
-        let points: Vec<_> = graph.get_point_indexation().into_iter().collect();
+        let points = point_handles(graph);
         let first = points.first()?;
         let dim = first.get_v().len();
         let ids: HashMap<(u8, i32), u32> = points
@@ -185,6 +186,40 @@ impl FlatGraph {
         &self.links[from as usize..to as usize]
     }
 }
+
+/// A handle on every point of `graph` whose insertion has finished, layer
+/// 0 first.
+///
+/// hnsw_rs keeps its points in one `parking_lot::RwLock` (`points_by_layer`)
+/// that every insert takes for writing. Its whole-graph iterator
+/// (`IntoIterator for &PointIndexation`) holds a read guard on that lock for
+/// its whole life and takes a *second* read guard each time it moves up a
+/// layer; parking_lot's lock is fair to writers, so once an insert queues
+/// for the write lock that second read waits for the writer, which waits
+/// for the first read: a deadlock (it hung the daemon under bulk inserts).
+///
+/// Here each layer is read through `get_layer_iterator`, which takes one
+/// read guard in its constructor and none in `next` (hnsw_rs 0.3.5, pinned
+/// in Cargo.toml), and the guard is held only while the layer's `Arc`s are
+/// cloned: no other lock is taken under it, so an insert waits at most that
+/// long. A point's neighbour lists are read afterwards, one point's lock at
+/// a time, with no layer guard held.
+///
+/// The top layer is read from the entry point *before* the layers: a point
+/// is made the entry point only at the end of its insertion, so every point
+/// whose insertion had finished when this was called lies at or below it.
+fn point_handles(graph: &Hnsw<'static, f32, DistDot>) -> Vec<PointHandle> {
+    let indexation = graph.get_point_indexation();
+    let top = indexation.get_max_level_observed() as usize;
+    let mut points = Vec::with_capacity(indexation.get_nb_point());
+    for layer in 0..=top {
+        // One statement: the layer's read guard lives only while it runs.
+        points.extend(indexation.get_layer_iterator(layer));
+    }
+    points
+}
+
+type PointHandle = std::sync::Arc<hnsw_rs::hnsw::Point<'static, f32>>;
 
 fn id_key(p: hnsw_rs::prelude::PointId) -> (u8, i32) {
     (p.0, p.1)

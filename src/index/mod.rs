@@ -22,6 +22,26 @@
 //! tombstones that the search filter skips; the engine rebuilds the graph
 //! when they pile up. The index is a cache of the store: it is rebuilt from
 //! the store at start, and whenever the PCA is refitted.
+//!
+//! # Locks
+//! Every method may run on many threads at once. The index's own locks are
+//! taken in this order, outermost first, and a method holds two of them at
+//! once only where it says so:
+//!
+//! 1. `copying` (refresh of the search copy; held across the whole copy);
+//! 2. `tombstones` (held by a search across the graph search, because the
+//!    search filter reads it);
+//! 3. `codes`, then `copy` (each alone, never both);
+//! 4. hnsw_rs's own locks, always last: its layer table, entry point, point
+//!    count and per-point neighbour lists. hnsw_rs calls back into our code
+//!    only through the search filter, which takes no lock (it reads the
+//!    `tombstones` guard its caller already holds).
+//!
+//! Nothing here takes a lock while holding one of hnsw_rs's, and hnsw_rs's
+//! whole-graph iterator, which re-takes its layer lock and deadlocks
+//! against a queued insert, is never used ([`flat`]'s `point_handles`).
+//! The engine's index slot (`engine::Shared::index`) comes before all of
+//! these.
 
 mod codes;
 mod flat;
@@ -261,7 +281,12 @@ impl Index {
     pub fn remove(&self, seq: u64) {
         match &self.mode {
             Mode::Exact(map) => {
-                write(map).remove(&seq);
+                // Recorded too, for the graph index that may replace this
+                // one (`inherit_tombstones`); an exact index searches its
+                // map and reports no tombstones.
+                if write(map).remove(&seq).is_some() {
+                    write(&self.tombstones).insert(seq);
+                }
             }
             Mode::Graph { codes, .. } => {
                 write(&self.tombstones).insert(seq);
@@ -270,19 +295,28 @@ impl Index {
         }
     }
 
-    /// Carries tombstones over from the index this one replaces: those that
-    /// may name a point this index holds (seq at most `built_upto`).
+    /// Carries over from the index this one replaces the removals that
+    /// this one missed: records removed from the old index (its
+    /// tombstones, or its exact map's removals) after this one's build had
+    /// read them. Only seqs this index holds live become tombstones here;
+    /// seqs the build never saw are dropped, or the tombstone count would
+    /// never fall and every rebuild would call for another.
     pub fn inherit_tombstones(&self, old: &Index, built_upto: u64) {
-        if let Mode::Exact(_) = self.mode {
-            return;
+        // Copied out first: no lock of `old` is held while taking ours.
+        let removed: Vec<u64> = read(&old.tombstones)
+            .iter()
+            .copied()
+            .filter(|&s| s <= built_upto)
+            .collect();
+        for seq in removed {
+            let held = match &self.mode {
+                Mode::Exact(map) => read(map).contains_key(&seq),
+                Mode::Graph { codes, .. } => read(codes).contains(seq),
+            };
+            if held {
+                self.remove(seq);
+            }
         }
-        let old = read(&old.tombstones);
-        let inherited: Vec<u64> = old.iter().copied().filter(|&s| s <= built_upto).collect();
-        if let Mode::Graph { codes, .. } = &self.mode {
-            let mut codes = write(codes);
-            inherited.iter().for_each(|&seq| codes.remove(seq));
-        }
-        write(&self.tombstones).extend(inherited);
     }
 
     /// Points held, tombstones included.
@@ -293,8 +327,12 @@ impl Index {
         }
     }
 
+    /// Removed points still in the graph (0 in exact mode).
     pub fn tombstones(&self) -> usize {
-        read(&self.tombstones).len()
+        match self.mode {
+            Mode::Exact(_) => 0,
+            Mode::Graph { .. } => read(&self.tombstones).len(),
+        }
     }
 
     /// Up to `n` nearest records to `query` (full, L2-normalised features),

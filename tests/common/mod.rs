@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod stress;
+pub mod watchdog;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -71,6 +74,15 @@ impl Daemon {
     pub fn kill9(self) {
         self.inner.kill();
     }
+}
+
+/// A count from the environment variable `name`, else `default`
+/// (benchmark and stress sizes).
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Resident memory of process `pid`, in MiB.

@@ -1,0 +1,221 @@
+//! Stress under a watchdog: lookalike must never hang.
+//!
+//! Three runs, each failing with every thread's stack if progress stops for
+//! 30 s (`common::watchdog`):
+//! - the index alone, in process: threads inserting, searching, removing
+//!   and refreshing the graph's search copy all at once. Before the fix
+//!   the refresh walked hnsw_rs's graph with an iterator that re-takes its
+//!   layer lock, and deadlocked against a queued insert within seconds;
+//! - the store alone: 8 threads writing and flushing sled, whose 0.34.7
+//!   release could deadlock under such a load (vendor/sled/PATCHES.md);
+//! - the real daemon: concurrent InsertStreams of distinct real photos with
+//!   queries and deletes mixed in, across PCA refits and search-copy
+//!   refreshes, then a clean stop (SIGTERM must still work) and a restart
+//!   that finds every acknowledged image. `STRESS_IMAGES` sets the size
+//!   (default 1,600 here; `cargo bench --bench stress` runs 20,000).
+
+mod common;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use common::{env_usize, stress, watchdog::Watchdog, Daemon};
+use lookalike::index::{GraphParams, Index};
+use lookalike::pca::{dot, Projection};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+const STALL: Duration = Duration::from_secs(30);
+
+fn unit(v: Vec<f32>) -> Vec<f32> {
+    let n = dot(&v, &v).sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+/// Random unit vectors with some structure (a few clusters), so that the
+/// PCA has a spectrum to fit.
+fn vector(rng: &mut StdRng, dim: usize) -> Vec<f32> {
+    let cluster = rng.random_range(0..8) as f32;
+    unit(
+        (0..dim)
+            .map(|d| (cluster * (d as f32 + 1.0)).sin().abs() + rng.random_range(0.0..0.6))
+            .collect(),
+    )
+}
+
+#[test]
+fn index_never_hangs_under_concurrent_inserts_searches_removes_and_copies() {
+    const DIM: usize = 48;
+    const INSERTERS: u64 = 3;
+    const PER_INSERTER: u64 = 12_000;
+    let mut rng = StdRng::seed_from_u64(1);
+    let sample: Vec<Vec<f32>> = (0..2000).map(|_| vector(&mut rng, DIM)).collect();
+    let projection = Arc::new(Projection::fit(&sample, 16, sample.len()).expect("fit"));
+    let params = GraphParams {
+        m: 12,
+        ef_construction: 48,
+        ef_search: 32,
+    };
+    let index = Arc::new(Index::graph(projection, params, 1024));
+    let watchdog = Watchdog::start("index stress", STALL);
+    let inserting = Arc::new(AtomicBool::new(true));
+    let next_seq = Arc::new(AtomicU64::new(1));
+    let copies = Arc::new(AtomicU64::new(0));
+
+    let inserters: Vec<_> = (0..INSERTERS)
+        .map(|t| {
+            let (index, next_seq) = (index.clone(), next_seq.clone());
+            let progress = watchdog.counter(&format!("inserter {t}"));
+            std::thread::spawn(move || {
+                let mut rng = StdRng::seed_from_u64(100 + t);
+                let mut kept = Vec::new();
+                for i in 0..PER_INSERTER {
+                    let seq = next_seq.fetch_add(1, Ordering::SeqCst);
+                    let v = vector(&mut rng, DIM);
+                    index.add(seq, &v);
+                    if i % 120 == 0 {
+                        kept.push((seq, v));
+                    }
+                    progress.tick();
+                }
+                progress.finish();
+                kept
+            })
+        })
+        .collect();
+    // The refresher copies the graph again and again, due or not, to meet
+    // inserts at every point of the copy.
+    let refresher = {
+        let (index, inserting, copies) = (index.clone(), inserting.clone(), copies.clone());
+        let progress = watchdog.counter("refresher");
+        std::thread::spawn(move || {
+            while inserting.load(Ordering::SeqCst) {
+                index.refresh_search_copy();
+                copies.fetch_add(1, Ordering::SeqCst);
+                progress.tick();
+            }
+            progress.finish();
+        })
+    };
+    let searcher = {
+        let (index, inserting) = (index.clone(), inserting.clone());
+        let progress = watchdog.counter("searcher");
+        std::thread::spawn(move || {
+            let mut rng = StdRng::seed_from_u64(7);
+            while inserting.load(Ordering::SeqCst) {
+                let hits = index.search(&vector(&mut rng, DIM), 10, None);
+                let _ = index.rescore(&vector(&mut rng, DIM), hits, 5);
+                progress.tick();
+            }
+            progress.finish();
+        })
+    };
+    let remover = {
+        let (index, inserting, next_seq) = (index.clone(), inserting.clone(), next_seq.clone());
+        let progress = watchdog.counter("remover");
+        std::thread::spawn(move || {
+            let mut rng = StdRng::seed_from_u64(9);
+            let mut removed = Vec::new();
+            while inserting.load(Ordering::SeqCst) {
+                let top = next_seq.load(Ordering::SeqCst);
+                if top > 100 {
+                    let seq = rng.random_range(1..top - 50);
+                    index.remove(seq);
+                    removed.push(seq);
+                }
+                progress.tick();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            progress.finish();
+            removed
+        })
+    };
+    let kept: Vec<(u64, Vec<f32>)> = inserters
+        .into_iter()
+        .flat_map(|t| t.join().expect("inserter"))
+        .collect();
+    inserting.store(false, Ordering::SeqCst);
+    refresher.join().expect("refresher");
+    searcher.join().expect("searcher");
+    let mut removed = remover.join().expect("remover");
+    drop(watchdog);
+
+    let total = (INSERTERS * PER_INSERTER) as usize;
+    assert_eq!(index.size(), total, "every insert is in the graph");
+    removed.sort_unstable();
+    removed.dedup();
+    assert_eq!(index.tombstones(), removed.len());
+    assert!(
+        copies.load(Ordering::SeqCst) >= 10,
+        "only {} copies were made during the inserts",
+        copies.load(Ordering::SeqCst)
+    );
+    // After a last copy, points that were not removed find themselves.
+    index.refresh_search_copy();
+    let live: Vec<&(u64, Vec<f32>)> = kept
+        .iter()
+        .filter(|(seq, _)| removed.binary_search(seq).is_err())
+        .collect();
+    let found = live
+        .iter()
+        .filter(|(seq, v)| index.search(v, 1, None).first().map(|h| h.seq) == Some(*seq))
+        .count();
+    assert!(
+        found * 100 >= live.len() * 95,
+        "only {found} of {} live points found themselves",
+        live.len()
+    );
+    assert!(kept
+        .iter()
+        .filter(|(seq, _)| removed.binary_search(seq).is_ok())
+        .all(|(seq, v)| index.search(v, 10, None).iter().all(|h| h.seq != *seq)));
+}
+
+#[test]
+fn store_never_hangs_under_concurrent_writes_and_flushes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let watchdog = Watchdog::start("store stress", STALL);
+    let elapsed = stress::store_writes(&dir.path().join("sled"), 40_000, 8, &watchdog);
+    eprintln!("40,000 writes from 8 threads in {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_never_hangs_under_bulk_insert_streams_queries_and_deletes() {
+    let images = env_usize("STRESS_IMAGES", 1600);
+    let plan = stress::Plan {
+        images,
+        streams: 4,
+        delete_every: 25,
+        stall: STALL,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flags = ["--pca-min-images", "150"];
+    let daemon = Daemon::start(dir.path(), &flags).await;
+    let watchdog = Watchdog::start("daemon stress", plan.stall);
+    let outcome = stress::run(&daemon, plan, &watchdog).await;
+    eprintln!(
+        "{} inserted, {} deleted, {} queries, {} graphs swapped in, in {:?}",
+        outcome.inserted, outcome.deleted, outcome.queries, outcome.swaps_seen, outcome.elapsed
+    );
+    assert_eq!(outcome.inserted, images);
+    assert!(outcome.queries > 0);
+    assert!(
+        outcome.swaps_seen >= 2,
+        "saw {} new graphs swapped in; PCA refits were due at 300, 600 and 1200 images",
+        outcome.swaps_seen
+    );
+    let mut client = daemon.client().await;
+    stress::check_after(&mut client, &outcome).await;
+    // SIGTERM still stops it cleanly (a hung insert used to block that),
+    // and a restart finds every acknowledged image.
+    daemon.stop();
+    let daemon = Daemon::start(dir.path(), &flags).await;
+    watchdog.watch_process(daemon.pid());
+    let mut client = daemon.client().await;
+    stress::check_after(&mut client, &outcome).await;
+    daemon.stop();
+}

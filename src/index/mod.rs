@@ -637,6 +637,48 @@ mod tests {
     }
 
     #[test]
+    fn a_rebuilt_index_inherits_only_the_removals_it_missed() {
+        let pts = points(300, 32);
+        let projection = projection_of(&pts);
+        let old = Index::graph(projection.clone(), PARAMS, pts.len());
+        fill(&old, &pts);
+        // Removed before the rebuild read the store: the new graph never
+        // holds them, so they must not count as its tombstones (or the
+        // tombstone fraction that called for the rebuild would never fall).
+        for (seq, _) in &pts[..60] {
+            old.remove(*seq);
+        }
+        let rebuilt = Index::graph(projection, PARAMS, pts.len());
+        fill(&rebuilt, &pts[60..]);
+        // Removed from the old index after the rebuild read them.
+        old.remove(pts[100].0);
+        old.remove(pts[200].0);
+        rebuilt.inherit_tombstones(&old, pts.last().expect("points").0);
+        assert_eq!(rebuilt.tombstones(), 2);
+        for gone in [100, 200] {
+            assert!(rebuilt
+                .search(&pts[gone].1, 10, None)
+                .iter()
+                .all(|h| h.seq != pts[gone].0));
+        }
+
+        // From an exact index (the first PCA fit) as well.
+        let exact = Index::exact();
+        fill(&exact, &pts);
+        exact.remove(pts[0].0);
+        exact.remove(pts[150].0);
+        assert_eq!(exact.tombstones(), 0, "an exact index reports none");
+        let first = Index::graph(projection_of(&pts), PARAMS, pts.len());
+        fill(&first, &pts[1..]);
+        first.inherit_tombstones(&exact, pts.last().expect("points").0);
+        assert_eq!(first.tombstones(), 1);
+        assert!(first
+            .search(&pts[150].1, 10, None)
+            .iter()
+            .all(|h| h.seq != pts[150].0));
+    }
+
+    #[test]
     fn graph_mode_finds_itself_and_skips_tombstones() {
         let pts = points(400, 32);
         let index = Index::graph(projection_of(&pts), PARAMS, pts.len());

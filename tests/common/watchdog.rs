@@ -9,7 +9,8 @@
 //! something is stuck, even while other workers still make progress (a
 //! deadlock between inserts leaves searches running). The watchdog then
 //! prints the stacks of this process and of the processes it was told about
-//! (a daemon under test), and exits the test process with a failure code.
+//! (a daemon under test), kills those processes, and exits the test process
+//! with a failure code.
 //! Stacks come from gdb when it is installed, else from the kernel
 //! (`/proc/PID/task/*/stack` and `wchan`), which still show where each
 //! thread sleeps.
@@ -147,6 +148,10 @@ fn report_stall(
     for pid in others.iter().copied().chain([std::process::id()]) {
         eprintln!("\n--- process {pid} ---");
         dump_stacks(pid);
+    }
+    // The exit below skips destructors, which would have killed them.
+    for pid in others {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
     eprintln!("=== WATCHDOG: failing the run ===");
 }

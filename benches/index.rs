@@ -55,7 +55,8 @@ use std::{
 use common::rss_mib;
 use lookalike::embed::{Embedder, ModelKind};
 use lookalike::index::{GraphParams, Index};
-use lookalike::pca::{dot, Projection};
+use lookalike::pca::Projection;
+use lookalike::vector::dot;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rayon::prelude::*;
 

@@ -21,6 +21,7 @@ pub mod pca;
 pub mod server;
 pub mod siamese;
 pub mod store;
+pub mod vector;
 
 pub use config::Config;
 pub use engine::Engine;

@@ -12,6 +12,7 @@ use linfa_reduction::Pca;
 use ndarray::Array2;
 
 use crate::error::{Error, Result};
+use crate::vector::dot;
 
 const BLOB_VERSION: u32 = 1;
 
@@ -139,28 +140,6 @@ impl Projection {
             fitted_on: fitted_on as usize,
         })
     }
-}
-
-/// Lanes of partial sums in [`dot`]: independent accumulators let the
-/// compiler use SIMD without reordering a single running sum.
-const DOT_LANES: usize = 16;
-
-/// Dot product of two equal-length slices.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let (ac, bc) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    let mut acc = [0f32; DOT_LANES];
-    for (x, y) in ac.zip(bc) {
-        for i in 0..DOT_LANES {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

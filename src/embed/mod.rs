@@ -22,6 +22,7 @@ pub use fast::TapShape;
 
 use crate::decode;
 use crate::error::{Error, Result};
+use crate::vector::normalised;
 
 /// Images embedded per forward pass; larger requests are split.
 const MAX_BATCH: usize = 16;
@@ -230,12 +231,6 @@ impl Embedder {
         let nhwc = Tensor::from_vec(data, (images.len(), s, s, 3), &self.device)?;
         Ok(nhwc.permute((0, 3, 1, 2))?.contiguous()?)
     }
-}
-
-/// The vector scaled to unit length.
-fn normalised(v: &[f32]) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.iter().map(|x| x / norm).collect()
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use std::{
 };
 
 use crate::error::{Error, Result};
+use crate::vector::dot_i8;
 
 /// First bytes of a saved [`Codes`] file.
 const MAGIC: &[u8; 8] = b"LKCODES1";
@@ -167,26 +168,6 @@ fn read_array<const N: usize>(input: &mut impl Read) -> std::io::Result<[u8; N]>
     let mut a = [0u8; N];
     input.read_exact(&mut a)?;
     Ok(a)
-}
-
-/// `sum(a[i] * b[i])` with 16 independent sums, which the compiler turns
-/// into vector code.
-fn dot_i8(a: &[f32], b: &[i8]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0.0f32; LANES];
-    let (a_main, a_rest) = a.split_at(a.len() - a.len() % LANES);
-    let (b_main, b_rest) = b.split_at(a_main.len());
-    for (x, c) in a_main.chunks_exact(LANES).zip(b_main.chunks_exact(LANES)) {
-        for i in 0..LANES {
-            acc[i] += x[i] * f32::from(c[i]);
-        }
-    }
-    let tail: f32 = a_rest
-        .iter()
-        .zip(b_rest)
-        .map(|(x, &c)| x * f32::from(c))
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::{
 
 use hnsw_rs::prelude::{DistDot, Hnsw};
 
-use crate::pca::dot as portable_dot;
+use crate::vector::fastest_dot;
 
 /// The copy: every point's projected vector, seq and neighbour lists.
 pub struct FlatGraph {
@@ -69,7 +69,7 @@ impl FlatGraph {
             upper: HashMap::new(),
             entry: 0,
             top_layer: first.get_point_id().0,
-            dot: pick_dot(),
+            dot: fastest_dot(),
         };
         flat.offsets.push(0);
         for (p, i) in points.iter().zip(0u32..) {
@@ -284,58 +284,10 @@ fn prefetch(v: &[f32]) {
     let _ = v;
 }
 
-fn pick_dot() -> fn(&[f32], &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        return dot_avx2;
-    }
-    portable_dot
-}
-
-/// [`portable_dot`] with AVX2 + FMA; chosen by [`pick_dot`] only when the
-/// CPU has both.
-#[cfg(target_arch = "x86_64")]
-fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    // SAFETY: only reachable through `pick_dot`, which checked the CPU.
-    unsafe { dot_avx2_inner(a, b) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2_inner(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut i = 0;
-    // SAFETY (all loads): i + 8 <= n, and n is within both slices.
-    while i + 16 <= n {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-        s1 = _mm256_fmadd_ps(
-            _mm256_loadu_ps(pa.add(i + 8)),
-            _mm256_loadu_ps(pb.add(i + 8)),
-            s1,
-        );
-        i += 16;
-    }
-    if i + 8 <= n {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-        i += 8;
-    }
-    let s = _mm256_add_ps(s0, s1);
-    let x = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
-    let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    let x = _mm_add_ss(x, _mm_shuffle_ps::<1>(x, x));
-    let mut total = _mm_cvtss_f32(x);
-    for j in i..n {
-        total += a[j] * b[j];
-    }
-    total
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vector::dot as portable_dot;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     fn unit(mut v: Vec<f32>) -> Vec<f32> {
@@ -370,17 +322,6 @@ mod tests {
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         scored.iter().take(k).map(|s| s.1).collect()
-    }
-
-    #[test]
-    fn dot_products_agree() {
-        let v = random_points(2, 103, 1);
-        let want = portable_dot(&v[0], &v[1]);
-        assert!((pick_dot()(&v[0], &v[1]) - want).abs() < 1e-5);
-        assert!(
-            (pick_dot()(&v[0][..7], &v[1][..7]) - portable_dot(&v[0][..7], &v[1][..7])).abs()
-                < 1e-6
-        );
     }
 
     #[test]

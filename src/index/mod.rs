@@ -59,7 +59,8 @@ use hnsw_rs::{
 };
 
 use crate::error::{Error, Result};
-use crate::pca::{dot, Projection};
+use crate::pca::Projection;
+use crate::vector::dot;
 use codes::Codes;
 use flat::FlatGraph;
 

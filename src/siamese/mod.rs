@@ -150,13 +150,7 @@ pub fn taps_to_tensor(taps: &[&[f32]], shape: TapShape) -> Result<Tensor> {
 }
 
 /// Euclidean distance of two embeddings.
-pub fn distance(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt()
-}
+pub use crate::vector::euclidean as distance;
 
 fn fingerprint(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};

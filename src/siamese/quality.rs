@@ -25,7 +25,7 @@ use crate::decode;
 use crate::embed::Embedder;
 use crate::error::Result;
 use crate::eval::plan;
-use crate::pca::dot;
+use crate::vector::dot;
 
 /// Seed of the transformed copies (per photo: this plus its index).
 const SEED: u64 = 2026;

@@ -1,0 +1,106 @@
+//! Query: the stored images most similar to an image, best first.
+//!
+//! The index proposes candidates (graph search on the PCA projections, or an
+//! exact scan while the store is small), re-ranks them on its 8-bit codes of
+//! the full features, and the best few are read from the store for their
+//! exact cosine, id, metadata and duplicate verdict.
+
+use super::{blocking, Engine, ImageSource, Shared};
+use crate::embed::Embedded;
+use crate::error::{Error, Result};
+use crate::index::Hit;
+use crate::vector::dot;
+use std::collections::BTreeMap;
+
+/// A stored image that matched a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Match {
+    pub id: String,
+    pub similarity: f32,
+    /// Siamese distance, when both images have a Siamese embedding.
+    pub distance: Option<f32>,
+    /// The duplicate verdict for this pair.
+    pub duplicate: bool,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Engine {
+    /// The `k` stored images most similar to `image`, best first, at or
+    /// above `min_similarity`. A stored id is left out of its own results.
+    pub async fn query(
+        &self,
+        image: ImageSource,
+        k: usize,
+        min_similarity: f32,
+    ) -> Result<Vec<Match>> {
+        self.check_ready()?;
+        let max_k = self.shared.config.max_k;
+        if k == 0 || k > max_k {
+            return Err(Error::InvalidArgument(format!(
+                "k must be in 1..={max_k}, got {k}"
+            )));
+        }
+        if !(-1.0..=1.0).contains(&min_similarity) {
+            return Err(Error::InvalidArgument(format!(
+                "min_similarity must be in [-1, 1], got {min_similarity}"
+            )));
+        }
+        let query = self.resolve(image).await?;
+        let shared = self.shared.clone();
+        blocking(move || shared.nearest(&query.embedded, k, min_similarity, query.exclude)).await
+    }
+}
+
+impl Shared {
+    /// Searches the index, re-ranks the candidates on the full features
+    /// the index holds (8-bit codes), then reads the best few from the
+    /// store for their exact cosine, id and metadata (which also drops any
+    /// that were deleted).
+    pub(super) fn nearest(
+        &self,
+        query: &Embedded,
+        k: usize,
+        min_similarity: f32,
+        exclude: Option<u64>,
+    ) -> Result<Vec<Match>> {
+        let index = self.current_index();
+        let candidates = match index.projection() {
+            Some(_) => k.saturating_mul(self.config.rerank_factor).max(k + 8),
+            None => k,
+        };
+        let hits: Vec<Hit> = index.search(&query.features, candidates, exclude);
+        let hits = index.rescore(&query.features, hits, exact_scored(k));
+        let mut matches = Vec::with_capacity(hits.len());
+        for hit in hits {
+            let Some(record) = self.store.get_by_seq(hit.seq)? else {
+                continue;
+            };
+            let similarity = dot(&query.features, &record.features).clamp(-1.0, 1.0);
+            if similarity >= min_similarity {
+                let distance = self.distance(&query.siamese, &record.siamese);
+                matches.push(Match {
+                    id: record.id,
+                    similarity,
+                    distance,
+                    duplicate: self.is_duplicate(similarity, distance, None),
+                    metadata: record.metadata,
+                });
+            }
+        }
+        matches.sort_by(|a, b| {
+            b.similarity
+                .total_cmp(&a.similarity)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        matches.truncate(k);
+        Ok(matches)
+    }
+}
+
+/// How many of the best re-ranked candidates are read from the store and
+/// scored exactly, for `k` results: twice `k`, so that the 8-bit codes'
+/// error (about 1e-3 in cosine) would have to exceed the gap between the
+/// `k`-th and the `2k`-th candidate to push a true top-`k` neighbour out.
+fn exact_scored(k: usize) -> usize {
+    k.saturating_mul(2).max(k + 4)
+}

@@ -16,7 +16,7 @@ use tower::util::MapResponseLayer;
 
 use crate::api::{proto, proto::lookalike_server::LookalikeServer, service::Service, status};
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineGuard};
 use crate::error::{Error, Result};
 
 /// The name health and reflection know the service by.
@@ -36,9 +36,12 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::Internal(format!("local address: {e}")))?;
     let max_message = config.max_message_bytes;
-    let engine = tokio::task::spawn_blocking(move || Engine::open(config))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+    let guard = EngineGuard::new(
+        tokio::task::spawn_blocking(move || Engine::open(config))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??,
+    );
+    let engine = guard.engine();
 
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;

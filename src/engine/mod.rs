@@ -65,6 +65,40 @@ struct Resolved {
     exclude: Option<u64>,
 }
 
+/// Owns an engine's lifetime, as mini-redis's `DbDropGuard` owns its `Db`:
+/// the background maintenance task holds a handle of its own, so the shared
+/// state is never dropped while it runs, and something must stop it.
+/// Dropping the guard does, whichever way its owner leaves (an error, a
+/// panic): it stops the task and flushes the store. A clean stop calls
+/// [`Engine::close`] first, which also waits for writes in flight and saves
+/// the graph.
+pub struct EngineGuard {
+    engine: Engine,
+}
+
+impl EngineGuard {
+    pub fn new(engine: Engine) -> Self {
+        EngineGuard { engine }
+    }
+
+    /// A handle on the guarded engine.
+    pub fn engine(&self) -> Engine {
+        self.engine.clone()
+    }
+}
+
+impl Drop for EngineGuard {
+    fn drop(&mut self) {
+        let shared = &self.engine.shared;
+        if let Some(task) = shared.stop_maintenance() {
+            task.abort();
+        }
+        if let Err(e) = shared.store.flush() {
+            tracing::error!(error = %e, "cannot flush the store on the way out");
+        }
+    }
+}
+
 /// Handle to the engine; clones share one state.
 #[derive(Clone)]
 pub struct Engine {
@@ -177,15 +211,7 @@ impl Engine {
     /// refuses new ones, flushes the store and saves the graph for a fast
     /// next start; call before exit.
     pub async fn close(&self) -> Result<()> {
-        self.shared.shutdown.store(true, Ordering::SeqCst);
-        self.shared.maintenance.notify_one();
-        let task = self
-            .shared
-            .maintenance_task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(task) = task {
+        if let Some(task) = self.shared.stop_maintenance() {
             // A build stops at its next batch; a PCA fit cannot be
             // interrupted, and is not waited for: whatever it finishes is
             // never swapped in once `closed` is set.
@@ -240,6 +266,17 @@ impl Engine {
 }
 
 impl Shared {
+    /// Tells the maintenance task (and a build it runs) to stop; its handle,
+    /// for the caller to wait on or abort.
+    fn stop_maintenance(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.maintenance.notify_one();
+        self.maintenance_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
     fn current_index(&self) -> Arc<Index> {
         self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -314,4 +351,31 @@ fn load_projection(store: &dyn Store) -> Result<Option<Projection>> {
         .meta_get(META_PCA)?
         .map(|b| Projection::from_bytes(&b))
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_guard_stops_maintenance_and_frees_the_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let guard =
+            EngineGuard::new(Engine::open(Config::with_data_dir(dir.path())).expect("open"));
+        let engine = guard.engine();
+        engine.load_index().await.expect("load the index");
+        engine.spawn_maintenance();
+        let state = Arc::downgrade(&engine.shared);
+        drop(engine);
+        // The maintenance task still holds the state; the guard stops it.
+        assert!(state.strong_count() > 0);
+        drop(guard);
+        for _ in 0..200 {
+            if state.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the engine's state outlived its guard");
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! Photos: `datasets/near-dup-bases` (from `scripts/fetch-datasets.sh`), or
 //! the committed `tests/data` when that is missing. Copies: the seeded
-//! families of `lookalike::eval::plan`, written as files so both sides read
+//! families of `lookalike::lab::eval::plan`, written as files so both sides read
 //! the same bytes. Ours: `lookalike eval near-dup` (a real daemon, exact
 //! search or PCA + HNSW as configured). Peer: PyPI `imagededup` PHash and
 //! DHash (ranking by Hamming distance), from `.tools/bench-venv`;
@@ -12,7 +12,7 @@
 
 use std::{path::PathBuf, process::Command, time::Instant};
 
-use lookalike::eval::plan;
+use lookalike::lab::eval::plan;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -22,7 +22,7 @@ use std::{
 use common::{data, photos, query_by_id, read, rss_mib, Client, Daemon};
 use futures_util::{stream, StreamExt};
 use lookalike::api::proto::{InsertRequest, QueryRequest, StatsRequest};
-use lookalike::augment;
+use lookalike::lab::augment;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -176,7 +176,7 @@ async fn main() {
                     .query(QueryRequest {
                         image: data(image),
                         k: 10,
-                        min_similarity: -1.0,
+                        min_similarity: None,
                         omit_metadata: false,
                     })
                     .await

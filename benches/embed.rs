@@ -23,7 +23,7 @@ use std::{
 };
 
 use image::RgbImage;
-use lookalike::{augment, embed::Embedder, embed::ModelKind};
+use lookalike::{decode, embed::Embedder, embed::ModelKind, lab::augment};
 use rayon::prelude::*;
 
 fn seconds() -> f64 {
@@ -147,7 +147,9 @@ fn main() {
     let lite0 = Embedder::load(ModelKind::EfficientNetLite0, None, 1).expect("load");
     for (label, bytes, path) in &inputs {
         let ours = time_per_call(|| {
-            std::hint::black_box(lite0.input_from_bytes(bytes, u64::MAX).expect("decode"));
+            std::hint::black_box(
+                decode::network_input(bytes, u64::MAX, lite0.kind().input_size()).expect("decode"),
+            );
         }) * 1e3;
         let secs = format!("{}", seconds());
         let pillow = peer(&[
@@ -263,7 +265,10 @@ fn main() {
             16.0 / time_per_call(|| {
                 let inputs: Vec<Vec<f32>> = batch
                     .par_iter()
-                    .map(|b| embedder.input_from_bytes(b, u64::MAX).expect("decode"))
+                    .map(|b| {
+                        decode::network_input(b, u64::MAX, embedder.kind().input_size())
+                            .expect("decode")
+                    })
                     .collect();
                 std::hint::black_box(embedder.embed_inputs(&inputs));
             })

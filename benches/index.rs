@@ -53,6 +53,7 @@ use std::{
 };
 
 use common::rss_mib;
+use lookalike::decode;
 use lookalike::embed::{Embedder, ModelKind};
 use lookalike::index::{GraphParams, Index};
 use lookalike::pca::Projection;
@@ -225,7 +226,8 @@ impl RealSet {
         };
         let bytes = std::fs::read(file).expect("read photo");
         if !mirrored {
-            return embedder.input_from_bytes(&bytes, u64::MAX).expect("decode");
+            return decode::network_input(&bytes, u64::MAX, embedder.kind().input_size())
+                .expect("decode");
         }
         let image = image::load_from_memory(&bytes).expect("decode").to_rgb8();
         embedder.input(&image::imageops::flip_horizontal(&image))

@@ -12,7 +12,10 @@ fn main() {
     let started = std::time::Instant::now();
     let mut n = 0u32;
     while started.elapsed().as_secs_f64() < secs {
-        std::hint::black_box(embedder.input_from_bytes(&bytes, u64::MAX).expect("decode"));
+        std::hint::black_box(
+            lookalike::decode::network_input(&bytes, u64::MAX, embedder.kind().input_size())
+                .expect("decode"),
+        );
         n += 1;
     }
     let ms = started.elapsed().as_secs_f64() * 1e3 / f64::from(n);

@@ -41,7 +41,7 @@ async fn main() {
         let id = drawn_store::record_id(rng.random_range(0..n));
         let t = Instant::now();
         let found = engine
-            .query(ImageSource::Id(id), 10, -1.0)
+            .query(ImageSource::Id(id), 10, None)
             .await
             .expect("query");
         times.push(t.elapsed().as_secs_f64() * 1e3);

@@ -4,19 +4,23 @@
 //! pixels) → [`embed`] (pixels to CNN features) → [`pca`] (features to the
 //! compact space the graph uses) → [`index`] (HNSW) and [`store`] (sled) →
 //! [`engine`] (the operations, tying the stages together) → [`api`] (gRPC),
-//! served by [`server`].
+//! served by [`server`]. The Siamese head ([`siamese`]) gives the duplicate
+//! verdict; [`vector`] holds the vector maths every stage shares.
+//!
+//! What trains and measures the networks (augmentations, evaluation plans,
+//! Siamese training, a child daemon for tests) lives apart, in `lab`, behind
+//! the `lab` feature.
 
 pub mod api;
-pub mod augment;
-pub mod child;
 pub mod config;
 pub mod decode;
 pub mod embed;
 pub mod engine;
 pub mod error;
-pub mod eval;
 pub mod files;
 pub mod index;
+#[cfg(feature = "lab")]
+pub mod lab;
 pub mod pca;
 pub mod server;
 pub mod siamese;

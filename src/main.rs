@@ -15,8 +15,6 @@ use tracing_subscriber::EnvFilter;
     about = "Image-similarity database daemon and client"
 )]
 struct Cli {
-    #[command(flatten)]
-    client: cli::ClientArgs,
     #[command(subcommand)]
     command: TopCommand,
 }
@@ -40,14 +38,13 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match args.command {
         TopCommand::Serve(config) => runtime.block_on(serve(config)),
-        TopCommand::Client(command) => runtime.block_on(cli::run(args.client, command)),
+        TopCommand::Client(command) => runtime.block_on(cli::run(command)),
     }
 }
 
 async fn serve(config: Config) -> Result<()> {
     let announce = |addr| {
-        // Scripts and tests read this line to learn the port.
-        println!("{}{addr}", lookalike::child::LISTENING);
+        println!("{}{addr}", lookalike::server::LISTENING);
     };
     lookalike::server::run(config, announce, shutdown_signal()).await?;
     tracing::info!("stopped");

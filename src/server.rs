@@ -19,6 +19,10 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineGuard};
 use crate::error::{Error, Result};
 
+/// The line `lookalike serve` prints first, followed by the bound address:
+/// scripts and tests read it to learn the port.
+pub const LISTENING: &str = "lookalike listening on ";
+
 /// The name health and reflection know the service by.
 const SERVICE_NAME: &str = <LookalikeServer<Service> as NamedService>::NAME;
 

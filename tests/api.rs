@@ -11,7 +11,7 @@ use lookalike::api::proto::{
     image_ref::Source, CompareRequest, GetRequest, ImageRef, InsertRequest, QueryRequest,
     StatsRequest,
 };
-use lookalike::augment;
+use lookalike::lab::augment;
 use tonic::Code;
 
 /// Asserts a call failed with `code` and a message containing `needle`.
@@ -42,7 +42,7 @@ fn query_req(image: Option<ImageRef>, k: u32) -> QueryRequest {
     QueryRequest {
         image,
         k,
-        min_similarity: 0.0,
+        min_similarity: None,
         omit_metadata: false,
     }
 }
@@ -137,7 +137,7 @@ async fn bad_inputs_get_clear_statuses_and_the_daemon_keeps_serving() {
         c.compare(CompareRequest {
             a: by_id("first"),
             b: None,
-            max_distance: 0.0,
+            max_distance: None,
         })
         .await,
         Code::InvalidArgument,
@@ -147,7 +147,7 @@ async fn bad_inputs_get_clear_statuses_and_the_daemon_keeps_serving() {
         c.compare(CompareRequest {
             a: by_id("first"),
             b: by_id("nope"),
-            max_distance: 0.0,
+            max_distance: None,
         })
         .await,
         Code::NotFound,
@@ -241,7 +241,7 @@ async fn insert_stream_compare_upsert_and_health() {
         .compare(CompareRequest {
             a: by_id(name0),
             b: data(read(path0)),
-            max_distance: 0.0,
+            max_distance: None,
         })
         .await
         .expect("compare")
@@ -251,7 +251,7 @@ async fn insert_stream_compare_upsert_and_health() {
         .compare(CompareRequest {
             a: by_id(name0),
             b: data(copy.clone()),
-            max_distance: 0.0,
+            max_distance: None,
         })
         .await
         .expect("compare")
@@ -260,7 +260,7 @@ async fn insert_stream_compare_upsert_and_health() {
         .compare(CompareRequest {
             a: by_id(name0),
             b: by_id(&set[1].0),
-            max_distance: 0.0,
+            max_distance: None,
         })
         .await
         .expect("compare")
@@ -273,7 +273,7 @@ async fn insert_stream_compare_upsert_and_health() {
         .compare(CompareRequest {
             a: data(copy),
             b: by_id(name0),
-            max_distance: 0.0,
+            max_distance: None,
         })
         .await
         .expect("compare")

@@ -10,7 +10,7 @@ use image::RgbImage;
 use lookalike::api::proto::{
     DeleteRequest, GetRequest, InsertRequest, QueryRequest, QueryResponse, StatsRequest,
 };
-use lookalike::augment;
+use lookalike::lab::augment;
 
 /// The transformed copies every photo must be found from: (name, transform).
 fn copies(img: &RgbImage) -> Vec<(&'static str, Vec<u8>)> {
@@ -58,7 +58,7 @@ async fn query(
         .query(QueryRequest {
             image,
             k,
-            min_similarity: -1.0,
+            min_similarity: None,
             omit_metadata: false,
         })
         .await

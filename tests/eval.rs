@@ -30,7 +30,7 @@ fn near_dup_eval_reports_every_family_with_high_recall() {
             .find(|r| r["group"] == g)
             .unwrap_or_else(|| panic!("no row {g}"))
     };
-    for family in lookalike::eval::plan::FAMILIES {
+    for family in lookalike::lab::eval::plan::FAMILIES {
         assert!(
             row(family)["queries"].as_u64().unwrap_or(0) >= 40,
             "{family} under-sampled"

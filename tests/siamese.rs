@@ -11,8 +11,13 @@ use common::{by_id, data, photos, read, Daemon};
 use lookalike::api::proto::{
     CompareRequest, CompareResponse, ImageRef, InsertRequest, QueryRequest, StatsRequest,
 };
-use lookalike::augment;
+use lookalike::lab::augment;
 use tonic::Code;
+
+/// The Siamese distance of a comparison; every image here has an embedding.
+fn siamese_distance(c: &CompareResponse) -> f32 {
+    c.distance.expect("both images have a Siamese embedding")
+}
 
 async fn compare(
     c: &mut common::Client,
@@ -22,7 +27,7 @@ async fn compare(
     c.compare(CompareRequest {
         a,
         b,
-        max_distance: 0.0,
+        max_distance: None,
     })
     .await
     .expect("compare")
@@ -51,7 +56,9 @@ async fn compare_tells_duplicates_from_similar_photos() {
     let daemon = Daemon::start(dir.path(), &[]).await;
     let mut c = daemon.client().await;
     let stats = c.stats(StatsRequest {}).await.expect("stats").into_inner();
-    let threshold = stats.duplicate_distance;
+    let threshold = stats
+        .duplicate_distance
+        .expect("the bundled Siamese model sets a threshold");
     assert!(threshold > 0.0 && threshold < 2.0, "{stats:?}");
 
     // Pairs of different photos of one kind of thing. Not here:
@@ -86,29 +93,30 @@ async fn compare_tells_duplicates_from_similar_photos() {
         let original = photo(name);
         let copy = compare(&mut c, by_id(name), data(copy_of(&original))).await;
         assert!(copy.duplicate, "{name} vs its copy: {copy:?}");
-        assert!(
-            copy.distance >= 0.0 && copy.distance <= copy.threshold,
-            "{copy:?}"
-        );
-        assert_eq!(copy.threshold, threshold);
+        let (distance, at) = (siamese_distance(&copy), copy.threshold);
+        assert!(distance >= 0.0 && Some(distance) <= at, "{copy:?}");
+        assert_eq!(at, Some(threshold));
 
         let itself = compare(&mut c, by_id(name), by_id(name)).await;
         assert!(
-            itself.distance.abs() < 1e-6 && itself.duplicate,
+            siamese_distance(&itself).abs() < 1e-6 && itself.duplicate,
             "{itself:?}"
         );
         let bytes = compare(&mut c, by_id(name), data(original)).await;
-        assert!(bytes.distance < 1e-3, "stored vs re-sent bytes: {bytes:?}");
+        assert!(
+            siamese_distance(&bytes) < 1e-3,
+            "stored vs re-sent bytes: {bytes:?}"
+        );
     }
 
     // Two photos of one kind of thing: similar, not duplicates.
     for pair in names.chunks(2) {
         let ab = compare(&mut c, by_id(pair[0]), by_id(pair[1])).await;
         assert!(!ab.duplicate, "{} vs {}: {ab:?}", pair[0], pair[1]);
-        assert!(ab.distance > ab.threshold, "{ab:?}");
+        assert!(Some(siamese_distance(&ab)) > ab.threshold, "{ab:?}");
         let ba = compare(&mut c, by_id(pair[1]), by_id(pair[0])).await;
         assert!(
-            (ab.distance - ba.distance).abs() < 1e-6,
+            (siamese_distance(&ab) - siamese_distance(&ba)).abs() < 1e-6,
             "symmetric: {ab:?} {ba:?}"
         );
         assert_eq!(ab.similarity, ba.similarity);
@@ -119,7 +127,7 @@ async fn compare_tells_duplicates_from_similar_photos() {
         .compare(CompareRequest {
             a: by_id(names[0]),
             b: data(copy_of(&photo(names[0]))),
-            max_distance: 1e-4,
+            max_distance: Some(1e-4),
         })
         .await
         .expect("compare")
@@ -139,12 +147,13 @@ async fn compare_tells_duplicates_from_similar_photos() {
         .into_inner();
     let dup_ids: Vec<&str> = inserted.duplicates.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(dup_ids, [names[0]], "{inserted:?}");
-    assert!(inserted.duplicates[0].distance <= threshold);
+    let distance = inserted.duplicates[0].distance.expect("a Siamese distance");
+    assert!(distance <= threshold, "{inserted:?}");
     let hits = c
         .query(QueryRequest {
             image: by_id(names[4]),
             k: 3,
-            min_similarity: -1.0,
+            min_similarity: None,
             omit_metadata: true,
         })
         .await
@@ -153,14 +162,21 @@ async fn compare_tells_duplicates_from_similar_photos() {
         .matches;
     assert!(!hits.is_empty());
     for m in &hits {
-        assert!(m.distance > 0.0, "{m:?}");
-        assert_eq!(m.duplicate, m.distance <= threshold, "{m:?}");
+        let distance = m.distance.expect("a Siamese distance");
+        assert!(distance > 0.0, "{m:?}");
+        assert_eq!(m.duplicate, distance <= threshold, "{m:?}");
     }
     daemon.stop();
 }
 
 /// Sides a and b, max_distance, the status code and a word of its message.
-type BadCompare = (Option<ImageRef>, Option<ImageRef>, f32, Code, &'static str);
+type BadCompare = (
+    Option<ImageRef>,
+    Option<ImageRef>,
+    Option<f32>,
+    Code,
+    &'static str,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_compare_inputs_get_clear_statuses() {
@@ -168,39 +184,46 @@ async fn bad_compare_inputs_get_clear_statuses() {
     let daemon = Daemon::start(dir.path(), &[]).await;
     let mut c = daemon.client().await;
     let bytes = photo("fish-discus");
-    let cases: [BadCompare; 5] = [
+    let cases: [BadCompare; 6] = [
         (
             data(bytes.clone()),
             None,
-            0.0,
+            None,
             Code::InvalidArgument,
             "'b' is missing",
         ),
         (
             None,
             data(bytes.clone()),
-            0.0,
+            None,
             Code::InvalidArgument,
             "'a' is missing",
         ),
         (
             data(bytes.clone()),
             data(b"this is not an image".to_vec()),
-            0.0,
+            None,
             Code::InvalidArgument,
             "decode",
         ),
         (
             data(bytes.clone()),
             by_id("nope"),
-            0.0,
+            None,
             Code::NotFound,
             "nope",
         ),
         (
             data(bytes.clone()),
             data(bytes.clone()),
-            3.0,
+            Some(3.0),
+            Code::InvalidArgument,
+            "max_distance",
+        ),
+        (
+            data(bytes.clone()),
+            data(bytes.clone()),
+            Some(0.0),
             Code::InvalidArgument,
             "max_distance",
         ),
@@ -218,7 +241,7 @@ async fn bad_compare_inputs_get_clear_statuses() {
     }
     // Still serving.
     let ok = compare(&mut c, data(bytes.clone()), data(bytes)).await;
-    assert!(ok.duplicate && ok.distance < 1e-3, "{ok:?}");
+    assert!(ok.duplicate && siamese_distance(&ok) < 1e-3, "{ok:?}");
     daemon.stop();
 }
 

@@ -115,7 +115,7 @@ pub fn build_store(dir: &Path, n: usize) {
             id: record_id(i),
             seq: 0,
             features: latent.draw(&mut rng),
-            siamese: Vec::new(),
+            siamese: None,
             metadata: BTreeMap::new(),
             inserted_at_ms: 0,
         };

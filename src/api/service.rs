@@ -94,17 +94,16 @@ impl Lookalike for Service {
         let req = request.into_inner();
         let a = image_source(req.a, "a")?;
         let b = image_source(req.b, "b")?;
-        let max_distance = (req.max_distance != 0.0).then_some(req.max_distance);
         let c = self
             .engine
-            .compare(a, b, max_distance)
+            .compare(a, b, req.max_distance)
             .await
             .map_err(to_status)?;
         Ok(Response::new(proto::CompareResponse {
             similarity: c.similarity,
-            distance: c.distance.unwrap_or(-1.0),
+            distance: c.distance,
             duplicate: c.duplicate,
-            threshold: c.threshold.unwrap_or(0.0),
+            threshold: c.threshold,
             similarity_threshold: c.similarity_threshold,
         }))
     }
@@ -128,6 +127,10 @@ impl Lookalike for Service {
             } else {
                 Vec::new()
             },
+            siamese: record
+                .siamese
+                .filter(|_| req.include_features)
+                .map(|values| proto::Vector { values }),
         }))
     }
 
@@ -154,7 +157,7 @@ impl Lookalike for Service {
             index_tombstones: s.index_tombstones,
             model: s.model,
             pca_min_images: s.pca_min_images,
-            duplicate_distance: s.duplicate_distance.unwrap_or(0.0),
+            duplicate_distance: s.duplicate_distance,
             duplicate_similarity: s.duplicate_similarity,
         }))
     }
@@ -244,7 +247,7 @@ fn to_match(m: Match) -> proto::Match {
         id: m.id,
         similarity: m.similarity,
         metadata: m.metadata.into_iter().collect(),
-        distance: m.distance.unwrap_or(-1.0),
+        distance: m.distance,
         duplicate: m.duplicate,
     }
 }

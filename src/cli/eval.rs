@@ -4,7 +4,7 @@
 //! Each run starts a private daemon (this binary, `serve`, on a free
 //! loopback port over a temporary database), inserts the photos, queries it
 //! and reports. `near-dup` queries with the seeded transformed copies of
-//! `lookalike::eval::plan`; `classes` queries each photo by id and scores
+//! `lookalike::lab::eval::plan`; `classes` queries each photo by id and scores
 //! neighbours of the same class (one sub-folder per class).
 
 use std::{
@@ -19,8 +19,8 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use lookalike::api::proto::{
     image_ref::Source, lookalike_client::LookalikeClient, ImageRef, InsertRequest, QueryRequest,
 };
-use lookalike::child::ChildDaemon;
-use lookalike::eval::{
+use lookalike::lab::child::ChildDaemon;
+use lookalike::lab::eval::{
     metrics::{Report, Tally},
     plan,
 };
@@ -32,7 +32,7 @@ const CONCURRENCY: usize = 8;
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
     /// Recall of transformed copies: crops, rescales, JPEG, rotation, flips,
-    /// colour, greyscale, text, combinations (see `lookalike::eval::plan`).
+    /// colour, greyscale, text, combinations (see `lookalike::lab::eval::plan`).
     NearDup {
         /// Photos (files or folders) to make copies of; all are stored.
         #[arg(long, required = true, num_args = 1..)]
@@ -290,7 +290,7 @@ async fn top_ids(
                 source: Some(source),
             }),
             k: k as u32,
-            min_similarity: -1.0,
+            min_similarity: None,
             omit_metadata: true,
         })
         .await?

@@ -1,8 +1,11 @@
 //! The command-line client: `lookalike insert | query | compare | get |
-//! delete | stats`, each a gRPC call to a running daemon, and `eval`, which
-//! measures a private daemon of its own.
+//! delete | stats`, each a gRPC call to a running daemon; with the `lab`
+//! feature also `eval`, which measures a private daemon of its own, and
+//! `train-siamese`.
 
+#[cfg(feature = "lab")]
 mod eval;
+#[cfg(feature = "lab")]
 mod siamese;
 
 use std::{
@@ -21,14 +24,15 @@ use lookalike::api::proto::{
 };
 use tonic::transport::Channel;
 
+/// Where the daemon is: taken by every subcommand that calls one.
 #[derive(Args, Debug)]
 pub struct ClientArgs {
     /// Address of the daemon.
     #[arg(
         long,
-        global = true,
         env = "LOOKALIKE_SERVER",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "http://127.0.0.1:50051",
+        help_heading = "Connection"
     )]
     server: String,
 }
@@ -49,6 +53,8 @@ pub enum Command {
         /// Replace images whose id is already stored.
         #[arg(long)]
         upsert: bool,
+        #[command(flatten)]
+        connection: ClientArgs,
     },
     /// The stored images most similar to an image file (or a stored id).
     Query {
@@ -57,11 +63,15 @@ pub enum Command {
         /// Search with a stored image instead of a file.
         #[arg(long, conflicts_with = "file")]
         id: Option<String>,
+        /// How many matches to list.
         #[arg(short, long, default_value_t = 10)]
         k: u32,
-        /// Leave out matches below this cosine similarity.
-        #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
-        min_similarity: f32,
+        /// Leave out matches below this cosine similarity, in [-1, 1]
+        /// (default: no floor).
+        #[arg(long, allow_hyphen_values = true)]
+        min_similarity: Option<f32>,
+        #[command(flatten)]
+        connection: ClientArgs,
     },
     /// How alike two images are (files or, with --ids, stored ids).
     Compare {
@@ -74,36 +84,50 @@ pub enum Command {
         /// (default: the server's threshold).
         #[arg(long)]
         max_distance: Option<f32>,
+        #[command(flatten)]
+        connection: ClientArgs,
     },
     /// Show a stored image's record.
-    Get { id: String },
+    Get {
+        id: String,
+        #[command(flatten)]
+        connection: ClientArgs,
+    },
     /// Remove a stored image.
-    Delete { id: String },
+    Delete {
+        id: String,
+        #[command(flatten)]
+        connection: ClientArgs,
+    },
     /// Counts and state of the database.
-    Stats,
+    Stats {
+        #[command(flatten)]
+        connection: ClientArgs,
+    },
     /// Measure search quality on your photos (starts its own daemon).
+    #[cfg(feature = "lab")]
     #[command(subcommand)]
     Eval(eval::EvalCommand),
     /// Train the Siamese duplicate-verdict network on photos (in-process).
+    #[cfg(feature = "lab")]
     TrainSiamese(siamese::TrainArgs),
 }
 
-pub async fn run(args: ClientArgs, command: Command) -> Result<()> {
+pub async fn run(command: Command) -> Result<()> {
     match command {
+        #[cfg(feature = "lab")]
         Command::Eval(e) => eval::run(e).await,
+        #[cfg(feature = "lab")]
         Command::TrainSiamese(t) => tokio::task::spawn_blocking(move || siamese::train(t)).await?,
-        remote => run_remote(&args, remote).await,
+        remote => run_remote(remote).await,
     }
 }
 
 fn print_comparison(c: &CompareResponse) {
     let verdict = if c.duplicate { "yes" } else { "no" };
-    if c.distance >= 0.0 {
-        println!(
-            "distance    {:.4}  (Siamese, 0 = identical, 2 = opposite)",
-            c.distance
-        );
-        println!("duplicate   {verdict}  (distance <= {:.4})", c.threshold);
+    if let (Some(distance), Some(threshold)) = (c.distance, c.threshold) {
+        println!("distance    {distance:.4}  (Siamese, 0 = identical, 2 = opposite)");
+        println!("duplicate   {verdict}  (distance <= {threshold:.4})");
     } else {
         println!(
             "duplicate   {verdict}  (similarity >= {:.3}; no Siamese distance)",
@@ -116,27 +140,53 @@ fn print_comparison(c: &CompareResponse) {
     );
 }
 
-/// The subcommands that talk to a running daemon.
-async fn run_remote(args: &ClientArgs, command: Command) -> Result<()> {
+impl Command {
+    /// Where the daemon is, for the subcommands that call one.
+    fn connection(&self) -> Option<&ClientArgs> {
+        match self {
+            Command::Insert { connection, .. }
+            | Command::Query { connection, .. }
+            | Command::Compare { connection, .. }
+            | Command::Get { connection, .. }
+            | Command::Delete { connection, .. }
+            | Command::Stats { connection } => Some(connection),
+            #[cfg(feature = "lab")]
+            Command::Eval(_) | Command::TrainSiamese(_) => None,
+        }
+    }
+}
+
+/// Connects to the daemon at `args.server`.
+async fn connect(args: &ClientArgs) -> Result<LookalikeClient<Channel>> {
     let channel = Channel::from_shared(args.server.clone())
         .with_context(|| format!("bad server address '{}'", args.server))?
         .connect()
         .await
         .with_context(|| format!("cannot connect to lookalike at {}", args.server))?;
-    let mut client = LookalikeClient::new(channel)
+    Ok(LookalikeClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// The subcommands that talk to a running daemon.
+async fn run_remote(command: Command) -> Result<()> {
+    let Some(connection) = command.connection() else {
+        unreachable!("only the subcommands that call a daemon get here");
+    };
+    let mut client = connect(connection).await?;
     match command {
         Command::Insert {
             paths,
             hash_ids,
             upsert,
+            ..
         } => insert(&mut client, &paths, hash_ids, upsert).await,
         Command::Query {
             file,
             id,
             k,
             min_similarity,
+            ..
         } => {
             let image = match (file, id) {
                 (Some(file), None) => file_ref(&file)?,
@@ -165,6 +215,7 @@ async fn run_remote(args: &ClientArgs, command: Command) -> Result<()> {
             b,
             ids,
             max_distance,
+            ..
         } => {
             let side = |s: String| {
                 if ids {
@@ -177,14 +228,14 @@ async fn run_remote(args: &ClientArgs, command: Command) -> Result<()> {
                 .compare(CompareRequest {
                     a: Some(side(a)?),
                     b: Some(side(b)?),
-                    max_distance: max_distance.unwrap_or(0.0),
+                    max_distance,
                 })
                 .await?
                 .into_inner();
             print_comparison(&resp);
             Ok(())
         }
-        Command::Get { id } => {
+        Command::Get { id, .. } => {
             let r = client
                 .get(GetRequest {
                     id,
@@ -201,13 +252,14 @@ async fn run_remote(args: &ClientArgs, command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Delete { id } => {
+        Command::Delete { id, .. } => {
             client.delete(DeleteRequest { id: id.clone() }).await?;
             println!("deleted {id}");
             Ok(())
         }
+        #[cfg(feature = "lab")]
         Command::Eval(_) | Command::TrainSiamese(_) => unreachable!("handled in run"),
-        Command::Stats => {
+        Command::Stats { .. } => {
             let s = client.stats(StatsRequest {}).await?.into_inner();
             println!("images          {}", s.count);
             println!("model           {} ({} dimensions)", s.model, s.dimensions);
@@ -222,11 +274,8 @@ async fn run_remote(args: &ClientArgs, command: Command) -> Result<()> {
                     s.pca_min_images
                 );
             }
-            if s.duplicate_distance > 0.0 {
-                println!(
-                    "duplicates      Siamese distance <= {:.4}",
-                    s.duplicate_distance
-                );
+            if let Some(distance) = s.duplicate_distance {
+                println!("duplicates      Siamese distance <= {distance:.4}");
             } else {
                 println!(
                     "duplicates      cosine >= {:.3} (no Siamese model)",
@@ -279,7 +328,7 @@ async fn insert(
         match resp.error {
             Some(err) => {
                 failed += 1;
-                bar.println(format!("failed {}: {}", resp.id, err.message));
+                say(&bar, format!("failed {}: {}", resp.id, err.message));
             }
             None => {
                 stored += 1;
@@ -290,7 +339,7 @@ async fn insert(
                         .iter()
                         .map(|d| format!("{} ({:.3})", d.id, d.similarity))
                         .collect();
-                    bar.println(format!("{} duplicates {}", resp.id, names.join(", ")));
+                    say(&bar, format!("{} duplicates {}", resp.id, names.join(", ")));
                 }
             }
         }
@@ -306,6 +355,16 @@ async fn insert(
         bail!("{failed} images failed");
     }
     Ok(())
+}
+
+/// Prints a line above the progress bar, or plainly when there is no bar
+/// (output piped: indicatif hides the bar and would drop the line).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 /// The image files under `paths`, folders walked recursively, sorted.

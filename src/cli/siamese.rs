@@ -10,12 +10,12 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lookalike::embed::{Embedder, ModelKind};
-use lookalike::siamese::{
+use lookalike::lab::siamese::{
     photos::{self, Photo, Split},
     quality::{self, QualityReport},
     train::{self, EpochLoss, TrainConfig},
-    Siamese,
 };
+use lookalike::siamese::Siamese;
 
 /// Which photos to use, shared by both commands.
 #[derive(Args, Debug)]

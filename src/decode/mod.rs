@@ -26,6 +26,14 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     decode_at_least(bytes, max_pixels, u32::MAX)
 }
 
+/// Decodes an encoded image straight into the input of a network that
+/// reads `size` x `size` pixels (see [`to_input`]), at the smallest decode
+/// scale that still covers it.
+pub fn network_input(bytes: &[u8], max_pixels: u64, size: u32) -> Result<Vec<f32>> {
+    let image = decode_at_least(bytes, max_pixels, resize_target(size))?;
+    Ok(to_input(&image, size))
+}
+
 /// Like [`decode`], but a JPEG may be decoded at a reduced scale (1/2, 1/4
 /// or 1/8, done in the DCT: much faster than decoding in full and shrinking)
 /// as long as its shorter side stays at least `min_short_side`.

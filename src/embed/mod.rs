@@ -4,7 +4,6 @@
 //! weights are compiled into the binary, so `lookalike serve` needs no files
 //! besides its database.
 
-mod batcher;
 mod efficientnet_lite;
 mod fast;
 mod kernels;
@@ -15,7 +14,6 @@ use std::{fmt, path::Path, str::FromStr};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 
-pub use batcher::{Batcher, Embedded};
 pub use efficientnet_lite::{l2_normalise, EfficientNetLite};
 use fast::FastEfficientNetLite;
 pub use fast::TapShape;
@@ -145,17 +143,6 @@ impl Embedder {
     /// Preprocesses one decoded image into network input (HWC).
     pub fn input(&self, image: &RgbImage) -> Vec<f32> {
         decode::to_input(image, self.kind.input_size())
-    }
-
-    /// Decodes an encoded image, at reduced scale where the format allows,
-    /// and preprocesses it into network input.
-    pub fn input_from_bytes(&self, bytes: &[u8], max_pixels: u64) -> Result<Vec<f32>> {
-        let image = decode::decode_at_least(
-            bytes,
-            max_pixels,
-            decode::resize_target(self.kind.input_size()),
-        )?;
-        Ok(self.input(&image))
     }
 
     /// L2-normalised features, one vector per image, in order.

@@ -33,7 +33,9 @@ impl Engine {
         let (a, b) = tokio::try_join!(self.resolve(a), self.resolve(b))?;
         let (a, b) = (&a.embedded, &b.embedded);
         let similarity = dot(&a.features, &b.features).clamp(-1.0, 1.0);
-        let distance = self.shared.distance(&a.siamese, &b.siamese);
+        let distance = self
+            .shared
+            .distance(a.siamese.as_deref(), b.siamese.as_deref());
         Ok(Comparison {
             similarity,
             distance,

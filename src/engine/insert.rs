@@ -10,9 +10,9 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use super::Embedded;
 use super::Match;
 use super::{blocking, Engine, Shared};
-use crate::embed::Embedded;
 use crate::error::{Error, Result};
 use crate::store::Record;
 use sha2::{Digest, Sha256};

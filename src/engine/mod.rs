@@ -10,6 +10,7 @@
 //! the graph when deleted points pile up; it swaps the new index in whole,
 //! so queries never wait on it.
 
+mod batcher;
 mod compare;
 mod delete;
 mod get;
@@ -19,6 +20,7 @@ mod query;
 mod stats;
 mod verdict;
 
+pub use batcher::{Batcher, Embedded};
 pub use compare::Comparison;
 pub use insert::{InsertOutcome, NewImage, Prepared};
 pub use query::Match;
@@ -35,7 +37,8 @@ use std::{
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::embed::{Batcher, Embedded, Embedder};
+use crate::decode;
+use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::pca::Projection;
@@ -198,9 +201,8 @@ impl Engine {
     pub async fn embed(&self, bytes: Vec<u8>) -> Result<Embedded> {
         let shared = self.shared.clone();
         let input = blocking(move || {
-            shared
-                .embedder
-                .input_from_bytes(&bytes, shared.config.max_image_pixels)
+            let size = shared.embedder.kind().input_size();
+            decode::network_input(&bytes, shared.config.max_image_pixels, size)
         })
         .await?;
         self.shared.batcher.embed(input).await

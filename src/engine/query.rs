@@ -5,8 +5,7 @@
 //! the full features, and the best few are read from the store for their
 //! exact cosine, id, metadata and duplicate verdict.
 
-use super::{blocking, Engine, ImageSource, Shared};
-use crate::embed::Embedded;
+use super::{blocking, Embedded, Engine, ImageSource, Shared};
 use crate::error::{Error, Result};
 use crate::index::Hit;
 use crate::vector::dot;
@@ -26,12 +25,13 @@ pub struct Match {
 
 impl Engine {
     /// The `k` stored images most similar to `image`, best first, at or
-    /// above `min_similarity`. A stored id is left out of its own results.
+    /// above `min_similarity` when given. A stored id is left out of its own
+    /// results.
     pub async fn query(
         &self,
         image: ImageSource,
         k: usize,
-        min_similarity: f32,
+        min_similarity: Option<f32>,
     ) -> Result<Vec<Match>> {
         self.check_ready()?;
         let max_k = self.shared.config.max_k;
@@ -40,11 +40,15 @@ impl Engine {
                 "k must be in 1..={max_k}, got {k}"
             )));
         }
-        if !(-1.0..=1.0).contains(&min_similarity) {
-            return Err(Error::InvalidArgument(format!(
-                "min_similarity must be in [-1, 1], got {min_similarity}"
-            )));
-        }
+        let min_similarity = match min_similarity {
+            None => f32::NEG_INFINITY,
+            Some(floor) if (-1.0..=1.0).contains(&floor) => floor,
+            Some(floor) => {
+                return Err(Error::InvalidArgument(format!(
+                    "min_similarity must be in [-1, 1], got {floor}"
+                )))
+            }
+        };
         let query = self.resolve(image).await?;
         let shared = self.shared.clone();
         blocking(move || shared.nearest(&query.embedded, k, min_similarity, query.exclude)).await
@@ -77,7 +81,7 @@ impl Shared {
             };
             let similarity = dot(&query.features, &record.features).clamp(-1.0, 1.0);
             if similarity >= min_similarity {
-                let distance = self.distance(&query.siamese, &record.siamese);
+                let distance = self.distance(query.siamese.as_deref(), record.siamese.as_deref());
                 matches.push(Match {
                     id: record.id,
                     similarity,

@@ -7,9 +7,9 @@ use crate::siamese;
 
 impl Shared {
     /// Siamese distance of two embeddings; `None` if either is missing.
-    pub(super) fn distance(&self, a: &[f32], b: &[f32]) -> Option<f32> {
-        (self.siamese.is_some() && !a.is_empty() && a.len() == b.len())
-            .then(|| siamese::distance(a, b))
+    pub(super) fn distance(&self, a: Option<&[f32]>, b: Option<&[f32]>) -> Option<f32> {
+        let (a, b) = (a?, b?);
+        (self.siamese.is_some() && a.len() == b.len()).then(|| siamese::distance(a, b))
     }
 
     /// The Siamese threshold in force (config override, else the model's).

@@ -14,10 +14,6 @@
 //! Siamese embedding. The bundled weights are for EfficientNet-Lite0.
 
 pub mod net;
-pub mod photos;
-pub mod quality;
-pub mod train;
-pub mod views;
 
 use std::{collections::HashMap, path::Path};
 

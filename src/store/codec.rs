@@ -21,13 +21,15 @@ pub fn encode(record: &Record) -> Vec<u8> {
         .iter()
         .map(|(k, v)| 8 + k.len() + v.len())
         .sum();
-    let floats = record.features.len() + record.siamese.len();
+    // No Siamese embedding is written as an empty one.
+    let siamese = record.siamese.as_deref().unwrap_or(&[]);
+    let floats = record.features.len() + siamese.len();
     let mut out = Vec::with_capacity(21 + record.id.len() + 4 * floats + meta_len);
     out.push(VERSION);
     put_bytes(&mut out, record.id.as_bytes());
     out.extend_from_slice(&record.inserted_at_ms.to_le_bytes());
     put_floats(&mut out, &record.features);
-    put_floats(&mut out, &record.siamese);
+    put_floats(&mut out, siamese);
     out.extend_from_slice(&(record.metadata.len() as u32).to_le_bytes());
     for (k, v) in &record.metadata {
         put_bytes(&mut out, k.as_bytes());
@@ -46,9 +48,9 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record> {
     let inserted_at_ms = i64::from_le_bytes(r.array()?);
     let features = r.floats()?;
     let siamese = if version == VERSION_1 {
-        Vec::new()
+        None
     } else {
-        r.floats()?
+        Some(r.floats()?).filter(|s| !s.is_empty())
     };
     let pairs = r.u32()?;
     let mut metadata = BTreeMap::new();
@@ -136,11 +138,16 @@ mod tests {
             id: "photo-1".into(),
             seq: 42,
             features: vec![0.5, -1.25, 3.0],
-            siamese: vec![0.25, 0.75],
+            siamese: Some(vec![0.25, 0.75]),
             metadata: [("camera".to_string(), "x100".to_string())].into(),
             inserted_at_ms: 1_700_000_000_000,
         };
         assert_eq!(decode(42, &encode(&record)).expect("decode"), record);
+        let without = Record {
+            siamese: None,
+            ..record
+        };
+        assert_eq!(decode(42, &encode(&without)).expect("decode"), without);
     }
 
     /// Databases written before the Siamese embedding still open.
@@ -156,7 +163,7 @@ mod tests {
             (record.id.as_str(), record.features),
             ("old", vec![1.0, 2.0])
         );
-        assert!(record.siamese.is_empty());
+        assert_eq!(record.siamese, None);
     }
 
     #[test]
@@ -165,7 +172,7 @@ mod tests {
             id: "a".into(),
             seq: 1,
             features: vec![1.0; 8],
-            siamese: vec![0.5; 4],
+            siamese: Some(vec![0.5; 4]),
             metadata: BTreeMap::new(),
             inserted_at_ms: 0,
         };

@@ -25,8 +25,8 @@ pub struct Record {
     pub id: String,
     pub seq: u64,
     pub features: Vec<f32>,
-    /// The Siamese embedding (empty when the daemon ran without one).
-    pub siamese: Vec<f32>,
+    /// The Siamese embedding; `None` when the daemon ran without one.
+    pub siamese: Option<Vec<f32>>,
     pub metadata: BTreeMap<String, String>,
     pub inserted_at_ms: i64,
 }

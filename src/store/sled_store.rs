@@ -207,7 +207,7 @@ mod tests {
             id: id.into(),
             seq: 0,
             features: vec![x, 1.0 - x],
-            siamese: vec![x],
+            siamese: Some(vec![x]),
             metadata: [("k".to_string(), id.to_string())].into(),
             inserted_at_ms: 7,
         }

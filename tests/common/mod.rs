@@ -13,7 +13,7 @@ use std::{
 };
 
 use lookalike::api::proto::{image_ref::Source, lookalike_client::LookalikeClient, ImageRef};
-use lookalike::child::ChildDaemon;
+use lookalike::lab::child::ChildDaemon;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -129,7 +129,7 @@ pub async fn query_by_id(client: &mut Client, id: &str) {
         .query(lookalike::api::proto::QueryRequest {
             image: by_id(id),
             k: 10,
-            min_similarity: -1.0,
+            min_similarity: None,
             omit_metadata: false,
         })
         .await

@@ -23,7 +23,7 @@ use std::{
 
 use image::RgbImage;
 use lookalike::api::proto::{DeleteRequest, GetRequest, InsertRequest, QueryRequest, StatsRequest};
-use lookalike::augment;
+use lookalike::lab::augment;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tonic::Code;
 
@@ -196,7 +196,7 @@ pub async fn run(daemon: &Daemon, plan: Plan, watchdog: &Watchdog) -> Outcome {
                     .query(QueryRequest {
                         image,
                         k: 10,
-                        min_similarity: -1.0,
+                        min_similarity: None,
                         omit_metadata: false,
                     })
                     .await;
@@ -299,7 +299,7 @@ pub async fn check_after(client: &mut Client, outcome: &Outcome) {
             .query(QueryRequest {
                 image: by_id(id),
                 k: 10,
-                min_similarity: -1.0,
+                min_similarity: None,
                 omit_metadata: true,
             })
             .await
@@ -338,7 +338,7 @@ pub fn store_writes(
                         id: format!("w{i:08}"),
                         seq: 0,
                         features: (0..1280).map(|_| rng.random_range(0.0..0.1)).collect(),
-                        siamese: (0..128).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                        siamese: Some((0..128).map(|_| rng.random_range(-1.0..1.0)).collect()),
                         metadata: [("i".to_string(), i.to_string())].into(),
                         inserted_at_ms: i as i64,
                     };

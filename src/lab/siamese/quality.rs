@@ -2,7 +2,7 @@
 //!
 //! Positive pairs are each validation photo against each of its 20 seeded
 //! transformed copies (the plan of `lookalike eval near-dup`, see
-//! [`crate::eval::plan`]); negative pairs are every two different
+//! [`crate::lab::eval::plan`]); negative pairs are every two different
 //! validation photos, split into same-class ("two fish": similar, not
 //! duplicate) and other-class pairs. Three scores are compared on the same
 //! pairs: the Siamese distance, the CNN cosine and a 64-bit dHash Hamming
@@ -20,11 +20,12 @@ use image::{imageops, RgbImage};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{distance, photos::Photo, Siamese};
+use super::photos::Photo;
 use crate::decode;
 use crate::embed::Embedder;
 use crate::error::Result;
-use crate::eval::plan;
+use crate::lab::eval::plan;
+use crate::siamese::{distance, Siamese};
 use crate::vector::dot;
 
 /// Seed of the transformed copies (per photo: this plus its index).

@@ -19,8 +19,8 @@
 use image::RgbImage;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::augment;
 use crate::error::Result;
+use crate::lab::augment;
 
 /// JPEG quality of copies whose family is not about compression.
 const QUALITY: u8 = 92;

@@ -1,4 +1,9 @@
-//! Batching of concurrent embedding requests.
+//! Batching of concurrent forward passes: the CNN and, over its tapped
+//! maps, the Siamese head, run together for every request in a batch.
+//!
+//! It lives in the engine, above both networks, so that [`crate::embed`]
+//! and [`crate::siamese`] stay independent of each other (the Siamese head
+//! reads the CNN's shapes; the CNN knows nothing of the head).
 //!
 //! A forward pass over 16 images costs far less than 16 passes over one
 //! (the matrix multiplies get wide enough to use the cores well). Requests
@@ -17,7 +22,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use super::Embedder;
+use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::siamese::Siamese;
 
@@ -29,8 +34,8 @@ const MAX_BATCH: usize = 16;
 pub struct Embedded {
     /// L2-normalised CNN features.
     pub features: Vec<f32>,
-    /// The Siamese embedding; empty without a Siamese network.
-    pub siamese: Vec<f32>,
+    /// The Siamese embedding; `None` without a Siamese network.
+    pub siamese: Option<Vec<f32>>,
 }
 
 struct Job {
@@ -117,7 +122,7 @@ fn describe(
             .into_iter()
             .map(|features| Embedded {
                 features,
-                siamese: Vec::new(),
+                siamese: None,
             })
             .collect());
     };
@@ -129,7 +134,7 @@ fn describe(
         .zip(vectors)
         .map(|(e, siamese)| Embedded {
             features: e.features,
-            siamese,
+            siamese: Some(siamese),
         })
         .collect())
 }

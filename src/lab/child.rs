@@ -20,9 +20,7 @@ use tonic_health::pb::{
 };
 
 use crate::error::{Error, Result};
-
-/// The line `lookalike serve` prints first, followed by the address.
-pub const LISTENING: &str = "lookalike listening on ";
+use crate::server::LISTENING;
 
 /// A running child daemon.
 pub struct ChildDaemon {

@@ -20,11 +20,12 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use rayon::prelude::*;
 
-use super::net::{SiameseNet, STEM};
 use super::photos::Photo;
-use super::{taps_to_tensor, views};
+use super::views;
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
+use crate::siamese::net::{SiameseNet, STEM};
+use crate::siamese::taps_to_tensor;
 
 /// Settings of a training run.
 #[derive(Debug, Clone)]

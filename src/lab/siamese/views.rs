@@ -11,8 +11,8 @@
 use image::RgbImage;
 use rand::{rngs::StdRng, Rng};
 
-use crate::augment;
 use crate::error::Result;
+use crate::lab::augment;
 
 /// Shorter side a view is brought down to after its crop.
 const WORKING_SHORT_SIDE: u32 = 320;

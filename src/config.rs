@@ -3,205 +3,381 @@
 //! Every field is a `serve` flag and can also be set through an environment
 //! variable `LOOKALIKE_*`; the defaults work out of the box (sled under
 //! `./lookalike-data`, the bundled EfficientNet-Lite0 model).
+//!
+//! Each default is written once, in [`defaults`], and read both by clap and
+//! by [`Config::with_data_dir`]; each numeric range is written once, as a
+//! [`Bounds`], and checked both by clap while parsing a flag and by
+//! [`Config::validate`] for a configuration built in code.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{fmt::Display, net::SocketAddr, path::PathBuf, str::FromStr};
 
 use clap::Args;
 
 use crate::embed::ModelKind;
 use crate::error::{Error, Result};
 
-/// hnsw_rs exits the process when asked for more connections than this.
-const HNSW_MAX_CONNECTIONS: usize = 256;
+/// Every default, once.
+pub mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+    use crate::embed::ModelKind;
+
+    pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 50051));
+    pub const DATA_DIR: &str = "./lookalike-data";
+    pub const MODEL: ModelKind = ModelKind::EfficientNetLite0;
+    pub const THREADS: usize = 0;
+    pub const BATCH_BUDGET_MS: f64 = 2.0;
+    pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
+    pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+    pub const PCA_MIN_IMAGES: usize = 1000;
+    pub const PCA_COMPONENTS: usize = 100;
+    pub const PCA_REFIT_GROWTH: f64 = 2.0;
+    pub const PCA_MAX_FIT_SAMPLES: usize = 20_000;
+    pub const HNSW_M: usize = 24;
+    pub const HNSW_EF_CONSTRUCTION: usize = 200;
+    pub const HNSW_EF_SEARCH: usize = 96;
+    pub const RERANK_FACTOR: usize = 8;
+    pub const REBUILD_TOMBSTONE_FRACTION: f64 = 0.2;
+    pub const DUPLICATE_SIMILARITY: f32 = 0.85;
+    pub const MAX_K: usize = 1000;
+    pub const MAX_DUPLICATES: usize = 10;
+}
+
+/// The values a numeric setting accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds<T> {
+    min: T,
+    max: T,
+    /// Whether `min` itself is refused.
+    min_excluded: bool,
+}
+
+impl<T: PartialOrd + Copy + Display> Bounds<T> {
+    /// `min..=max`.
+    pub const fn closed(min: T, max: T) -> Self {
+        Bounds {
+            min,
+            max,
+            min_excluded: false,
+        }
+    }
+
+    /// Above `min`, up to `max`.
+    pub const fn above(min: T, max: T) -> Self {
+        Bounds {
+            min,
+            max,
+            min_excluded: true,
+        }
+    }
+
+    pub fn contains(&self, value: T) -> bool {
+        let above_min = if self.min_excluded {
+            value > self.min
+        } else {
+            value >= self.min
+        };
+        above_min && value <= self.max
+    }
+
+    /// `value`, or an error naming `what` and the range.
+    pub fn check(&self, what: &str, value: T) -> Result<T> {
+        if self.contains(value) {
+            Ok(value)
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "{what} must be {self}, got {value}"
+            )))
+        }
+    }
+}
+
+impl<T: PartialOrd + Copy + Display + FromStr + Send + Sync + 'static> Bounds<T> {
+    /// A clap value parser that refuses values outside these bounds.
+    pub fn parser(self) -> impl Fn(&str) -> std::result::Result<T, String> + Clone {
+        move |text: &str| {
+            let value: T = text
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{text}' is not a number"))?;
+            if self.contains(value) {
+                Ok(value)
+            } else {
+                Err(format!("must be {self}"))
+            }
+        }
+    }
+}
+
+impl<T: Display> Display for Bounds<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open = if self.min_excluded { '(' } else { '[' };
+        write!(f, "in {open}{}, {}]", self.min, self.max)
+    }
+}
+
+/// Every range, once.
+pub mod bounds {
+    use super::Bounds;
+
+    /// hnsw_rs exits the process when asked for more connections than 256.
+    pub const HNSW_M: Bounds<usize> = Bounds::closed(2, 256);
+    pub const EF: Bounds<usize> = Bounds::closed(1, 100_000);
+    pub const BATCH_BUDGET_MS: Bounds<f64> = Bounds::closed(0.0, 1000.0);
+    /// Below 1 KiB not even a header fits.
+    pub const MAX_MESSAGE_BYTES: Bounds<usize> = Bounds::closed(1 << 10, 1 << 30);
+    pub const MAX_IMAGE_PIXELS: Bounds<u64> = Bounds::closed(1, 1 << 32);
+    pub const PCA_MIN_IMAGES: Bounds<usize> = Bounds::closed(2, usize::MAX);
+    pub const PCA_COMPONENTS: Bounds<usize> = Bounds::closed(1, 4096);
+    pub const PCA_REFIT_GROWTH: Bounds<f64> = Bounds::above(1.0, f64::MAX);
+    pub const PCA_MAX_FIT_SAMPLES: Bounds<usize> = Bounds::closed(2, usize::MAX);
+    pub const RERANK_FACTOR: Bounds<usize> = Bounds::closed(1, 1000);
+    pub const FRACTION: Bounds<f64> = Bounds::closed(0.0, 1.0);
+    /// A cosine similarity.
+    pub const SIMILARITY: Bounds<f32> = Bounds::closed(-1.0, 1.0);
+    /// A Siamese distance threshold: embeddings are unit vectors, so
+    /// distances lie in [0, 2], and a threshold of 0 would match nothing
+    /// but exact copies' rounding.
+    pub const DISTANCE: Bounds<f32> = Bounds::above(0.0, 2.0);
+    pub const MAX_K: Bounds<usize> = Bounds::closed(1, 100_000);
+    pub const MAX_DUPLICATES: Bounds<usize> = Bounds::closed(0, 1000);
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct Config {
     /// Address to serve gRPC on. Port 0 picks a free port (printed at start).
-    #[arg(long, env = "LOOKALIKE_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "LOOKALIKE_LISTEN", default_value_t = defaults::LISTEN, help_heading = "Server")]
     pub listen: SocketAddr,
 
     /// Folder of the database (created if missing).
-    #[arg(long, env = "LOOKALIKE_DATA_DIR", default_value = "./lookalike-data")]
+    #[arg(long, env = "LOOKALIKE_DATA_DIR", default_value = defaults::DATA_DIR, help_heading = "Server")]
     pub data_dir: PathBuf,
 
     /// Embedding model. A database remembers its model and refuses another.
-    #[arg(long, env = "LOOKALIKE_MODEL", default_value = "efficientnet-lite0")]
+    #[arg(long, env = "LOOKALIKE_MODEL", default_value_t = defaults::MODEL, help_heading = "Model")]
     pub model: ModelKind,
 
     /// Weights file to use instead of the bundled one (safetensors).
-    #[arg(long, env = "LOOKALIKE_WEIGHTS")]
+    #[arg(long, env = "LOOKALIKE_WEIGHTS", help_heading = "Model")]
     pub weights: Option<PathBuf>,
 
+    /// Siamese weights (safetensors from `lookalike train-siamese`; default:
+    /// the bundled model, trained on EfficientNet-Lite0 maps).
+    #[arg(long, env = "LOOKALIKE_SIAMESE_WEIGHTS", help_heading = "Model")]
+    pub siamese_weights: Option<PathBuf>,
+
     /// Threads one embedding pass may use (0: one per core).
-    #[arg(long, env = "LOOKALIKE_THREADS", default_value_t = 0)]
+    #[arg(long, env = "LOOKALIKE_THREADS", default_value_t = defaults::THREADS, help_heading = "Model")]
     pub threads: usize,
 
     /// How long the embedding worker waits for more requests to batch with
     /// one that has arrived, in milliseconds.
-    #[arg(long, env = "LOOKALIKE_BATCH_BUDGET_MS", default_value_t = 2.0)]
+    #[arg(long, env = "LOOKALIKE_BATCH_BUDGET_MS", default_value_t = defaults::BATCH_BUDGET_MS,
+        value_parser = bounds::BATCH_BUDGET_MS.parser(), help_heading = "Model")]
     pub batch_budget_ms: f64,
 
-    /// Largest accepted request message, in bytes (tonic's default is 4 MiB).
-    #[arg(long, env = "LOOKALIKE_MAX_MESSAGE_BYTES", default_value_t = 32 << 20)]
-    pub max_message_bytes: usize,
+    /// Siamese distance at or below which two images are duplicates
+    /// (default: the threshold calibrated with the model).
+    #[arg(long, env = "LOOKALIKE_DUPLICATE_DISTANCE",
+        value_parser = bounds::DISTANCE.parser(), help_heading = "Duplicate verdict")]
+    pub duplicate_distance: Option<f32>,
 
-    /// Largest accepted decoded image, in pixels (width times height).
-    #[arg(
-        long,
-        env = "LOOKALIKE_MAX_IMAGE_PIXELS",
-        default_value_t = 100_000_000
-    )]
-    pub max_image_pixels: u64,
+    /// Cosine similarity at or above which two images count as duplicates
+    /// when no Siamese distance is available (no Siamese model for this
+    /// backbone, or records stored before one was).
+    #[arg(long, env = "LOOKALIKE_DUPLICATE_SIMILARITY", default_value_t = defaults::DUPLICATE_SIMILARITY,
+        value_parser = bounds::SIMILARITY.parser(), allow_hyphen_values = true,
+        help_heading = "Duplicate verdict")]
+    pub duplicate_similarity: f32,
 
     /// Images the store must hold before PCA + HNSW replace exact search.
-    #[arg(long, env = "LOOKALIKE_PCA_MIN_IMAGES", default_value_t = 1000)]
+    #[arg(long, env = "LOOKALIKE_PCA_MIN_IMAGES", default_value_t = defaults::PCA_MIN_IMAGES,
+        value_parser = bounds::PCA_MIN_IMAGES.parser(), help_heading = "Index")]
     pub pca_min_images: usize,
 
     /// Dimensions the PCA keeps (fewer if the store holds fewer images).
-    #[arg(long, env = "LOOKALIKE_PCA_COMPONENTS", default_value_t = 100)]
+    #[arg(long, env = "LOOKALIKE_PCA_COMPONENTS", default_value_t = defaults::PCA_COMPONENTS,
+        value_parser = bounds::PCA_COMPONENTS.parser(), help_heading = "Index")]
     pub pca_components: usize,
 
     /// Refit the PCA when the store has grown by this factor since the last fit.
-    #[arg(long, env = "LOOKALIKE_PCA_REFIT_GROWTH", default_value_t = 2.0)]
+    #[arg(long, env = "LOOKALIKE_PCA_REFIT_GROWTH", default_value_t = defaults::PCA_REFIT_GROWTH,
+        value_parser = bounds::PCA_REFIT_GROWTH.parser(), help_heading = "Index")]
     pub pca_refit_growth: f64,
 
     /// At most this many images (a random sample) are used to fit the PCA.
-    #[arg(long, env = "LOOKALIKE_PCA_MAX_FIT_SAMPLES", default_value_t = 20_000)]
+    #[arg(long, env = "LOOKALIKE_PCA_MAX_FIT_SAMPLES", default_value_t = defaults::PCA_MAX_FIT_SAMPLES,
+        value_parser = bounds::PCA_MAX_FIT_SAMPLES.parser(), help_heading = "Index")]
     pub pca_max_fit_samples: usize,
 
-    /// HNSW links per node (M). At most 256.
-    #[arg(long, env = "LOOKALIKE_HNSW_M", default_value_t = 24)]
+    /// HNSW links per node (M).
+    #[arg(long, env = "LOOKALIKE_HNSW_M", default_value_t = defaults::HNSW_M,
+        value_parser = bounds::HNSW_M.parser(), help_heading = "Index")]
     pub hnsw_m: usize,
 
     /// HNSW candidate list size while building.
-    #[arg(long, env = "LOOKALIKE_HNSW_EF_CONSTRUCTION", default_value_t = 200)]
+    #[arg(long, env = "LOOKALIKE_HNSW_EF_CONSTRUCTION", default_value_t = defaults::HNSW_EF_CONSTRUCTION,
+        value_parser = bounds::EF.parser(), help_heading = "Index")]
     pub hnsw_ef_construction: usize,
 
     /// HNSW candidate list size while searching (raised to k when k is larger).
-    #[arg(long, env = "LOOKALIKE_HNSW_EF_SEARCH", default_value_t = 96)]
+    #[arg(long, env = "LOOKALIKE_HNSW_EF_SEARCH", default_value_t = defaults::HNSW_EF_SEARCH,
+        value_parser = bounds::EF.parser(), help_heading = "Index")]
     pub hnsw_ef_search: usize,
 
     /// HNSW candidates re-ranked by exact cosine per query, as a multiple of k.
     /// 8 keeps recall@10 near 0.98 on 100k real embeddings, where 4 gave
     /// 0.95 (`cargo bench --bench index`).
-    #[arg(long, env = "LOOKALIKE_RERANK_FACTOR", default_value_t = 8)]
+    #[arg(long, env = "LOOKALIKE_RERANK_FACTOR", default_value_t = defaults::RERANK_FACTOR,
+        value_parser = bounds::RERANK_FACTOR.parser(), help_heading = "Index")]
     pub rerank_factor: usize,
 
     /// Rebuild the graph once deleted points exceed this fraction of it.
-    #[arg(
-        long,
-        env = "LOOKALIKE_REBUILD_TOMBSTONE_FRACTION",
-        default_value_t = 0.2
-    )]
+    #[arg(long, env = "LOOKALIKE_REBUILD_TOMBSTONE_FRACTION",
+        default_value_t = defaults::REBUILD_TOMBSTONE_FRACTION,
+        value_parser = bounds::FRACTION.parser(), help_heading = "Index")]
     pub rebuild_tombstone_fraction: f64,
 
-    /// Cosine similarity at or above which two images count as duplicates
-    /// when no Siamese distance is available (no Siamese model for this
-    /// backbone, or records stored before one was).
-    #[arg(long, env = "LOOKALIKE_DUPLICATE_SIMILARITY", default_value_t = 0.85)]
-    pub duplicate_similarity: f32,
+    /// Largest accepted request message, in bytes (tonic's default is 4 MiB).
+    #[arg(long, env = "LOOKALIKE_MAX_MESSAGE_BYTES", default_value_t = defaults::MAX_MESSAGE_BYTES,
+        value_parser = bounds::MAX_MESSAGE_BYTES.parser(), help_heading = "Limits")]
+    pub max_message_bytes: usize,
+
+    /// Largest accepted decoded image, in pixels (width times height).
+    #[arg(long, env = "LOOKALIKE_MAX_IMAGE_PIXELS", default_value_t = defaults::MAX_IMAGE_PIXELS,
+        value_parser = bounds::MAX_IMAGE_PIXELS.parser(), help_heading = "Limits")]
+    pub max_image_pixels: u64,
 
     /// Largest k a Query may ask for.
-    #[arg(long, env = "LOOKALIKE_MAX_K", default_value_t = 1000)]
+    #[arg(long, env = "LOOKALIKE_MAX_K", default_value_t = defaults::MAX_K,
+        value_parser = bounds::MAX_K.parser(), help_heading = "Limits")]
     pub max_k: usize,
 
     /// Most duplicates listed in an Insert response.
-    #[arg(long, env = "LOOKALIKE_MAX_DUPLICATES", default_value_t = 10)]
+    #[arg(long, env = "LOOKALIKE_MAX_DUPLICATES", default_value_t = defaults::MAX_DUPLICATES,
+        value_parser = bounds::MAX_DUPLICATES.parser(), help_heading = "Limits")]
     pub max_duplicates: usize,
-
-    /// Siamese weights (safetensors from `lookalike train-siamese`; default:
-    /// the bundled model, trained on EfficientNet-Lite0 maps).
-    #[arg(long, env = "LOOKALIKE_SIAMESE_WEIGHTS")]
-    pub siamese_weights: Option<PathBuf>,
-
-    /// Siamese distance at or below which two images are duplicates
-    /// (default: the threshold calibrated with the model).
-    #[arg(long, env = "LOOKALIKE_DUPLICATE_DISTANCE")]
-    pub duplicate_distance: Option<f32>,
 }
 
 impl Config {
     /// A configuration with every default, for a given data folder.
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
         Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            listen: defaults::LISTEN,
             data_dir: data_dir.into(),
-            model: ModelKind::EfficientNetLite0,
+            model: defaults::MODEL,
             weights: None,
-            threads: 0,
-            batch_budget_ms: 2.0,
-            max_message_bytes: 32 << 20,
-            max_image_pixels: 100_000_000,
-            pca_min_images: 1000,
-            pca_components: 100,
-            pca_refit_growth: 2.0,
-            pca_max_fit_samples: 20_000,
-            hnsw_m: 24,
-            hnsw_ef_construction: 200,
-            hnsw_ef_search: 96,
-            rerank_factor: 8,
-            rebuild_tombstone_fraction: 0.2,
-            duplicate_similarity: 0.85,
-            max_k: 1000,
-            max_duplicates: 10,
             siamese_weights: None,
+            threads: defaults::THREADS,
+            batch_budget_ms: defaults::BATCH_BUDGET_MS,
             duplicate_distance: None,
+            duplicate_similarity: defaults::DUPLICATE_SIMILARITY,
+            pca_min_images: defaults::PCA_MIN_IMAGES,
+            pca_components: defaults::PCA_COMPONENTS,
+            pca_refit_growth: defaults::PCA_REFIT_GROWTH,
+            pca_max_fit_samples: defaults::PCA_MAX_FIT_SAMPLES,
+            hnsw_m: defaults::HNSW_M,
+            hnsw_ef_construction: defaults::HNSW_EF_CONSTRUCTION,
+            hnsw_ef_search: defaults::HNSW_EF_SEARCH,
+            rerank_factor: defaults::RERANK_FACTOR,
+            rebuild_tombstone_fraction: defaults::REBUILD_TOMBSTONE_FRACTION,
+            max_message_bytes: defaults::MAX_MESSAGE_BYTES,
+            max_image_pixels: defaults::MAX_IMAGE_PIXELS,
+            max_k: defaults::MAX_K,
+            max_duplicates: defaults::MAX_DUPLICATES,
         }
     }
 
-    /// Rejects values that would crash a dependency or make no sense.
+    /// Checks every range, for a configuration built in code (clap already
+    /// checked those that came from flags), against the same [`bounds`].
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::InvalidArgument(msg));
-        if self.hnsw_m < 2 || self.hnsw_m > HNSW_MAX_CONNECTIONS {
-            return bad(format!(
-                "--hnsw-m must be in 2..={HNSW_MAX_CONNECTIONS}, got {}",
-                self.hnsw_m
-            ));
-        }
-        if self.hnsw_ef_construction == 0 || self.hnsw_ef_search == 0 {
-            return bad("--hnsw-ef-construction and --hnsw-ef-search must be positive".into());
-        }
-        if self.pca_components == 0 {
-            return bad("--pca-components must be positive".into());
-        }
-        if self.pca_min_images < 2 {
-            return bad(format!(
-                "--pca-min-images must be at least 2, got {}",
-                self.pca_min_images
-            ));
-        }
-        if self.pca_refit_growth.is_nan() || self.pca_refit_growth <= 1.0 {
-            return bad(format!(
-                "--pca-refit-growth must be above 1, got {}",
-                self.pca_refit_growth
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.rebuild_tombstone_fraction) {
-            return bad("--rebuild-tombstone-fraction must be in [0, 1]".into());
-        }
-        if !(-1.0..=1.0).contains(&self.duplicate_similarity) {
-            return bad("--duplicate-similarity must be in [-1, 1]".into());
-        }
+        bounds::HNSW_M.check("--hnsw-m", self.hnsw_m)?;
+        bounds::EF.check("--hnsw-ef-construction", self.hnsw_ef_construction)?;
+        bounds::EF.check("--hnsw-ef-search", self.hnsw_ef_search)?;
+        bounds::BATCH_BUDGET_MS.check("--batch-budget-ms", self.batch_budget_ms)?;
         if let Some(d) = self.duplicate_distance {
-            check_distance(d, "--duplicate-distance")?;
+            bounds::DISTANCE.check("--duplicate-distance", d)?;
         }
-        if !(0.0..=1000.0).contains(&self.batch_budget_ms) {
-            return bad("--batch-budget-ms must be in [0, 1000]".into());
-        }
-        if self.max_k == 0 || self.rerank_factor == 0 {
-            return bad("--max-k and --rerank-factor must be positive".into());
-        }
+        bounds::SIMILARITY.check("--duplicate-similarity", self.duplicate_similarity)?;
+        bounds::PCA_MIN_IMAGES.check("--pca-min-images", self.pca_min_images)?;
+        bounds::PCA_COMPONENTS.check("--pca-components", self.pca_components)?;
+        bounds::PCA_REFIT_GROWTH.check("--pca-refit-growth", self.pca_refit_growth)?;
+        bounds::PCA_MAX_FIT_SAMPLES.check("--pca-max-fit-samples", self.pca_max_fit_samples)?;
+        bounds::RERANK_FACTOR.check("--rerank-factor", self.rerank_factor)?;
+        bounds::FRACTION.check(
+            "--rebuild-tombstone-fraction",
+            self.rebuild_tombstone_fraction,
+        )?;
+        bounds::MAX_MESSAGE_BYTES.check("--max-message-bytes", self.max_message_bytes)?;
+        bounds::MAX_IMAGE_PIXELS.check("--max-image-pixels", self.max_image_pixels)?;
+        bounds::MAX_K.check("--max-k", self.max_k)?;
+        bounds::MAX_DUPLICATES.check("--max-duplicates", self.max_duplicates)?;
         Ok(())
     }
 }
 
-/// A Siamese distance threshold must lie in (0, 2]: embeddings are unit vectors.
-pub fn check_distance(d: f32, what: &str) -> Result<()> {
-    if d > 0.0 && d <= 2.0 {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "{what} must be in (0, 2], got {d}"
-        )))
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> std::result::Result<Config, clap::Error> {
+        let mut argv = vec!["lookalike"];
+        argv.extend_from_slice(args);
+        Flags::try_parse_from(argv).map(|f| f.config)
+    }
+
+    /// clap's defaults and `with_data_dir` agree field by field (both read
+    /// `defaults`; this catches a field that one of them sets by hand).
+    #[test]
+    fn flags_and_code_share_their_defaults() {
+        let parsed = parse(&[]).expect("defaults parse");
+        let coded = Config::with_data_dir(defaults::DATA_DIR);
+        assert_eq!(format!("{parsed:?}"), format!("{coded:?}"));
+        coded.validate().expect("the defaults are valid");
+    }
+
+    #[test]
+    fn out_of_range_flags_are_refused_by_clap_with_the_range() {
+        for (flag, value, range) in [
+            ("--hnsw-m", "300", "in [2, 256]"),
+            ("--hnsw-m", "1", "in [2, 256]"),
+            ("--duplicate-distance", "0", "in (0, 2]"),
+            ("--duplicate-distance", "2.5", "in (0, 2]"),
+            ("--duplicate-similarity", "-1.5", "in [-1, 1]"),
+            ("--pca-refit-growth", "1", "in (1, "),
+            ("--rebuild-tombstone-fraction", "NaN", "in [0, 1]"),
+            ("--batch-budget-ms", "ten", "not a number"),
+        ] {
+            let err = match parse(&[flag, value]) {
+                Ok(_) => panic!("{flag} {value} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(flag) && err.contains(range), "{err}");
+        }
+        let ok = parse(&["--duplicate-similarity", "-0.5", "--hnsw-m", "256"]).expect("in range");
+        assert_eq!((ok.duplicate_similarity, ok.hnsw_m), (-0.5, 256));
+    }
+
+    #[test]
+    fn validate_uses_the_same_ranges_for_configs_built_in_code() {
+        let mut config = Config::with_data_dir("x");
+        config.hnsw_m = 300;
+        let err = config.validate().expect_err("M 300").to_string();
+        assert!(
+            err.contains("--hnsw-m must be in [2, 256], got 300"),
+            "{err}"
+        );
+        let mut config = Config::with_data_dir("x");
+        config.duplicate_distance = Some(0.0);
+        let err = config.validate().expect_err("distance 0").to_string();
+        assert!(err.contains("in (0, 2]"), "{err}");
     }
 }

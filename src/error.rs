@@ -4,10 +4,15 @@
 //! request. The gRPC layer maps each variant to a status code in one place
 //! (`api::status`); nothing here knows about gRPC.
 
+use std::{net::SocketAddr, path::PathBuf};
+
 use thiserror::Error;
 
 /// Result alias for the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Any error a dependency reports, kept as the cause of ours.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -32,10 +37,44 @@ pub enum Error {
     /// The database was built with another embedding model.
     #[error("model mismatch: {0}")]
     ModelMismatch(String),
-    /// The on-disk store failed.
+    /// The daemon could not listen on its address.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file or folder of the daemon's could not be read or written
+    /// (weights, the saved graph, the database folder).
+    #[error("cannot {doing} '{}'", path.display())]
+    File {
+        /// What was being done, as a verb phrase ("read the weights").
+        doing: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Cause,
+    },
+    /// sled failed.
+    #[error("the database failed while {doing}")]
+    Store {
+        /// What was being done ("storing a record").
+        doing: &'static str,
+        #[source]
+        source: sled::Error,
+    },
+    /// What is on disk is not what lookalike wrote (a corrupt record, a
+    /// saved graph that does not parse).
     #[error("storage error: {0}")]
     Storage(String),
-    /// The embedding network failed (weights missing or malformed, ...).
+    /// A forward pass of a network failed.
+    #[error("the network failed while {doing}")]
+    Network {
+        doing: &'static str,
+        #[source]
+        source: candle_core::Error,
+    },
+    /// The embedding or Siamese network cannot be loaded (weights malformed,
+    /// for another backbone, ...).
     #[error("model error: {0}")]
     Model(String),
     /// Fitting or applying the PCA projection failed.
@@ -46,14 +85,79 @@ pub enum Error {
     Internal(String),
 }
 
-impl From<sled::Error> for Error {
-    fn from(e: sled::Error) -> Self {
-        Error::Storage(e.to_string())
+impl Error {
+    /// For `map_err`: a file error saying what was being done, and where.
+    pub fn file<E: Into<Cause>>(
+        doing: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(E) -> Error {
+        let path = path.into();
+        move |source| Error::File {
+            doing,
+            path,
+            source: source.into(),
+        }
+    }
+
+    /// For `map_err`: a sled error saying what was being done.
+    pub fn store(doing: &'static str) -> impl FnOnce(sled::Error) -> Error {
+        move |source| Error::Store { doing, source }
+    }
+
+    /// Whether the cause is a full disk (or quota): the request may succeed
+    /// once space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            let io = e
+                .downcast_ref::<std::io::Error>()
+                .or(match e.downcast_ref() {
+                    Some(sled::Error::Io(io)) => Some(io),
+                    _ => None,
+                });
+            if io.is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+            }) {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+
+    /// The message and every cause under it, `: `-separated, for a client
+    /// or a log line that shows one string.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(e) = cause {
+            text.push_str(": ");
+            text.push_str(&e.to_string());
+            cause = e.source();
+        }
+        text
     }
 }
 
+/// sled errors met with `?` where no better context is at hand.
+impl From<sled::Error> for Error {
+    fn from(source: sled::Error) -> Self {
+        Error::Store {
+            doing: "accessing the store",
+            source,
+        }
+    }
+}
+
+/// candle errors met with `?` inside a forward pass.
 impl From<candle_core::Error> for Error {
-    fn from(e: candle_core::Error) -> Self {
-        Error::Model(e.to_string())
+    fn from(source: candle_core::Error) -> Self {
+        Error::Network {
+            doing: "running a forward pass",
+            source,
+        }
     }
 }

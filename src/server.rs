@@ -35,7 +35,10 @@ pub async fn run(
 ) -> Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|e| Error::InvalidArgument(format!("cannot listen on {}: {e}", config.listen)))?;
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("local address: {e}")))?;

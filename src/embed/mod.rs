@@ -109,9 +109,7 @@ impl Embedder {
         let device = Device::Cpu;
         let reference = match weights {
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|e| {
-                    Error::Model(format!("cannot read weights '{}': {e}", path.display()))
-                })?;
+                let bytes = std::fs::read(path).map_err(Error::file("read the weights", path))?;
                 EfficientNetLite::from_safetensors(&bytes, &device)?
             }
             None => EfficientNetLite::from_safetensors(kind.bundled_weights(), &device)?,

@@ -2,7 +2,7 @@
 //! distance) and the duplicate verdict for the pair.
 
 use super::{Engine, ImageSource};
-use crate::config::check_distance;
+use crate::config::bounds;
 use crate::error::Result;
 use crate::vector::dot;
 
@@ -28,7 +28,7 @@ impl Engine {
         max_distance: Option<f32>,
     ) -> Result<Comparison> {
         if let Some(d) = max_distance {
-            check_distance(d, "max_distance")?;
+            bounds::DISTANCE.check("max_distance", d)?;
         }
         let (a, b) = tokio::try_join!(self.resolve(a), self.resolve(b))?;
         let (a, b) = (&a.embedded, &b.embedded);

@@ -144,14 +144,8 @@ impl Shared {
             self.config.data_dir.join(INDEX_DIR),
             self.config.data_dir.join(INDEX_TMP_DIR),
         );
-        let io = |e: std::io::Error| {
-            Error::Storage(format!(
-                "cannot save the index under '{}': {e}",
-                tmp.display()
-            ))
-        };
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(io)?;
+        std::fs::create_dir_all(&tmp).map_err(Error::file("create the index folder", &tmp))?;
         index.dump(&tmp)?;
         let stamp = Stamp {
             last_seq: self.store.last_seq()?,
@@ -161,9 +155,12 @@ impl Shared {
             tombstones: index.tombstone_list(),
         };
         let json = serde_json::to_vec(&stamp).map_err(|e| Error::Internal(e.to_string()))?;
-        std::fs::write(tmp.join(STAMP), json).map_err(io)?;
+        let stamp_path = tmp.join(STAMP);
+        std::fs::write(&stamp_path, json)
+            .map_err(Error::file("write the index stamp", &stamp_path))?;
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir).map_err(io)?;
+        std::fs::rename(&tmp, &dir)
+            .map_err(Error::file("move the saved index into place", &dir))?;
         Ok(())
     }
 
@@ -176,10 +173,10 @@ impl Shared {
             return None;
         }
         let loaded = (|| -> Result<Option<Index>> {
-            let bytes =
-                std::fs::read(dir.join(STAMP)).map_err(|e| Error::Storage(e.to_string()))?;
-            let stamp: Stamp =
-                serde_json::from_slice(&bytes).map_err(|e| Error::Storage(e.to_string()))?;
+            let path = dir.join(STAMP);
+            let bytes = std::fs::read(&path).map_err(Error::file("read the index stamp", &path))?;
+            let stamp: Stamp = serde_json::from_slice(&bytes)
+                .map_err(Error::file("parse the index stamp", &path))?;
             let matches = stamp.last_seq == self.store.last_seq()?
                 && stamp.count == self.store.len()
                 && stamp.pca_fitted_on == projection.fitted_on()

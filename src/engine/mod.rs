@@ -148,12 +148,8 @@ impl Engine {
     /// is empty until [`Engine::load_index`] runs.
     pub fn open(config: Config) -> Result<Self> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            Error::Storage(format!(
-                "cannot create '{}': {e}",
-                config.data_dir.display()
-            ))
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(Error::file("create the data folder", &config.data_dir))?;
         let store = SledStore::open(&config.data_dir.join("sled"))?;
         check_model(&store, config.model.name())?;
         let embedder = Arc::new(Embedder::load(

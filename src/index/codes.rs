@@ -95,8 +95,7 @@ impl Codes {
 
     /// Saves every held vector (not the removed ones) to `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let io =
-            |e: std::io::Error| Error::Storage(format!("cannot write '{}': {e}", path.display()));
+        let io = |e: std::io::Error| Error::file("write the re-rank codes", path)(e);
         let mut out = BufWriter::new(File::create(path).map_err(io)?);
         self.write_to(&mut out).map_err(io)?;
         out.into_inner()
@@ -108,8 +107,7 @@ impl Codes {
     /// Reads what [`Codes::save`] wrote; fails on anything else, checking
     /// the header against the file's length before allocating.
     pub fn load(path: &Path) -> Result<Self> {
-        let io =
-            |e: std::io::Error| Error::Storage(format!("cannot read '{}': {e}", path.display()));
+        let io = |e: std::io::Error| Error::file("read the re-rank codes", path)(e);
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         Self::read_from(&mut BufReader::new(file), len)

@@ -58,7 +58,7 @@ use hnsw_rs::{
     prelude::{DistDot, Hnsw},
 };
 
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result};
 use crate::pca::Projection;
 use crate::vector::dot;
 use codes::Codes;
@@ -175,9 +175,9 @@ impl Index {
         let Mode::Graph { graph, codes, .. } = &self.mode else {
             return Ok(false);
         };
-        graph.file_dump(dir, DUMP_BASENAME).map_err(|e| {
-            Error::Storage(format!("cannot dump the graph to '{}': {e}", dir.display()))
-        })?;
+        graph
+            .file_dump(dir, DUMP_BASENAME)
+            .map_err(|e| Error::file("dump the graph to", dir)(Cause::from(e)))?;
         read(codes).save(&dir.join(CODES_FILE))?;
         Ok(true)
     }
@@ -192,12 +192,9 @@ impl Index {
         // The loaded graph borrows from its reader for its whole life; the
         // index lives until the next rebuild, so the reader (small) is leaked.
         let reader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, DUMP_BASENAME)));
-        let graph: Hnsw<'static, f32, DistDot> = reader.load_hnsw().map_err(|e| {
-            Error::Storage(format!(
-                "cannot load the graph from '{}': {e}",
-                dir.display()
-            ))
-        })?;
+        let graph: Hnsw<'static, f32, DistDot> = reader
+            .load_hnsw()
+            .map_err(|e| Error::file("load the graph from", dir)(Cause::from(e)))?;
         let codes = Codes::load(&dir.join(CODES_FILE))?;
         Ok(Self::over(
             projection,

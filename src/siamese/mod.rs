@@ -46,12 +46,7 @@ impl Siamese {
     /// `backbone`'s map of `tap` shape.
     pub fn load(path: Option<&Path>, backbone: ModelKind, tap: TapShape) -> Result<Self> {
         let bytes = match path {
-            Some(p) => std::fs::read(p).map_err(|e| {
-                Error::Model(format!(
-                    "cannot read Siamese weights '{}': {e}",
-                    p.display()
-                ))
-            })?,
+            Some(p) => std::fs::read(p).map_err(Error::file("read the Siamese weights", p))?,
             None => BUNDLED.to_vec(),
         };
         let siamese = Self::from_bytes(&bytes)?;
@@ -106,7 +101,7 @@ impl Siamese {
             Tensor::from_slice(name, name.len(), &dev)?,
         );
         candle_core::safetensors::save(&tensors, path)
-            .map_err(|e| Error::Model(format!("cannot write '{}': {e}", path.display())))
+            .map_err(Error::file("write the Siamese weights", path))
     }
 
     /// Sets the duplicate threshold (after calibration).

@@ -32,9 +32,11 @@ impl SledStore {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         let db = open_db(dir)?;
-        let records = db.open_tree("records")?;
-        let ids = db.open_tree("ids")?;
-        let meta = db.open_tree("meta")?;
+        let tree = |name| {
+            db.open_tree(name)
+                .map_err(Error::store("opening its trees"))
+        };
+        let (records, ids, meta) = (tree("records")?, tree("ids")?, tree("meta")?);
         let count = AtomicUsize::new(ids.len());
         Ok(SledStore {
             db,
@@ -73,10 +75,10 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {
-                return Err(Error::Storage(format!(
-                    "cannot open sled at '{}' (is another lookalike using it?): {e}",
-                    dir.display()
-                )))
+                return Err(Error::file(
+                    "open the database (another lookalike may hold its lock) at",
+                    dir,
+                )(e))
             }
         }
     }
@@ -93,18 +95,23 @@ fn seq_from(bytes: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(arr))
 }
 
-/// Unwraps a transaction error into ours.
-fn tx_error(e: TransactionError<Error>) -> Error {
-    match e {
+/// For `map_err`: a transaction error into ours, saying what the
+/// transaction was doing.
+fn tx_error(doing: &'static str) -> impl FnOnce(TransactionError<Error>) -> Error {
+    move |e| match e {
         TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => e.into(),
+        TransactionError::Storage(source) => Error::Store { doing, source },
     }
 }
 
 impl Store for SledStore {
     fn insert(&self, record: &Record, upsert: bool) -> Result<Inserted> {
         // generate_id is unique and increasing across restarts.
-        let seq = self.db.generate_id()? + 1;
+        let seq = self
+            .db
+            .generate_id()
+            .map_err(Error::store("allocating a seq"))?
+            + 1;
         let value = codec::encode(record);
         let replaced = (&self.records, &self.ids)
             .transaction(|(records, ids)| {
@@ -126,7 +133,7 @@ impl Store for SledStore {
                 records.insert(&seq_key(seq), value.as_slice())?;
                 Ok(old)
             })
-            .map_err(tx_error)?;
+            .map_err(tx_error("storing a record"))?;
         if replaced.is_none() {
             self.count.fetch_add(1, Ordering::SeqCst);
         }
@@ -134,14 +141,22 @@ impl Store for SledStore {
     }
 
     fn get(&self, id: &str) -> Result<Option<Record>> {
-        match self.ids.get(id.as_bytes())? {
+        match self
+            .ids
+            .get(id.as_bytes())
+            .map_err(Error::store("looking up an id"))?
+        {
             Some(seq) => self.get_by_seq(seq_from(&seq)?),
             None => Ok(None),
         }
     }
 
     fn get_by_seq(&self, seq: u64) -> Result<Option<Record>> {
-        match self.records.get(seq_key(seq))? {
+        match self
+            .records
+            .get(seq_key(seq))
+            .map_err(Error::store("reading a record"))?
+        {
             Some(bytes) => Ok(Some(codec::decode(seq, &bytes)?)),
             None => Ok(None),
         }
@@ -157,7 +172,7 @@ impl Store for SledStore {
                 }
                 None => Ok(None),
             })
-            .map_err(tx_error)?;
+            .map_err(tx_error("deleting a record"))?;
         if removed.is_some() {
             self.count.fetch_sub(1, Ordering::SeqCst);
         }
@@ -169,7 +184,11 @@ impl Store for SledStore {
     }
 
     fn last_seq(&self) -> Result<u64> {
-        match self.records.last()? {
+        match self
+            .records
+            .last()
+            .map_err(Error::store("reading the last record"))?
+        {
             Some((key, _)) => seq_from(&key),
             None => Ok(0),
         }
@@ -178,22 +197,28 @@ impl Store for SledStore {
     fn scan_after(&self, after: u64) -> Box<dyn Iterator<Item = Result<Record>> + Send + '_> {
         let start = seq_key(after.saturating_add(1));
         Box::new(self.records.range(start..).map(|item| {
-            let (key, value) = item?;
+            let (key, value) = item.map_err(Error::store("scanning the records"))?;
             codec::decode(seq_from(&key)?, &value)
         }))
     }
 
     fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.meta.get(key.as_bytes())?.map(|v| v.to_vec()))
+        Ok(self
+            .meta
+            .get(key.as_bytes())
+            .map_err(Error::store("reading metadata"))?
+            .map(|v| v.to_vec()))
     }
 
     fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.meta.insert(key.as_bytes(), value)?;
+        self.meta
+            .insert(key.as_bytes(), value)
+            .map_err(Error::store("writing metadata"))?;
         Ok(())
     }
 
     fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        self.db.flush().map_err(Error::store("flushing to disk"))?;
         Ok(())
     }
 }
@@ -229,7 +254,7 @@ mod tests {
             started.elapsed()
         );
         assert!(
-            err.to_string().contains("another lookalike"),
+            err.chain().contains("another lookalike may hold its lock"),
             "unclear error: {err}"
         );
     }

@@ -6,7 +6,9 @@ use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // SAFETY-free: build scripts are single-threaded; prost-build reads PROTOC.
+    // SAFETY: set_var is unsound only while another thread reads the
+    // environment; this build script has started no thread. prost-build
+    // reads PROTOC.
     unsafe { env::set_var("PROTOC", protoc) };
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()

@@ -81,8 +81,8 @@ fn main() {
             let all = &v["rows"][0];
             println!(
                 "| lookalike (EfficientNet-Lite0, daemon end to end) | {:.4} | {:.4} | {:.4} | {wall:.1} |",
-                all["first"].as_f64().unwrap_or(0.0),
-                all["second"].as_f64().unwrap_or(0.0),
+                all["recall_at_1"].as_f64().unwrap_or(0.0),
+                all["recall_at_10"].as_f64().unwrap_or(0.0),
                 all["map"].as_f64().unwrap_or(0.0)
             );
         }

@@ -82,6 +82,9 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     unsafe { dot_avx2_inner(a, b) }
 }
 
+/// # Safety
+/// The CPU has AVX2 and FMA. Reads only `min(a.len(), b.len())` floats of
+/// each slice.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2_inner(a: &[f32], b: &[f32]) -> f32 {

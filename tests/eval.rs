@@ -38,13 +38,13 @@ fn near_dup_eval_reports_every_family_with_high_recall() {
     }
     let all = row("all");
     assert_eq!(all["queries"], 40 * 20);
-    let recall = all["first"].as_f64().expect("recall@1");
+    let recall = all["recall_at_1"].as_f64().expect("recall@1");
     eprintln!("near-dup recall@1 on the committed photos: {recall:.4}");
     // Measured 0.974 (crops to 30-40 % are the misses); a drop below 0.95
     // means a regression in decoding, embedding or search.
     assert!(recall >= 0.95, "recall@1 {recall}");
     for family in ["jpeg", "rescale", "flip", "colour", "greyscale", "text"] {
-        let r = row(family)["first"].as_f64().expect("recall");
+        let r = row(family)["recall_at_1"].as_f64().expect("recall");
         assert!(r >= 0.99, "{family}: recall@1 {r}");
     }
 }
@@ -76,7 +76,7 @@ fn classes_eval_reports_precision() {
     let report = eval(&["classes", "-k", "3"], dir.path());
     let all = &report["rows"][0];
     assert_eq!(all["group"], "all");
-    let p1 = all["first"].as_f64().expect("precision@1");
+    let p1 = all["precision_at_1"].as_f64().expect("precision@1");
     eprintln!("class precision@1 on the committed photos: {p1:.3}");
     // Six classes of 3-7 photos: chance is about 0.2; ImageNet features
     // put most same-class photos next to each other.

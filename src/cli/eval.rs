@@ -167,13 +167,13 @@ async fn near_dup(
         tally.add_near_dup(family, *rank);
     }
     let mut notes = BTreeMap::new();
-    notes.insert("photos".into(), originals.len().to_string());
-    notes.insert("distractors".into(), extra.len().to_string());
-    notes.insert("model".into(), args.model.clone());
-    notes.insert("seed".into(), seed.to_string());
+    notes.insert("photos".into(), originals.len().into());
+    notes.insert("distractors".into(), extra.len().into());
+    notes.insert("model".into(), args.model.clone().into());
+    notes.insert("seed".into(), seed.into());
     notes.insert(
         "queries_per_second".into(),
-        format!("{:.1}", queries.len() as f64 / secs),
+        ((queries.len() as f64 / secs * 10.0).round() / 10.0).into(),
     );
     Ok(Report {
         kind: "near-dup family".into(),
@@ -240,9 +240,9 @@ async fn classes(dir: &Path, k: usize, args: &EvalArgs) -> Result<Report> {
         tally.add_class(class, &relevant, k, per_class[class.as_str()] - 1);
     }
     let mut notes = BTreeMap::new();
-    notes.insert("photos".into(), stored.len().to_string());
-    notes.insert("classes".into(), per_class.len().to_string());
-    notes.insert("model".into(), args.model.clone());
+    notes.insert("photos".into(), stored.len().into());
+    notes.insert("classes".into(), per_class.len().into());
+    notes.insert("model".into(), args.model.clone().into());
     Ok(Report {
         kind: "class".into(),
         columns: ["precision@1".into(), format!("precision@{k}"), "mAP".into()],

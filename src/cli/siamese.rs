@@ -128,8 +128,16 @@ pub fn train(args: TrainArgs) -> Result<()> {
             "train_photos": train_set.len(),
             "val_photos": val.len(),
             "train_seconds": train_seconds,
-            "config": format!("{config:?}"),
-            "losses": losses.iter().map(|l| [l.train, l.val]).collect::<Vec<_>>(),
+            "config": config,
+            "losses": losses
+                .iter()
+                .enumerate()
+                .map(|(epoch, l)| serde_json::json!({
+                    "epoch": epoch + 1,
+                    "train_loss": l.train,
+                    "validation_loss": l.val,
+                }))
+                .collect::<Vec<_>>(),
             "quality": report,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)

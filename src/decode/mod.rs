@@ -9,6 +9,10 @@
 //! Large JPEGs take a shortcut: [`jpeg_eighth`] reads them at 1/8 scale
 //! from the entropy-coded data when that still leaves enough pixels.
 
+// Public only to the fuzz targets (cargo-fuzz builds with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub mod jpeg_eighth;
+#[cfg(not(fuzzing))]
 mod jpeg_eighth;
 mod resize;
 

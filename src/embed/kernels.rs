@@ -55,9 +55,11 @@ impl Shape {
 
 /// `out[P, cout] = x[P, cin] · w[cin, cout]` (row-major), with `threads`.
 pub fn matmul(x: &[f32], w: &[f32], out: &mut [f32], cin: usize, cout: usize, threads: usize) {
+    assert!(cin > 0 && cout > 0, "matmul of {cin} x {cout} weights");
     let p = x.len() / cin;
-    debug_assert_eq!(w.len(), cin * cout);
-    debug_assert_eq!(out.len(), p * cout);
+    assert_eq!(x.len(), p * cin, "matmul input");
+    assert_eq!(w.len(), cin * cout, "matmul weights");
+    assert_eq!(out.len(), p * cout, "matmul output");
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -176,6 +178,27 @@ pub fn depthwise(
     out: &mut [f32],
     parallel: bool,
 ) -> Shape {
+    depthwise_on(
+        DepthwisePath::detect(shape.c, p.kernel),
+        x,
+        shape,
+        p,
+        out,
+        parallel,
+    )
+}
+
+/// [`depthwise`] on the given path.
+fn depthwise_on(
+    path: DepthwisePath,
+    x: &[f32],
+    shape: Shape,
+    p: &Depthwise<'_>,
+    out: &mut [f32],
+    parallel: bool,
+) -> Shape {
+    assert!(p.kernel > 0 && p.stride > 0, "depthwise window");
+    assert_eq!(x.len(), shape.len(), "depthwise input");
     let (ho, pad_top) = same_padding(shape.h, p.kernel, p.stride);
     let (wo, pad_left) = same_padding(shape.w, p.kernel, p.stride);
     let out_shape = Shape {
@@ -198,7 +221,7 @@ pub fn depthwise(
                 pad_left,
                 ring: None,
             };
-            dispatch_depthwise_row(image, &geometry, p, out_row);
+            depthwise_row_on(path, image, &geometry, p, out_row);
         },
     );
     out_shape
@@ -246,32 +269,110 @@ pub fn depthwise_ring_row(
         pad_left: same_padding(shape.w, p.kernel, p.stride).1,
         ring: Some(rows),
     };
-    dispatch_depthwise_row(&ring[..rows * shape.w * shape.c], &geometry, p, out_row);
+    assert!(p.kernel > 0 && p.stride > 0 && rows > 0, "depthwise window");
+    let path = DepthwisePath::detect(shape.c, p.kernel);
+    depthwise_row_on(
+        path,
+        &ring[..rows * shape.w * shape.c],
+        &geometry,
+        p,
+        out_row,
+    );
 }
 
-fn dispatch_depthwise_row(image: &[f32], g: &RowGeometry, p: &Depthwise<'_>, out_row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        let (c, k) = (g.shape.c, p.kernel);
-        if has!("avx2") && has!("fma") && k <= MAX_KERNEL {
-            if c.is_multiple_of(16) && has!("avx512f") {
-                // SAFETY: the CPU has AVX-512F, checked just above.
-                return unsafe { depthwise_row_avx512(image, g, p, out_row) };
-            }
-            if c.is_multiple_of(8) {
-                // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                return unsafe { depthwise_row_avx2(image, g, p, out_row) };
+/// The ways a depthwise row can be computed: portable code, or our vector
+/// kernel on 8 (AVX2 + FMA) or 16 (AVX-512F) lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DepthwisePath {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+impl DepthwisePath {
+    /// Whether this CPU runs the path for `c` channels and a `k`-wide window.
+    fn runs(self, c: usize, k: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let vectors = has!("avx2") && has!("fma") && k <= MAX_KERNEL;
+            match self {
+                DepthwisePath::Portable => true,
+                DepthwisePath::Avx2 => vectors && c.is_multiple_of(8),
+                DepthwisePath::Avx512 => vectors && has!("avx512f") && c.is_multiple_of(16),
             }
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (c, k);
+            self == DepthwisePath::Portable
+        }
     }
-    depthwise_pixels::<false>(image, g, p, 0, out_row)
+
+    /// Every path this CPU runs for `c` channels and window `k`, slowest
+    /// first.
+    fn supported(c: usize, k: usize) -> impl DoubleEndedIterator<Item = DepthwisePath> {
+        [
+            DepthwisePath::Portable,
+            DepthwisePath::Avx2,
+            DepthwisePath::Avx512,
+        ]
+        .into_iter()
+        .filter(move |path| path.runs(c, k))
+    }
+
+    /// The fastest path this CPU runs.
+    fn detect(c: usize, k: usize) -> DepthwisePath {
+        Self::supported(c, k)
+            .next_back()
+            .unwrap_or(DepthwisePath::Portable)
+    }
+}
+
+/// One output row on `path`. Checks everything the vector kernels read or
+/// write through pointers: the input rows the window can reach, the
+/// weights, the bias and the output row.
+fn depthwise_row_on(
+    path: DepthwisePath,
+    image: &[f32],
+    g: &RowGeometry,
+    p: &Depthwise<'_>,
+    out_row: &mut [f32],
+) {
+    let (c, k, w) = (g.shape.c, p.kernel, g.shape.w);
+    let (ho, _) = same_padding(g.shape.h, k, p.stride);
+    let (wo, _) = same_padding(w, k, p.stride);
+    assert!(g.oy < ho, "depthwise row {} of {ho}", g.oy);
+    assert_eq!(p.weight.len(), k * k * c, "depthwise weights");
+    assert_eq!(p.bias.len(), c, "depthwise bias");
+    assert!(image.len() >= g.buffer_rows() * w * c, "depthwise input");
+    assert_eq!(out_row.len(), wo * c, "depthwise output row");
+    assert!(
+        path.runs(c, k),
+        "{path:?} does not run here for {c} channels, window {k}"
+    );
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        DepthwisePath::Avx512 => {
+            // SAFETY: `runs` checked that the CPU has AVX-512F and that `c`
+            // is a multiple of 16; the buffers' lengths are checked above.
+            unsafe { depthwise_row_avx512(image, g, p, out_row) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        DepthwisePath::Avx2 => {
+            // SAFETY: `runs` checked that the CPU has AVX2 and FMA and that
+            // `c` is a multiple of 8; the buffers' lengths are checked above.
+            unsafe { depthwise_row_avx2(image, g, p, out_row) }
+        }
+        _ => depthwise_pixels::<false>(image, g, p, 0, out_row),
+    }
 }
 
 /// [`depthwise_row`] on 8-channel `ymm` vectors.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `c` is a multiple of 8.
+/// The CPU has AVX2 and FMA; `c` is a multiple of 8; the buffers are as
+/// [`depthwise_row_on`] checks them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn depthwise_row_avx2(
@@ -286,7 +387,8 @@ unsafe fn depthwise_row_avx2(
 /// [`depthwise_row`] on 16-channel `zmm` vectors.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `c` is a multiple of 16.
+/// The CPU has AVX-512F; `c` is a multiple of 16; the buffers are as
+/// [`depthwise_row_on`] checks them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn depthwise_row_avx512(
@@ -426,6 +528,7 @@ impl Strip<'_, '_> {
         let buffered = self.g.buffer_rows();
         assert!(self.out.len() == pixels * c && self.image.len() >= buffered * w * c);
         assert!(self.rows.iter().all(|&(ky, row)| ky < k && row < buffered));
+        assert!(self.p.weight.len() >= k * k * c && self.p.bias.len() >= c);
         (
             self.image.as_ptr(),
             self.p.weight.as_ptr(),
@@ -830,6 +933,8 @@ pub(super) mod tests {
             .collect()
     }
 
+    /// Every path the CPU runs (the portable one, AVX2, AVX-512) against the
+    /// definition, whole images and rings of rows.
     #[test]
     fn depthwise_matches_the_definition() {
         for (h, w, c, k, stride) in [
@@ -849,28 +954,82 @@ pub(super) mod tests {
             let x = ramp(s.len(), 4.0);
             let wt = ramp(k * k * c, 1.0);
             let b = ramp(c, 0.5);
-            let mut out = vec![0f32; s.len()];
-            let os = depthwise(
-                &x,
-                s,
-                &Depthwise {
-                    weight: &wt,
-                    bias: &b,
-                    kernel: k,
-                    stride,
-                },
-                &mut out,
-                true,
-            );
+            let params = Depthwise {
+                weight: &wt,
+                bias: &b,
+                kernel: k,
+                stride,
+            };
             let want = naive_depthwise(&x, s, &wt, &b, k, stride);
-            assert_eq!(os.len(), want.len());
-            for (a, b) in out[..os.len()].iter().zip(&want) {
-                assert!(
-                    (a - b).abs() < 1e-4,
-                    "{a} vs {b} for {h}x{w}x{c} k{k} s{stride}"
-                );
+            for path in DepthwisePath::supported(c, k) {
+                let mut out = vec![0f32; s.len()];
+                let os = depthwise_on(path, &x, s, &params, &mut out, true);
+                assert_eq!(os.len(), want.len());
+                for (a, b) in out[..os.len()].iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 1e-4,
+                        "{path:?}: {a} vs {b} for {h}x{w}x{c} k{k} s{stride}"
+                    );
+                }
             }
         }
+    }
+
+    /// The paths the vector kernels take on this CPU are all tested above:
+    /// a CPU with AVX2 must run the AVX2 path, one with AVX-512 both.
+    #[test]
+    fn every_vector_path_the_cpu_has_is_exercised() {
+        let paths: Vec<DepthwisePath> = DepthwisePath::supported(16, 3).collect();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma");
+            assert_eq!(paths.contains(&DepthwisePath::Avx2), avx2, "{paths:?}");
+            assert_eq!(
+                paths.contains(&DepthwisePath::Avx512),
+                avx2 && has!("avx512f"),
+                "{paths:?}"
+            );
+        }
+        assert_eq!(paths[0], DepthwisePath::Portable);
+    }
+
+    #[test]
+    #[should_panic(expected = "depthwise weights")]
+    fn depthwise_refuses_short_weights() {
+        let s = Shape {
+            n: 1,
+            h: 4,
+            w: 4,
+            c: 16,
+        };
+        let (x, wt, b) = (ramp(s.len(), 1.0), ramp(3 * 3 * 16 - 1, 1.0), ramp(16, 1.0));
+        let params = Depthwise {
+            weight: &wt,
+            bias: &b,
+            kernel: 3,
+            stride: 1,
+        };
+        depthwise(&x, s, &params, &mut vec![0f32; s.len()], false);
+    }
+
+    #[test]
+    #[should_panic(expected = "depthwise bias")]
+    fn depthwise_refuses_a_short_bias() {
+        let s = Shape {
+            n: 1,
+            h: 4,
+            w: 4,
+            c: 16,
+        };
+        let (x, wt, b) = (ramp(s.len(), 1.0), ramp(3 * 3 * 16, 1.0), ramp(8, 1.0));
+        let params = Depthwise {
+            weight: &wt,
+            bias: &b,
+            kernel: 3,
+            stride: 1,
+        };
+        depthwise(&x, s, &params, &mut vec![0f32; s.len()], false);
     }
 
     #[test]

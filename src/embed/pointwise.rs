@@ -38,6 +38,8 @@ pub struct PointwiseWeights {
 impl PointwiseWeights {
     /// `weight` is row-major `[cin][cout]`.
     pub fn new(weight: Vec<f32>, cin: usize, cout: usize) -> Self {
+        assert!(cin > 0 && cout > 0, "pointwise layer of {cin} x {cout}");
+        assert_eq!(weight.len(), cin * cout, "pointwise weights");
         let mut panels = Vec::with_capacity(weight.len());
         for (start, width) in panel_spans(cout) {
             for row in weight.chunks_exact(cout) {
@@ -99,6 +101,15 @@ fn conv1x1_on(
     assert_eq!(epilogue.bias.len(), w.cout);
     if let Some(r) = epilogue.residual {
         assert_eq!(r.len(), out.len());
+    }
+    assert_eq!(w.panels.len(), w.cin * w.cout, "pointwise panels");
+    if let Some(isa) = isa {
+        // The kernels read whole 8- or 16-wide panels.
+        assert!(
+            w.cout.is_multiple_of(8) && isa.runs_here(),
+            "{isa:?} for {} channels",
+            w.cout
+        );
     }
     let Some(isa) = isa else {
         let threads = if parallel {

@@ -9,7 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+use serde_json::{Map, Value};
 
 /// Sums for one group of queries.
 #[derive(Debug, Default, Clone, Copy)]
@@ -33,21 +34,22 @@ impl Sums {
         Row {
             group: group.to_string(),
             queries: self.queries,
-            first: self.at_1 / n,
-            second: self.at_10 / n,
+            at_1: self.at_1 / n,
+            at_k: self.at_10 / n,
             map: self.ap / n,
         }
     }
 }
 
-/// One line of a report. For near-duplicates `first`/`second` are
-/// recall@1 / recall@10; for classes, precision@1 / precision@k.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One line of a report. For near-duplicates `at_1`/`at_k` are
+/// recall@1 / recall@10; for classes, precision@1 / precision@k (the
+/// report's column labels say which).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub group: String,
     pub queries: usize,
-    pub first: f64,
-    pub second: f64,
+    pub at_1: f64,
+    pub at_k: f64,
     pub map: f64,
 }
 
@@ -118,13 +120,60 @@ impl Tally {
     }
 }
 
-/// A finished report: what was measured, its column names and rows.
-#[derive(Debug, Clone, Serialize)]
+/// A finished report: what was measured, its column labels and rows.
+///
+/// As JSON each row is an object keyed by its metrics' names
+/// (`{"group": "all", "queries": 800, "recall_at_1": 0.97,
+/// "recall_at_10": 0.99, "map": 0.98}`), so a script reads a figure by
+/// name; the notes keep their types (numbers stay numbers).
+#[derive(Debug, Clone)]
 pub struct Report {
     pub kind: String,
+    /// Labels of the three metric columns, e.g. `recall@1`, `recall@10`, `mAP`.
     pub columns: [String; 3],
     pub rows: Vec<Row>,
-    pub notes: BTreeMap<String, String>,
+    pub notes: BTreeMap<String, Value>,
+}
+
+/// A column label as a JSON key: `recall@10` → `recall_at_10`, `mAP` → `map`.
+pub fn json_key(label: &str) -> String {
+    label
+        .replace('@', "_at_")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Serialize for Report {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let keys = self.columns.each_ref().map(|c| json_key(c));
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let mut row = Map::new();
+                row.insert("group".into(), r.group.clone().into());
+                row.insert("queries".into(), r.queries.into());
+                for (key, value) in keys.iter().zip([r.at_1, r.at_k, r.map]) {
+                    row.insert(key.clone(), value.into());
+                }
+                Value::Object(row)
+            })
+            .collect();
+        serde_json::json!({
+            "kind": self.kind,
+            "columns": keys,
+            "rows": rows,
+            "notes": self.notes,
+        })
+        .serialize(serializer)
+    }
 }
 
 impl Report {
@@ -137,11 +186,14 @@ impl Report {
         for r in &self.rows {
             out.push_str(&format!(
                 "| {} | {} | {:.4} | {:.4} | {:.4} |\n",
-                r.group, r.queries, r.first, r.second, r.map
+                r.group, r.queries, r.at_1, r.at_k, r.map
             ));
         }
         for (k, v) in &self.notes {
-            out.push_str(&format!("\n{k}: {v}"));
+            match v {
+                Value::String(s) => out.push_str(&format!("\n{k}: {s}")),
+                other => out.push_str(&format!("\n{k}: {other}")),
+            }
         }
         out
     }
@@ -159,8 +211,8 @@ mod tests {
         t.add_near_dup("jpeg", None);
         let rows = t.rows(&["jpeg", "crop"]);
         assert_eq!(rows[0].group, "all");
-        assert!((rows[0].first - 1.0 / 3.0).abs() < 1e-9);
-        assert!((rows[0].second - 2.0 / 3.0).abs() < 1e-9);
+        assert!((rows[0].at_1 - 1.0 / 3.0).abs() < 1e-9);
+        assert!((rows[0].at_k - 2.0 / 3.0).abs() < 1e-9);
         assert!((rows[0].map - (1.0 + 0.25) / 3.0).abs() < 1e-9);
         assert_eq!(rows[1].group, "jpeg");
         assert_eq!(rows[2].queries, 2);
@@ -172,8 +224,30 @@ mod tests {
         // Relevant at ranks 1 and 3 of 3 relevant in all: AP = (1 + 2/3) / 3.
         t.add_class("fish", &[true, false, true, false], 4, 3);
         let r = &t.rows(&[])[0];
-        assert!((r.first - 1.0).abs() < 1e-9);
-        assert!((r.second - 0.5).abs() < 1e-9);
+        assert!((r.at_1 - 1.0).abs() < 1e-9);
+        assert!((r.at_k - 0.5).abs() < 1e-9);
         assert!((r.map - (1.0 + 2.0 / 3.0) / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn json_rows_are_keyed_by_metric_name() {
+        let mut t = Tally::default();
+        t.add_near_dup("crop", Some(2));
+        let mut notes = BTreeMap::new();
+        notes.insert("photos".to_string(), Value::from(40));
+        let report = Report {
+            kind: "near-dup family".into(),
+            columns: ["recall@1".into(), "recall@10".into(), "mAP".into()],
+            rows: t.rows(&[]),
+            notes,
+        };
+        let json = serde_json::to_value(&report).expect("json");
+        let all = &json["rows"][0];
+        assert_eq!(all["group"], "all");
+        assert_eq!(all["recall_at_1"], 0.0);
+        assert_eq!(all["recall_at_10"], 1.0);
+        assert_eq!(all["map"], 0.5);
+        assert_eq!(json["notes"]["photos"], 40);
+        assert_eq!(json_key("precision@3"), "precision_at_3");
     }
 }

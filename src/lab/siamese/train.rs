@@ -28,7 +28,7 @@ use crate::siamese::net::{SiameseNet, STEM};
 use crate::siamese::taps_to_tensor;
 
 /// Settings of a training run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct TrainConfig {
     pub epochs: usize,
     /// Each epoch, every training photo is the anchor of this many positive

@@ -178,6 +178,45 @@ async fn bad_inputs_get_clear_statuses_and_the_daemon_keeps_serving() {
         .into_inner();
     assert_eq!(ok.matches[0].id, "first");
     assert!(ok.matches[0].similarity > 0.999);
+
+    // Optional fields: an out-of-range floor is refused, no floor keeps
+    // every match, a floor drops those under it.
+    let floor = |min_similarity| QueryRequest {
+        min_similarity,
+        ..query_req(by_id("first"), 5)
+    };
+    expect(
+        c.query(floor(Some(1.5))).await,
+        Code::InvalidArgument,
+        "min_similarity must be in [-1, 1]",
+    );
+    c.insert(insert_req("second", read(&photos()[1].1)))
+        .await
+        .expect("insert second");
+    let unfloored = c.query(floor(None)).await.expect("query").into_inner();
+    assert_eq!(unfloored.matches.len(), 1, "{unfloored:?}");
+    let similarity = unfloored.matches[0].similarity;
+    let above = c
+        .query(floor(Some((similarity + 0.01).min(1.0))))
+        .await
+        .expect("query")
+        .into_inner();
+    assert!(above.matches.is_empty(), "{above:?}");
+    // Get returns both stored vectors only when asked.
+    let get = |include_features| GetRequest {
+        id: "first".into(),
+        include_features,
+    };
+    let bare = c.get(get(false)).await.expect("get").into_inner();
+    assert!(
+        bare.features.is_empty() && bare.siamese.is_none(),
+        "{bare:?}"
+    );
+    let full = c.get(get(true)).await.expect("get").into_inner();
+    assert_eq!(full.features.len() as u32, s.dimensions);
+    let siamese = full.siamese.expect("the Siamese embedding").values;
+    let norm: f32 = siamese.iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!(siamese.len() == 128 && (norm - 1.0).abs() < 1e-3, "{norm}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

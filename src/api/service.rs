@@ -209,7 +209,7 @@ fn item_error(id: String, e: Error) -> proto::InsertResponse {
         duplicates: Vec::new(),
         error: Some(proto::Error {
             code: code(&e) as i32,
-            message: e.to_string(),
+            message: e.chain(),
         }),
         replaced: false,
     }

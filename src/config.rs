@@ -41,6 +41,7 @@ pub mod defaults {
     pub const DUPLICATE_SIMILARITY: f32 = 0.85;
     pub const MAX_K: usize = 1000;
     pub const MAX_DUPLICATES: usize = 10;
+    pub const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 }
 
 /// The values a numeric setting accepts.
@@ -141,6 +142,7 @@ pub mod bounds {
     pub const DISTANCE: Bounds<f32> = Bounds::above(0.0, 2.0);
     pub const MAX_K: Bounds<usize> = Bounds::closed(1, 100_000);
     pub const MAX_DUPLICATES: Bounds<usize> = Bounds::closed(0, 1000);
+    pub const SHUTDOWN_TIMEOUT_SECS: Bounds<u64> = Bounds::closed(0, 3600);
 }
 
 #[derive(Args, Debug, Clone)]
@@ -152,6 +154,14 @@ pub struct Config {
     /// Folder of the database (created if missing).
     #[arg(long, env = "LOOKALIKE_DATA_DIR", default_value = defaults::DATA_DIR, help_heading = "Server")]
     pub data_dir: PathBuf,
+
+    /// On SIGTERM or SIGINT, how long requests in flight may take to finish,
+    /// in seconds, before the daemon saves its index and exits anyway. A
+    /// second signal exits at once (acknowledged writes are already on disk).
+    #[arg(long = "shutdown-timeout", env = "LOOKALIKE_SHUTDOWN_TIMEOUT",
+        default_value_t = defaults::SHUTDOWN_TIMEOUT_SECS,
+        value_parser = bounds::SHUTDOWN_TIMEOUT_SECS.parser(), help_heading = "Server")]
+    pub shutdown_timeout_secs: u64,
 
     /// Embedding model. A database remembers its model and refuses another.
     #[arg(long, env = "LOOKALIKE_MODEL", default_value_t = defaults::MODEL, help_heading = "Model")]
@@ -265,6 +275,7 @@ impl Config {
         Config {
             listen: defaults::LISTEN,
             data_dir: data_dir.into(),
+            shutdown_timeout_secs: defaults::SHUTDOWN_TIMEOUT_SECS,
             model: defaults::MODEL,
             weights: None,
             siamese_weights: None,
@@ -312,6 +323,7 @@ impl Config {
         bounds::MAX_IMAGE_PIXELS.check("--max-image-pixels", self.max_image_pixels)?;
         bounds::MAX_K.check("--max-k", self.max_k)?;
         bounds::MAX_DUPLICATES.check("--max-duplicates", self.max_duplicates)?;
+        bounds::SHUTDOWN_TIMEOUT_SECS.check("--shutdown-timeout", self.shutdown_timeout_secs)?;
         Ok(())
     }
 }

@@ -51,8 +51,21 @@ async fn serve(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on the first Ctrl-C or SIGTERM (a graceful stop); a second one
+/// exits the process at once. That is safe: a write is acknowledged only
+/// once it is on disk, and a graph not saved is rebuilt at the next start.
 async fn shutdown_signal() {
+    signal().await;
+    tracing::info!("signal received; a second one exits at once");
+    tokio::spawn(async {
+        signal().await;
+        tracing::warn!("second signal: exiting now, without saving the graph");
+        std::process::exit(130);
+    });
+}
+
+/// The next Ctrl-C or SIGTERM.
+async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -5,10 +5,17 @@
 //! Health reports NOT_SERVING, for the whole server ("") and for
 //! `lookalike.v1.Lookalike`, until the index is loaded; load balancers and
 //! `grpc_health_probe` can wait on it.
+//!
+//! A graceful stop (when `shutdown` resolves: SIGTERM or SIGINT in the
+//! binary): health turns NOT_SERVING at once, writes are refused
+//! (UNAVAILABLE), open InsertStreams end with UNAVAILABLE, no new
+//! connection is accepted, and requests in flight get up to
+//! `--shutdown-timeout` to finish; then the store is flushed and the graph
+//! saved, whether or not they did.
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::{wrappers::TcpListenerStream, StreamExt};
 use tonic::server::NamedService;
 use tonic_health::{server::HealthReporter, ServingStatus};
@@ -43,6 +50,7 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::Internal(format!("local address: {e}")))?;
     let max_message = config.max_message_bytes;
+    let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
     let guard = EngineGuard::new(
         tokio::task::spawn_blocking(move || Engine::open(config))
             .await
@@ -62,7 +70,8 @@ pub async fn run(
     let reflection_error = |e| Error::Internal(format!("reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
-    let lookalike = LookalikeServer::new(Service::new(engine.clone()))
+    let (stopping_tx, stopping) = watch::channel(false);
+    let lookalike = LookalikeServer::new(Service::new(engine.clone(), stopping.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
 
@@ -76,7 +85,8 @@ pub async fn run(
     });
     on_listening(addr);
     tracing::info!(%addr, "serving");
-    let served = tonic::transport::Server::builder()
+    let mut stop_accepting = stopping.clone();
+    let server = tonic::transport::Server::builder()
         .layer(MapResponseLayer::new(
             status::oversize_as_resource_exhausted,
         ))
@@ -84,8 +94,30 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(lookalike)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop_accepting.wait_for(|stop| *stop).await;
+        });
+    tokio::pin!(server);
+    let served = tokio::select! {
+        served = &mut server => served,
+        () = shutdown => {
+            tracing::info!(timeout = ?shutdown_timeout, "stopping: finishing requests in flight");
+            loader.abort();
+            set_health(&reporter, ServingStatus::NotServing).await;
+            engine.refuse_writes();
+            let _ = stopping_tx.send(true);
+            match tokio::time::timeout(shutdown_timeout, &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!(
+                        timeout = ?shutdown_timeout,
+                        "requests still in flight at the shutdown timeout; closing their connections"
+                    );
+                    Ok(())
+                }
+            }
+        }
+    };
     loader.abort();
     set_health(&reporter, ServingStatus::NotServing).await;
     let closed = engine.close().await;

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, pin::Pin};
 
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -22,12 +22,23 @@ const STREAM_BUFFER: usize = 16;
 #[derive(Clone)]
 pub struct Service {
     engine: Engine,
+    /// Turns true when the daemon starts to stop: open InsertStreams end
+    /// (UNAVAILABLE) instead of reading more items.
+    stopping: watch::Receiver<bool>,
 }
 
 impl Service {
-    pub fn new(engine: Engine) -> Self {
-        Service { engine }
+    pub fn new(engine: Engine, stopping: watch::Receiver<bool>) -> Self {
+        Service { engine, stopping }
     }
+}
+
+/// What an InsertStream answers once the daemon is stopping.
+fn stopping_status() -> Status {
+    Status::unavailable(
+        "lookalike is shutting down: items of this stream not yet answered were not stored; \
+         send them again to another instance or after the restart",
+    )
 }
 
 type InsertResponseStream =
@@ -60,7 +71,12 @@ impl Lookalike for Service {
     ) -> Result<Response<Self::InsertStreamStream>, Status> {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(run_insert_stream(self.engine.clone(), inbound, tx));
+        tokio::spawn(run_insert_stream(
+            self.engine.clone(),
+            inbound,
+            tx,
+            self.stopping.clone(),
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -165,11 +181,13 @@ impl Lookalike for Service {
 
 /// Embeds up to [`STREAM_PIPELINE`] requests at once, commits them in
 /// arrival order, and answers each; a bad item gets an `error`, a broken
-/// stream ends the call with its status.
+/// stream ends the call with its status. Once the daemon is stopping, the
+/// stream commits nothing more and ends with UNAVAILABLE, idle or not.
 async fn run_insert_stream(
     engine: Engine,
     inbound: Streaming<proto::InsertRequest>,
     tx: mpsc::Sender<Result<proto::InsertResponse, Status>>,
+    mut stopping: watch::Receiver<bool>,
 ) {
     let prepared = inbound
         .map(|item| {
@@ -182,7 +200,21 @@ async fn run_insert_stream(
         })
         .buffered(STREAM_PIPELINE);
     tokio::pin!(prepared);
-    while let Some(item) = prepared.next().await {
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => None,
+            item = prepared.next() => match item {
+                Some(item) => Some(item),
+                None => return,
+            },
+        };
+        // Checked again after the item is ready: a stop that came while it
+        // was being embedded wins, so nothing is stored after the signal.
+        let Some(item) = item.filter(|_| !*stopping.borrow()) else {
+            let _ = tx.send(Err(stopping_status())).await;
+            return;
+        };
         let response = match item {
             Ok((id, Ok(p))) => match engine.commit(p).await {
                 Ok(outcome) => Ok(proto::InsertResponse {

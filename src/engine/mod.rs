@@ -230,6 +230,13 @@ impl Engine {
         .await
     }
 
+    /// Refuses writes from now on (UNAVAILABLE, "shutting down"); writes
+    /// already past that check finish. The first step of a graceful stop;
+    /// [`Engine::close`] then waits for them.
+    pub fn refuse_writes(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+    }
+
     fn check_ready(&self) -> Result<()> {
         if self.is_ready() {
             Ok(())

@@ -135,6 +135,38 @@ impl ChildDaemon {
         Ok(status.success())
     }
 
+    /// Sends `signal` (a `kill` name: `TERM`, `INT`) and returns at once.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .map_err(|e| Error::Internal(format!("cannot signal the daemon: {e}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Internal(format!("kill -{signal} failed: {status}")))
+        }
+    }
+
+    /// Waits up to `wait` for the daemon to exit: its exit status, or
+    /// `None` if it is still running.
+    pub fn wait_exit(&mut self, wait: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .map_err(|e| Error::Internal(e.to_string()))?
+            {
+                return Ok(Some(status));
+            }
+            if started.elapsed() >= wait {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: a crash, with no chance to flush or save.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -70,6 +70,16 @@ impl Daemon {
         );
     }
 
+    /// Sends a signal (`TERM`, `INT`) without waiting.
+    pub fn signal(&self, signal: &str) {
+        self.inner.signal(signal).expect("signal the daemon");
+    }
+
+    /// Its exit status once it exits within `wait`, else `None`.
+    pub fn wait_exit(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        self.inner.wait_exit(wait).expect("wait for the daemon")
+    }
+
     /// SIGKILL: a crash, no chance to flush.
     pub fn kill9(self) {
         self.inner.kill();

@@ -13,6 +13,7 @@ use std::{fmt::Display, net::SocketAddr, path::PathBuf, str::FromStr};
 
 use clap::Args;
 
+use crate::api::auth::{Keys, Secret};
 use crate::embed::ModelKind;
 use crate::error::{Error, Result};
 
@@ -163,6 +164,40 @@ pub struct Config {
         value_parser = bounds::SHUTDOWN_TIMEOUT_SECS.parser(), help_heading = "Server")]
     pub shutdown_timeout_secs: u64,
 
+    /// API key with full access. Once a key is set, every call but health
+    /// must carry one (`authorization: Bearer KEY` or `x-api-key: KEY`).
+    #[arg(
+        long,
+        env = "LOOKALIKE_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "api_key_file",
+        help_heading = "Security"
+    )]
+    pub api_key: Option<Secret>,
+
+    /// File holding the full-access API key (a mounted secret, say).
+    #[arg(long, env = "LOOKALIKE_API_KEY_FILE", help_heading = "Security")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// API key that may only read: Query, Compare, Get, Stats (and
+    /// reflection); a write with it is PERMISSION_DENIED.
+    #[arg(
+        long,
+        env = "LOOKALIKE_READ_ONLY_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "read_only_api_key_file",
+        help_heading = "Security"
+    )]
+    pub read_only_api_key: Option<Secret>,
+
+    /// File holding the read-only API key.
+    #[arg(
+        long,
+        env = "LOOKALIKE_READ_ONLY_API_KEY_FILE",
+        help_heading = "Security"
+    )]
+    pub read_only_api_key_file: Option<PathBuf>,
+
     /// Embedding model. A database remembers its model and refuses another.
     #[arg(long, env = "LOOKALIKE_MODEL", default_value_t = defaults::MODEL, help_heading = "Model")]
     pub model: ModelKind,
@@ -276,6 +311,10 @@ impl Config {
             listen: defaults::LISTEN,
             data_dir: data_dir.into(),
             shutdown_timeout_secs: defaults::SHUTDOWN_TIMEOUT_SECS,
+            api_key: None,
+            api_key_file: None,
+            read_only_api_key: None,
+            read_only_api_key_file: None,
             model: defaults::MODEL,
             weights: None,
             siamese_weights: None,
@@ -297,6 +336,18 @@ impl Config {
             max_k: defaults::MAX_K,
             max_duplicates: defaults::MAX_DUPLICATES,
         }
+    }
+
+    /// The API keys, from the flags or their files.
+    pub fn keys(&self) -> Result<Keys> {
+        let load = |key: &Option<Secret>, file: &Option<PathBuf>| match (key, file) {
+            (Some(key), _) => Ok(Some(key.clone())),
+            (None, Some(path)) => Secret::from_file(path).map(Some),
+            (None, None) => Ok(None),
+        };
+        let full = load(&self.api_key, &self.api_key_file)?;
+        let read_only = load(&self.read_only_api_key, &self.read_only_api_key_file)?;
+        Keys::new(full.as_ref(), read_only.as_ref())
     }
 
     /// Checks every range, for a configuration built in code (clap already

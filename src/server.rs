@@ -21,7 +21,9 @@ use tonic::server::NamedService;
 use tonic_health::{server::HealthReporter, ServingStatus};
 use tower::util::MapResponseLayer;
 
-use crate::api::{proto, proto::lookalike_server::LookalikeServer, service::Service, status};
+use crate::api::{
+    auth::AuthLayer, proto, proto::lookalike_server::LookalikeServer, service::Service, status,
+};
 use crate::config::Config;
 use crate::engine::{Engine, EngineGuard};
 use crate::error::{Error, Result};
@@ -49,6 +51,14 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("local address: {e}")))?;
+    let keys = config.keys()?;
+    if !keys.enabled() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "listening beyond loopback without an API key: anyone who can reach this port \
+             can read and delete every image; set --api-key (or --api-key-file)"
+        );
+    }
     let max_message = config.max_message_bytes;
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
     let guard = EngineGuard::new(
@@ -90,6 +100,7 @@ pub async fn run(
         .layer(MapResponseLayer::new(
             status::oversize_as_resource_exhausted,
         ))
+        .layer(AuthLayer::new(keys))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -2,6 +2,7 @@
 //! the engine, and the mapping of engine errors to statuses. Nothing here
 //! decides anything about images; it converts and delegates.
 
+pub mod auth;
 pub mod service;
 pub mod status;
 

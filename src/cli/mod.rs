@@ -18,11 +18,14 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use lookalike::api::auth::Secret;
 use lookalike::api::proto::{
     image_ref::Source, lookalike_client::LookalikeClient, CompareRequest, CompareResponse,
     DeleteRequest, GetRequest, ImageRef, InsertRequest, QueryRequest, StatsRequest,
 };
-use tonic::transport::Channel;
+use tonic::{
+    metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel,
+};
 
 /// Where the daemon is: taken by every subcommand that calls one.
 #[derive(Args, Debug)]
@@ -35,7 +38,37 @@ pub struct ClientArgs {
         help_heading = "Connection"
     )]
     server: String,
+    /// API key to send (`authorization: Bearer KEY`), when the daemon
+    /// requires one.
+    #[arg(
+        long,
+        env = "LOOKALIKE_API_KEY",
+        hide_env_values = true,
+        help_heading = "Connection"
+    )]
+    api_key: Option<Secret>,
 }
+
+/// Adds the API key, if any, to every call.
+#[derive(Clone)]
+pub struct ApiKey(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for ApiKey {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A client of the daemon that sends the API key.
+type Client = LookalikeClient<InterceptedService<Channel, ApiKey>>;
 
 /// Largest message the client sends or accepts; the server has its own limit.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
@@ -157,13 +190,21 @@ impl Command {
 }
 
 /// Connects to the daemon at `args.server`.
-async fn connect(args: &ClientArgs) -> Result<LookalikeClient<Channel>> {
+async fn connect(args: &ClientArgs) -> Result<Client> {
     let channel = Channel::from_shared(args.server.clone())
         .with_context(|| format!("bad server address '{}'", args.server))?
         .connect()
         .await
         .with_context(|| format!("cannot connect to lookalike at {}", args.server))?;
-    Ok(LookalikeClient::new(channel)
+    let key = match &args.api_key {
+        Some(key) => Some(
+            format!("Bearer {}", key.expose())
+                .parse()
+                .context("the API key cannot be sent as metadata")?,
+        ),
+        None => None,
+    };
+    Ok(LookalikeClient::with_interceptor(channel, ApiKey(key))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
@@ -288,7 +329,7 @@ async fn run_remote(command: Command) -> Result<()> {
 }
 
 async fn insert(
-    client: &mut LookalikeClient<Channel>,
+    client: &mut Client,
     paths: &[PathBuf],
     hash_ids: bool,
     upsert: bool,

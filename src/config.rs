@@ -198,6 +198,34 @@ pub struct Config {
     )]
     pub read_only_api_key_file: Option<PathBuf>,
 
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(
+        long,
+        env = "LOOKALIKE_TLS_CERT",
+        requires = "tls_key",
+        help_heading = "Security"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "LOOKALIKE_TLS_KEY",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: accept only clients whose certificate this PEM CA bundle
+    /// signed (needs --tls-cert).
+    #[arg(
+        long,
+        env = "LOOKALIKE_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Embedding model. A database remembers its model and refuses another.
     #[arg(long, env = "LOOKALIKE_MODEL", default_value_t = defaults::MODEL, help_heading = "Model")]
     pub model: ModelKind,
@@ -315,6 +343,9 @@ impl Config {
             api_key_file: None,
             read_only_api_key: None,
             read_only_api_key_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             model: defaults::MODEL,
             weights: None,
             siamese_weights: None,
@@ -348,6 +379,29 @@ impl Config {
         let full = load(&self.api_key, &self.api_key_file)?;
         let read_only = load(&self.read_only_api_key, &self.read_only_api_key_file)?;
         Keys::new(full.as_ref(), read_only.as_ref())
+    }
+
+    /// The TLS settings, read from their files; `None` for plaintext.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let read = |doing, path: &PathBuf| std::fs::read(path).map_err(Error::file(doing, path));
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            if self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_client_ca.is_some() {
+                return Err(Error::InvalidArgument(
+                    "TLS needs both --tls-cert and --tls-key".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let identity = Identity::from_pem(
+            read("read the TLS certificate", cert)?,
+            read("read the TLS key", key)?,
+        );
+        let mut tls = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read("read the client CA", ca)?));
+        }
+        Ok(Some(tls))
     }
 
     /// Checks every range, for a configuration built in code (clap already

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum TopCommand {
     /// Run the daemon.
-    Serve(Config),
+    Serve(Box<Config>),
     #[command(flatten)]
     Client(cli::Command),
 }
@@ -37,7 +37,7 @@ fn main() -> Result<()> {
     let args = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     match args.command {
-        TopCommand::Serve(config) => runtime.block_on(serve(config)),
+        TopCommand::Serve(config) => runtime.block_on(serve(*config)),
         TopCommand::Client(command) => runtime.block_on(cli::run(command)),
     }
 }

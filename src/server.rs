@@ -52,6 +52,8 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::Internal(format!("local address: {e}")))?;
     let keys = config.keys()?;
+    let tls = config.tls()?;
+    let (keys_on, tls_on) = (keys.enabled(), tls.is_some());
     if !keys.enabled() && !addr.ip().is_loopback() {
         tracing::warn!(
             %addr,
@@ -94,9 +96,15 @@ pub async fn run(
         conn
     });
     on_listening(addr);
-    tracing::info!(%addr, "serving");
+    tracing::info!(%addr, tls = tls_on, api_keys = keys_on, "serving");
     let mut stop_accepting = stopping.clone();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::InvalidArgument(format!("bad TLS settings: {e}")))?;
+    }
+    let server = builder
         .layer(MapResponseLayer::new(
             status::oversize_as_resource_exhausted,
         ))

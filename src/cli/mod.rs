@@ -47,6 +47,26 @@ pub struct ClientArgs {
         help_heading = "Connection"
     )]
     api_key: Option<Secret>,
+    /// PEM CA certificate to verify a daemon that serves TLS (implies TLS:
+    /// an http:// address is taken as https://).
+    #[arg(long, env = "LOOKALIKE_CA", help_heading = "Connection")]
+    ca: Option<PathBuf>,
+    /// PEM client certificate, for a daemon that requires mutual TLS.
+    #[arg(
+        long,
+        env = "LOOKALIKE_CLIENT_CERT",
+        requires = "client_key",
+        help_heading = "Connection"
+    )]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "LOOKALIKE_CLIENT_KEY",
+        requires = "client_cert",
+        help_heading = "Connection"
+    )]
+    client_key: Option<PathBuf>,
 }
 
 /// Adds the API key, if any, to every call.
@@ -191,8 +211,29 @@ impl Command {
 
 /// Connects to the daemon at `args.server`.
 async fn connect(args: &ClientArgs) -> Result<Client> {
-    let channel = Channel::from_shared(args.server.clone())
-        .with_context(|| format!("bad server address '{}'", args.server))?
+    let tls = args.ca.is_some() || args.client_cert.is_some();
+    let url = match args.server.strip_prefix("http://") {
+        Some(rest) if tls => format!("https://{rest}"),
+        _ => args.server.clone(),
+    };
+    let mut endpoint = Channel::from_shared(url)
+        .with_context(|| format!("bad server address '{}'", args.server))?;
+    if tls {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &args.ca {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        endpoint = endpoint.tls_config(config).context("TLS settings")?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot connect to lookalike at {}", args.server))?;

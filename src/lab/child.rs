@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
@@ -26,6 +26,8 @@ use crate::server::LISTENING;
 pub struct ChildDaemon {
     child: Child,
     addr: SocketAddr,
+    /// How to reach it when it serves TLS.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl ChildDaemon {
@@ -37,6 +39,18 @@ impl ChildDaemon {
         data_dir: &Path,
         extra: &[&str],
         wait: Duration,
+    ) -> Result<Self> {
+        Self::start_with_tls(binary, data_dir, extra, wait, None).await
+    }
+
+    /// [`ChildDaemon::start`] for a daemon that serves TLS (its `extra`
+    /// flags say so): connections use `tls`.
+    pub async fn start_with_tls(
+        binary: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        wait: Duration,
+        tls: Option<ClientTlsConfig>,
     ) -> Result<Self> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             Error::Internal(format!("{what} '{}': {e}", binary.display()))
@@ -68,7 +82,7 @@ impl ChildDaemon {
             .strip_prefix(LISTENING)
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| fail("unexpected first line from", &format!("{line:?}")))?;
-        let daemon = ChildDaemon { child, addr };
+        let daemon = ChildDaemon { child, addr, tls };
         daemon.wait_serving(wait).await?;
         Ok(daemon)
     }
@@ -78,7 +92,8 @@ impl ChildDaemon {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn pid(&self) -> u32 {
@@ -87,8 +102,14 @@ impl ChildDaemon {
 
     /// A new connection to the daemon.
     pub async fn channel(&self) -> Result<Channel> {
-        Channel::from_shared(self.url())
-            .map_err(|e| Error::Internal(e.to_string()))?
+        let mut endpoint =
+            Channel::from_shared(self.url()).map_err(|e| Error::Internal(e.to_string()))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| Error::Internal(format!("TLS settings: {e}")))?;
+        }
+        endpoint
             .connect()
             .await
             .map_err(|e| Error::Unavailable(format!("cannot connect to {}: {e}", self.addr)))

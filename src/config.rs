@@ -164,6 +164,11 @@ pub struct Config {
         value_parser = bounds::SHUTDOWN_TIMEOUT_SECS.parser(), help_heading = "Server")]
     pub shutdown_timeout_secs: u64,
 
+    /// Serve Prometheus metrics (GET /metrics) on this address; off unless
+    /// set. Keep it on loopback or a private network: it has no key.
+    #[arg(long, env = "LOOKALIKE_METRICS_LISTEN", help_heading = "Server")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// API key with full access. Once a key is set, every call but health
     /// must carry one (`authorization: Bearer KEY` or `x-api-key: KEY`).
     #[arg(
@@ -339,6 +344,7 @@ impl Config {
             listen: defaults::LISTEN,
             data_dir: data_dir.into(),
             shutdown_timeout_secs: defaults::SHUTDOWN_TIMEOUT_SECS,
+            metrics_listen: None,
             api_key: None,
             api_key_file: None,
             read_only_api_key: None,

@@ -25,6 +25,7 @@ pub mod pca;
 pub mod server;
 pub mod siamese;
 pub mod store;
+pub mod telemetry;
 pub mod vector;
 
 pub use config::Config;

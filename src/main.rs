@@ -15,6 +15,10 @@ use tracing_subscriber::EnvFilter;
     about = "Image-similarity database daemon and client"
 )]
 struct Cli {
+    /// Log lines as text, or as one JSON object per line (for log shippers).
+    /// Logs go to stderr; LOOKALIKE_LOG sets the level (default info).
+    #[arg(long, global = true, env = "LOOKALIKE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: TopCommand,
 }
@@ -27,14 +31,26 @@ enum TopCommand {
     Client(cli::Command),
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
+    let args = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("LOOKALIKE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Cli::parse();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        // Colour only for a terminal: a log file gets no escape codes.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     match args.command {
         TopCommand::Serve(config) => runtime.block_on(serve(*config)),

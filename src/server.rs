@@ -61,6 +61,13 @@ pub async fn run(
              can read and delete every image; set --api-key (or --api-key-file)"
         );
     }
+    let metrics = match config.metrics_listen {
+        Some(at) => Some((
+            crate::telemetry::bind(at).await?,
+            crate::telemetry::install()?,
+        )),
+        None => None,
+    };
     let max_message = config.max_message_bytes;
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
     let guard = EngineGuard::new(
@@ -70,6 +77,12 @@ pub async fn run(
     );
     let engine = guard.engine();
 
+    let metrics = metrics.map(|(listener, handle)| {
+        if let Ok(at) = listener.local_addr() {
+            tracing::info!(%at, "serving metrics at /metrics");
+        }
+        tokio::spawn(crate::telemetry::serve(listener, handle, engine.clone()))
+    });
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     let loader = tokio::spawn(load_then_serve(engine.clone(), reporter.clone()));
@@ -140,6 +153,9 @@ pub async fn run(
     loader.abort();
     set_health(&reporter, ServingStatus::NotServing).await;
     let closed = engine.close().await;
+    if let Some(task) = metrics {
+        task.abort();
+    }
     served.map_err(|e| Error::Internal(format!("server failed: {e}")))?;
     closed
 }

@@ -1,16 +1,17 @@
 //! The `lookalike.v1.Lookalike` service: protobuf in, engine call, protobuf out.
 
-use std::{collections::BTreeMap, pin::Pin};
+use std::{collections::BTreeMap, pin::Pin, time::Instant};
 
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::proto::{self, image_ref::Source, lookalike_server::Lookalike};
 use super::status::{code, to_status};
 use crate::engine::{Engine, ImageSource, Match, NewImage};
 use crate::error::Error;
+use crate::telemetry;
 
 /// Images of one InsertStream embedded concurrently while earlier ones commit.
 const STREAM_PIPELINE: usize = 4;
@@ -33,6 +34,41 @@ impl Service {
     }
 }
 
+/// One call being served: counted, timed and logged (at debug level) when
+/// it finishes. Never the image bytes or the metadata, never a key.
+struct Call {
+    method: &'static str,
+    id: String,
+    started: Instant,
+}
+
+impl Call {
+    fn start(method: &'static str, id: String) -> Call {
+        Call {
+            method,
+            id,
+            started: Instant::now(),
+        }
+    }
+
+    fn finish<T>(self, result: Result<T, Status>) -> Result<T, Status> {
+        self.record(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
+        result
+    }
+
+    fn record(&self, code: Code) {
+        let elapsed = self.started.elapsed();
+        telemetry::record_call(self.method, code, elapsed);
+        tracing::debug!(
+            method = self.method,
+            id = %self.id,
+            code = ?code,
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
+            "call"
+        );
+    }
+}
+
 /// What an InsertStream answers once the daemon is stopping.
 fn stopping_status() -> Status {
     Status::unavailable(
@@ -50,17 +86,22 @@ impl Lookalike for Service {
         &self,
         request: Request<proto::InsertRequest>,
     ) -> Result<Response<proto::InsertResponse>, Status> {
-        let outcome = self
-            .engine
-            .insert(new_image(request.into_inner()))
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(proto::InsertResponse {
-            id: outcome.id,
-            duplicates: outcome.duplicates.into_iter().map(to_match).collect(),
-            error: None,
-            replaced: outcome.replaced,
-        }))
+        let call = Call::start("Insert", request.get_ref().id.clone());
+        let result: Result<Response<proto::InsertResponse>, Status> = async {
+            let outcome = self
+                .engine
+                .insert(new_image(request.into_inner()))
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(proto::InsertResponse {
+                id: outcome.id,
+                duplicates: outcome.duplicates.into_iter().map(to_match).collect(),
+                error: None,
+                replaced: outcome.replaced,
+            }))
+        }
+        .await;
+        call.finish(result)
     }
 
     type InsertStreamStream = InsertResponseStream;
@@ -69,14 +110,14 @@ impl Lookalike for Service {
         &self,
         request: Request<Streaming<proto::InsertRequest>>,
     ) -> Result<Response<Self::InsertStreamStream>, Status> {
+        let call = Call::start("InsertStream", String::new());
+        let (self_engine, stopping) = (self.engine.clone(), self.stopping.clone());
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(run_insert_stream(
-            self.engine.clone(),
-            inbound,
-            tx,
-            self.stopping.clone(),
-        ));
+        tokio::spawn(async move {
+            let code = run_insert_stream(self_engine, inbound, tx, stopping).await;
+            call.record(code);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -84,98 +125,123 @@ impl Lookalike for Service {
         &self,
         request: Request<proto::QueryRequest>,
     ) -> Result<Response<proto::QueryResponse>, Status> {
-        let req = request.into_inner();
-        let image = image_source(req.image, "image")?;
-        let matches = self
-            .engine
-            .query(image, req.k as usize, req.min_similarity)
-            .await
-            .map_err(to_status)?;
-        let matches = matches
-            .into_iter()
-            .map(|mut m| {
-                if req.omit_metadata {
-                    m.metadata.clear();
-                }
-                to_match(m)
-            })
-            .collect();
-        Ok(Response::new(proto::QueryResponse { matches }))
+        let call = Call::start("Query", String::new());
+        let result: Result<Response<proto::QueryResponse>, Status> = async {
+            let req = request.into_inner();
+            let image = image_source(req.image, "image")?;
+            let matches = self
+                .engine
+                .query(image, req.k as usize, req.min_similarity)
+                .await
+                .map_err(to_status)?;
+            let matches = matches
+                .into_iter()
+                .map(|mut m| {
+                    if req.omit_metadata {
+                        m.metadata.clear();
+                    }
+                    to_match(m)
+                })
+                .collect();
+            Ok(Response::new(proto::QueryResponse { matches }))
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn compare(
         &self,
         request: Request<proto::CompareRequest>,
     ) -> Result<Response<proto::CompareResponse>, Status> {
-        let req = request.into_inner();
-        let a = image_source(req.a, "a")?;
-        let b = image_source(req.b, "b")?;
-        let c = self
-            .engine
-            .compare(a, b, req.max_distance)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(proto::CompareResponse {
-            similarity: c.similarity,
-            distance: c.distance,
-            duplicate: c.duplicate,
-            threshold: c.threshold,
-            similarity_threshold: c.similarity_threshold,
-        }))
+        let call = Call::start("Compare", String::new());
+        let result: Result<Response<proto::CompareResponse>, Status> = async {
+            let req = request.into_inner();
+            let a = image_source(req.a, "a")?;
+            let b = image_source(req.b, "b")?;
+            let c = self
+                .engine
+                .compare(a, b, req.max_distance)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(proto::CompareResponse {
+                similarity: c.similarity,
+                distance: c.distance,
+                duplicate: c.duplicate,
+                threshold: c.threshold,
+                similarity_threshold: c.similarity_threshold,
+            }))
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn get(
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
-        let req = request.into_inner();
-        let record = self
-            .engine
-            .get(non_empty_id(req.id)?)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(proto::GetResponse {
-            id: record.id,
-            metadata: record.metadata.into_iter().collect(),
-            inserted_at_unix_ms: record.inserted_at_ms,
-            features: if req.include_features {
-                record.features
-            } else {
-                Vec::new()
-            },
-            siamese: record
-                .siamese
-                .filter(|_| req.include_features)
-                .map(|values| proto::Vector { values }),
-        }))
+        let call = Call::start("Get", request.get_ref().id.clone());
+        let result: Result<Response<proto::GetResponse>, Status> = async {
+            let req = request.into_inner();
+            let record = self
+                .engine
+                .get(non_empty_id(req.id)?)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(proto::GetResponse {
+                id: record.id,
+                metadata: record.metadata.into_iter().collect(),
+                inserted_at_unix_ms: record.inserted_at_ms,
+                features: if req.include_features {
+                    record.features
+                } else {
+                    Vec::new()
+                },
+                siamese: record
+                    .siamese
+                    .filter(|_| req.include_features)
+                    .map(|values| proto::Vector { values }),
+            }))
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn delete(
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        let id = non_empty_id(request.into_inner().id)?;
-        self.engine.delete(id.clone()).await.map_err(to_status)?;
-        Ok(Response::new(proto::DeleteResponse { id }))
+        let call = Call::start("Delete", request.get_ref().id.clone());
+        let result: Result<Response<proto::DeleteResponse>, Status> = async {
+            let id = non_empty_id(request.into_inner().id)?;
+            self.engine.delete(id.clone()).await.map_err(to_status)?;
+            Ok(Response::new(proto::DeleteResponse { id }))
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn stats(
         &self,
         _request: Request<proto::StatsRequest>,
     ) -> Result<Response<proto::StatsResponse>, Status> {
-        let s = self.engine.stats();
-        Ok(Response::new(proto::StatsResponse {
-            count: s.count,
-            dimensions: s.dimensions,
-            pca_fitted: s.pca_dimensions.is_some(),
-            pca_dimensions: s.pca_dimensions.unwrap_or(0),
-            index_size: s.index_size,
-            index_tombstones: s.index_tombstones,
-            model: s.model,
-            pca_min_images: s.pca_min_images,
-            duplicate_distance: s.duplicate_distance,
-            duplicate_similarity: s.duplicate_similarity,
-        }))
+        let call = Call::start("Stats", String::new());
+        let result: Result<Response<proto::StatsResponse>, Status> = async {
+            let s = self.engine.stats();
+            Ok(Response::new(proto::StatsResponse {
+                count: s.count,
+                dimensions: s.dimensions,
+                pca_fitted: s.pca_dimensions.is_some(),
+                pca_dimensions: s.pca_dimensions.unwrap_or(0),
+                index_size: s.index_size,
+                index_tombstones: s.index_tombstones,
+                model: s.model,
+                pca_min_images: s.pca_min_images,
+                duplicate_distance: s.duplicate_distance,
+                duplicate_similarity: s.duplicate_similarity,
+            }))
+        }
+        .await;
+        call.finish(result)
     }
 }
 
@@ -188,7 +254,7 @@ async fn run_insert_stream(
     inbound: Streaming<proto::InsertRequest>,
     tx: mpsc::Sender<Result<proto::InsertResponse, Status>>,
     mut stopping: watch::Receiver<bool>,
-) {
+) -> Code {
     let prepared = inbound
         .map(|item| {
             let engine = engine.clone();
@@ -206,14 +272,14 @@ async fn run_insert_stream(
             _ = stopping.wait_for(|stop| *stop) => None,
             item = prepared.next() => match item {
                 Some(item) => Some(item),
-                None => return,
+                None => return Code::Ok,
             },
         };
         // Checked again after the item is ready: a stop that came while it
         // was being embedded wins, so nothing is stored after the signal.
         let Some(item) = item.filter(|_| !*stopping.borrow()) else {
             let _ = tx.send(Err(stopping_status())).await;
-            return;
+            return Code::Unavailable;
         };
         let response = match item {
             Ok((id, Ok(p))) => match engine.commit(p).await {
@@ -228,9 +294,12 @@ async fn run_insert_stream(
             Ok((id, Err(e))) => Ok(item_error(id, e)),
             Err(status) => Err(status),
         };
-        let stop = response.is_err();
-        if tx.send(response).await.is_err() || stop {
-            return;
+        let ended = response.as_ref().err().map(Status::code);
+        if tx.send(response).await.is_err() {
+            return Code::Cancelled;
+        }
+        if let Some(code) = ended {
+            return code;
         }
     }
 }

@@ -94,7 +94,12 @@ fn run(
         }
         let (inputs, replies): (Vec<Vec<f32>>, Vec<_>) =
             batch.into_iter().map(|j| (j.input, j.reply)).unzip();
-        match describe(embedder, siamese, &inputs) {
+        metrics::histogram!("lookalike_embed_batch_size").record(inputs.len() as f64);
+        let started = Instant::now();
+        let described = describe(embedder, siamese, &inputs);
+        metrics::histogram!("lookalike_embed_forward_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match described {
             Ok(described) => {
                 for (reply, d) in replies.into_iter().zip(described) {
                     // The requester may have gone (cancelled call): nothing to do.

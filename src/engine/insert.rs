@@ -62,13 +62,21 @@ impl Engine {
         self.commit(prepared).await
     }
 
+    /// The inserts between their embedding and their acknowledgement.
+    fn in_flight() -> metrics::Gauge {
+        metrics::gauge!("lookalike_inserts_in_flight")
+    }
+
     /// The CPU-bound half of an insert: validates and embeds. Bulk ingest
     /// runs several of these at once and commits them in order.
     pub async fn prepare(&self, image: NewImage) -> Result<Prepared> {
         self.check_ready()?;
         let id = image_id(&image)?;
         check_metadata(&image.metadata)?;
-        let embedded = self.embed(image.image).await?;
+        Self::in_flight().increment(1.0);
+        let embedded = self.embed(image.image).await;
+        Self::in_flight().decrement(1.0);
+        let embedded = embedded?;
         Ok(Prepared {
             id,
             embedded,

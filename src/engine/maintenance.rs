@@ -237,6 +237,7 @@ impl Shared {
         let projection = match job {
             Job::Refit => {
                 let p = self.fit_projection()?;
+                metrics::counter!("lookalike_pca_fits_total").increment(1);
                 self.store.meta_put(META_PCA, &p.to_bytes())?;
                 self.store.flush()?;
                 Arc::new(p)
@@ -258,6 +259,14 @@ impl Shared {
         };
         let (index, built_upto) = self.build(Some(projection))?;
         self.swap_in(index, built_upto)?;
+        let kind = if job == Job::Refit {
+            "refit"
+        } else {
+            "rebuild"
+        };
+        metrics::counter!("lookalike_index_builds_total", "job" => kind).increment(1);
+        metrics::histogram!("lookalike_index_build_seconds", "job" => kind)
+            .record(started.elapsed().as_secs_f64());
         tracing::info!(
             ?job,
             images = self.store.len(),

@@ -197,8 +197,11 @@ impl Engine {
     pub async fn embed(&self, bytes: Vec<u8>) -> Result<Embedded> {
         let shared = self.shared.clone();
         let input = blocking(move || {
+            let started = std::time::Instant::now();
             let size = shared.embedder.kind().input_size();
-            decode::network_input(&bytes, shared.config.max_image_pixels, size)
+            let input = decode::network_input(&bytes, shared.config.max_image_pixels, size);
+            metrics::histogram!("lookalike_decode_seconds").record(started.elapsed().as_secs_f64());
+            input
         })
         .await?;
         self.shared.batcher.embed(input).await

@@ -17,6 +17,11 @@ pub struct Stats {
 }
 
 impl Engine {
+    /// Bytes the store takes on disk.
+    pub fn store_disk_bytes(&self) -> crate::error::Result<u64> {
+        self.shared.store.size_on_disk()
+    }
+
     pub fn stats(&self) -> Stats {
         let index = self.shared.current_index();
         Stats {

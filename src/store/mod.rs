@@ -67,4 +67,7 @@ pub trait Store: Send + Sync + 'static {
     fn meta_put(&self, key: &str, value: &[u8]) -> Result<()>;
     /// Makes every write so far durable (fsync).
     fn flush(&self) -> Result<()>;
+
+    /// Bytes the store takes on disk.
+    fn size_on_disk(&self) -> Result<u64>;
 }

@@ -217,6 +217,12 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn size_on_disk(&self) -> Result<u64> {
+        self.db
+            .size_on_disk()
+            .map_err(Error::store("measuring its size on disk"))
+    }
+
     fn flush(&self) -> Result<()> {
         self.db.flush().map_err(Error::store("flushing to disk"))?;
         Ok(())

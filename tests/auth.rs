@@ -260,6 +260,14 @@ async fn reflection_and_the_cli_follow_the_key() {
         "{}",
         String::from_utf8_lossy(&without.stderr)
     );
+    // `lookalike health` (the container health check) needs no key.
+    let health = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .env_remove("LOOKALIKE_API_KEY")
+        .args(["health", "--server", &daemon.url()])
+        .output()
+        .expect("lookalike health");
+    assert!(health.status.success(), "{health:?}");
+    assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "SERVING");
     let with = cli(Some(FULL));
     assert!(with.status.success(), "{with:?}");
     assert!(String::from_utf8_lossy(&with.stdout).contains("images"));

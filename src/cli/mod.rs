@@ -157,6 +157,12 @@ pub enum Command {
         #[command(flatten)]
         connection: ClientArgs,
     },
+    /// Exits 0 if the daemon's health is SERVING, 1 otherwise (for
+    /// container health checks and scripts).
+    Health {
+        #[command(flatten)]
+        connection: ClientArgs,
+    },
     /// Measure search quality on your photos (starts its own daemon).
     #[cfg(feature = "lab")]
     #[command(subcommand)]
@@ -172,6 +178,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Eval(e) => eval::run(e).await,
         #[cfg(feature = "lab")]
         Command::TrainSiamese(t) => tokio::task::spawn_blocking(move || siamese::train(t)).await?,
+        Command::Health { connection } => health(connection).await,
         remote => run_remote(remote).await,
     }
 }
@@ -202,7 +209,8 @@ impl Command {
             | Command::Compare { connection, .. }
             | Command::Get { connection, .. }
             | Command::Delete { connection, .. }
-            | Command::Stats { connection } => Some(connection),
+            | Command::Stats { connection }
+            | Command::Health { connection } => Some(connection),
             #[cfg(feature = "lab")]
             Command::Eval(_) | Command::TrainSiamese(_) => None,
         }
@@ -211,6 +219,22 @@ impl Command {
 
 /// Connects to the daemon at `args.server`.
 async fn connect(args: &ClientArgs) -> Result<Client> {
+    let channel = connect_channel(args).await?;
+    let key = match &args.api_key {
+        Some(key) => Some(
+            format!("Bearer {}", key.expose())
+                .parse()
+                .context("the API key cannot be sent as metadata")?,
+        ),
+        None => None,
+    };
+    Ok(LookalikeClient::with_interceptor(channel, ApiKey(key))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// A connection to the daemon at `args.server`, over TLS when asked.
+async fn connect_channel(args: &ClientArgs) -> Result<Channel> {
     let tls = args.ca.is_some() || args.client_cert.is_some();
     let url = match args.server.strip_prefix("http://") {
         Some(rest) if tls => format!("https://{rest}"),
@@ -233,21 +257,10 @@ async fn connect(args: &ClientArgs) -> Result<Client> {
         }
         endpoint = endpoint.tls_config(config).context("TLS settings")?;
     }
-    let channel = endpoint
+    endpoint
         .connect()
         .await
-        .with_context(|| format!("cannot connect to lookalike at {}", args.server))?;
-    let key = match &args.api_key {
-        Some(key) => Some(
-            format!("Bearer {}", key.expose())
-                .parse()
-                .context("the API key cannot be sent as metadata")?,
-        ),
-        None => None,
-    };
-    Ok(LookalikeClient::with_interceptor(channel, ApiKey(key))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .with_context(|| format!("cannot connect to lookalike at {}", args.server))
 }
 
 /// The subcommands that talk to a running daemon.
@@ -341,6 +354,7 @@ async fn run_remote(command: Command) -> Result<()> {
         }
         #[cfg(feature = "lab")]
         Command::Eval(_) | Command::TrainSiamese(_) => unreachable!("handled in run"),
+        Command::Health { .. } => unreachable!("handled in run"),
         Command::Stats { .. } => {
             let s = client.stats(StatsRequest {}).await?.into_inner();
             println!("images          {}", s.count);
@@ -435,6 +449,25 @@ async fn insert(
     );
     if failed > 0 {
         bail!("{failed} images failed");
+    }
+    Ok(())
+}
+
+/// Checks the daemon's health (the whole server); fails unless SERVING.
+async fn health(args: ClientArgs) -> Result<()> {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+    let channel = connect_channel(&args).await?;
+    let status = HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .context("health check")?
+        .into_inner()
+        .status();
+    println!("{}", status.as_str_name());
+    if status != ServingStatus::Serving {
+        bail!("lookalike at {} is not serving", args.server);
     }
     Ok(())
 }

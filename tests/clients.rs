@@ -1,7 +1,8 @@
 //! The client examples in other languages, run against a live daemon with
 //! an API key: `examples/python/client.py` (grpcio, stubs generated from our
-//! proto). Python comes from `.tools/venv` (scripts/setup-test-tools.sh
-//! installs grpcio there).
+//! proto) and `examples/node/client.mjs` (@grpc/grpc-js, proto loaded at run
+//! time). scripts/setup-test-tools.sh installs grpcio into `.tools/venv` and
+//! the Node packages into `examples/node/node_modules`.
 
 mod common;
 
@@ -20,12 +21,37 @@ async fn python_client_inserts_queries_and_compares_with_a_key() {
         "{} missing: run scripts/setup-test-tools.sh",
         python.display()
     );
+    run_example(
+        Command::new(&python).arg(root.join("examples/python/client.py")),
+        "False",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_client_inserts_queries_and_compares_with_a_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("examples/node/node_modules/@grpc/grpc-js")
+            .exists(),
+        "Node packages missing: run scripts/setup-test-tools.sh"
+    );
+    run_example(
+        Command::new("node").arg(root.join("examples/node/client.mjs")),
+        "false",
+    )
+    .await;
+}
+
+/// Runs a client example (`client` with its script) against a daemon with
+/// a key and checks what it printed; `no` is the language's `false` as
+/// printed.
+async fn run_example(client: &mut Command, no: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(dir.path(), &["--api-key", KEY]).await;
     let set = photos();
     let (a, b) = (&set[0], &set[5]);
-    let out = Command::new(&python)
-        .arg(root.join("examples/python/client.py"))
+    let out = client
         .args(["--server", &daemon.addr.to_string(), "--api-key", KEY])
         .arg(&a.1)
         .arg(&b.1)
@@ -53,7 +79,7 @@ async fn python_client_inserts_queries_and_compares_with_a_key() {
     );
     assert!(
         stdout.contains(&format!("compare {a_id} {b_id}: similarity"))
-            && stdout.contains("duplicate False"),
+            && stdout.contains(&format!("duplicate {no}")),
         "{stdout}"
     );
     assert!(

@@ -10,7 +10,7 @@
 //! | `grpc.health.v1.Health/*` | nothing (probes) |
 //! | reflection | either key |
 //! | `Query`, `Compare`, `Get`, `Stats` | either key |
-//! | `Insert`, `InsertStream`, `Delete`, anything else | the full key |
+//! | `Insert`, `InsertStream`, `Delete`, `Snapshot`, anything else | the full key |
 //!
 //! A missing or wrong key is UNAUTHENTICATED; the read-only key on a write
 //! is PERMISSION_DENIED. Keys are compared in constant time (SHA-256 of

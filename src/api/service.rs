@@ -51,6 +51,15 @@ impl Call {
         }
     }
 
+    /// Records the call now if `result` is an error (the call ends there);
+    /// a success is recorded later, when its stream ends.
+    fn finish_if_err<T>(&self, result: Result<T, Status>) -> Result<T, Status> {
+        if let Err(status) = &result {
+            self.record(status.code());
+        }
+        result
+    }
+
     fn finish<T>(self, result: Result<T, Status>) -> Result<T, Status> {
         self.record(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
         result
@@ -79,6 +88,48 @@ fn stopping_status() -> Status {
 
 type InsertResponseStream =
     Pin<Box<dyn Stream<Item = Result<proto::InsertResponse, Status>> + Send>>;
+type SnapshotChunkStream = Pin<Box<dyn Stream<Item = Result<proto::SnapshotChunk, Status>> + Send>>;
+
+/// Bytes per snapshot chunk.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// Sends a snapshot file in chunks; the file is removed when done.
+async fn stream_file(
+    spool: tempfile::NamedTempFile,
+    tx: &mpsc::Sender<Result<proto::SnapshotChunk, Status>>,
+) -> Code {
+    use tokio::io::AsyncReadExt;
+    let mut file = match tokio::fs::File::open(spool.path()).await {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = tx
+                .send(Err(Status::internal(format!(
+                    "cannot reopen the snapshot: {e}"
+                ))))
+                .await;
+            return Code::Internal;
+        }
+    };
+    loop {
+        let mut data = vec![0u8; SNAPSHOT_CHUNK];
+        let n = match file.read(&mut data).await {
+            Ok(0) => return Code::Ok,
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx
+                    .send(Err(Status::internal(format!(
+                        "cannot read the snapshot: {e}"
+                    ))))
+                    .await;
+                return Code::Internal;
+            }
+        };
+        data.truncate(n);
+        if tx.send(Ok(proto::SnapshotChunk { data })).await.is_err() {
+            return Code::Cancelled;
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Lookalike for Service {
@@ -105,6 +156,32 @@ impl Lookalike for Service {
     }
 
     type InsertStreamStream = InsertResponseStream;
+    type SnapshotStream = SnapshotChunkStream;
+
+    async fn snapshot(
+        &self,
+        _request: Request<proto::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let call = Call::start("Snapshot", String::new());
+        let started = async {
+            let spool = tempfile::NamedTempFile::new_in(&self.engine.config().data_dir)
+                .map_err(|e| Status::internal(format!("cannot make the snapshot file: {e}")))?;
+            let manifest = self
+                .engine
+                .snapshot_to(spool.path().to_path_buf())
+                .await
+                .map_err(to_status)?;
+            Ok::<_, Status>((spool, manifest))
+        };
+        let (spool, manifest) = call.finish_if_err(started.await)?;
+        tracing::info!(records = manifest.records, "snapshot taken; streaming it");
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let code = stream_file(spool, &tx).await;
+            call.record(code);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn insert_stream(
         &self,

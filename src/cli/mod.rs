@@ -157,6 +157,25 @@ pub enum Command {
         #[command(flatten)]
         connection: ClientArgs,
     },
+    /// Save a consistent copy of the database (records and metadata) to a
+    /// tar file while the daemon keeps serving; writes wait while it is
+    /// taken.
+    Snapshot {
+        /// The file to write (replaced if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        connection: ClientArgs,
+    },
+    /// Make a new data folder from a snapshot (no daemon needed); start
+    /// `lookalike serve --data-dir DIR` on it, which builds the index.
+    Restore {
+        /// The snapshot tar file.
+        file: PathBuf,
+        /// The folder to create; refused if it exists and is not empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Exits 0 if the daemon's health is SERVING, 1 otherwise (for
     /// container health checks and scripts).
     Health {
@@ -179,6 +198,23 @@ pub async fn run(command: Command) -> Result<()> {
         #[cfg(feature = "lab")]
         Command::TrainSiamese(t) => tokio::task::spawn_blocking(move || siamese::train(t)).await?,
         Command::Health { connection } => health(connection).await,
+        Command::Restore { file, data_dir } => {
+            let manifest = tokio::task::spawn_blocking(move || {
+                lookalike::engine::restore(&file, &data_dir)
+                    .map(|m| (m, data_dir))
+                    .map_err(|e| anyhow::anyhow!(e.chain()))
+            })
+            .await??;
+            let (m, dir) = manifest;
+            println!(
+                "restored {} images ({}) into {}; start `lookalike serve --data-dir {}`",
+                m.records,
+                m.model,
+                dir.display(),
+                dir.display()
+            );
+            Ok(())
+        }
         remote => run_remote(remote).await,
     }
 }
@@ -210,7 +246,9 @@ impl Command {
             | Command::Get { connection, .. }
             | Command::Delete { connection, .. }
             | Command::Stats { connection }
+            | Command::Snapshot { connection, .. }
             | Command::Health { connection } => Some(connection),
+            Command::Restore { .. } => None,
             #[cfg(feature = "lab")]
             Command::Eval(_) | Command::TrainSiamese(_) => None,
         }
@@ -354,7 +392,8 @@ async fn run_remote(command: Command) -> Result<()> {
         }
         #[cfg(feature = "lab")]
         Command::Eval(_) | Command::TrainSiamese(_) => unreachable!("handled in run"),
-        Command::Health { .. } => unreachable!("handled in run"),
+        Command::Health { .. } | Command::Restore { .. } => unreachable!("handled in run"),
+        Command::Snapshot { out, .. } => snapshot(&mut client, &out).await,
         Command::Stats { .. } => {
             let s = client.stats(StatsRequest {}).await?.into_inner();
             println!("images          {}", s.count);
@@ -450,6 +489,31 @@ async fn insert(
     if failed > 0 {
         bail!("{failed} images failed");
     }
+    Ok(())
+}
+
+/// Streams a snapshot into `out` (through `out.partial`, renamed when whole).
+async fn snapshot(client: &mut Client, out: &Path) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let partial = out.with_extension("partial");
+    let mut file = tokio::fs::File::create(&partial)
+        .await
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let mut chunks = client
+        .snapshot(lookalike::api::proto::SnapshotRequest {})
+        .await?
+        .into_inner();
+    let mut bytes = 0u64;
+    while let Some(chunk) = chunks.message().await.context("snapshot stream broke")? {
+        file.write_all(&chunk.data).await?;
+        bytes += chunk.data.len() as u64;
+    }
+    file.sync_all().await?;
+    drop(file);
+    tokio::fs::rename(&partial, out)
+        .await
+        .with_context(|| format!("cannot move the snapshot to {}", out.display()))?;
+    println!("wrote {} ({bytes} bytes)", out.display());
     Ok(())
 }
 

@@ -17,6 +17,7 @@ mod get;
 mod insert;
 mod maintenance;
 mod query;
+mod snapshot;
 mod stats;
 mod verdict;
 
@@ -24,6 +25,7 @@ pub use batcher::{Batcher, Embedded};
 pub use compare::Comparison;
 pub use insert::{InsertOutcome, NewImage, Prepared};
 pub use query::Match;
+pub use snapshot::{restore, Manifest};
 pub use stats::Stats;
 
 use std::{
@@ -130,6 +132,11 @@ struct Shared {
     /// and the index's locks (see `crate::index`), never the reverse: no
     /// code holding a store or index lock takes this one.
     index: RwLock<Arc<Index>>,
+    /// Writers (insert, delete) hold this in read mode around their write,
+    /// taken before `index`; a snapshot holds it in write mode while it
+    /// copies the records, so it sees no write half-done and reads go on.
+    /// Lock order: `writes`, then `index`, then the store and index locks.
+    writes: RwLock<()>,
     /// Set under the index's write lock at shutdown, after which writes are
     /// refused: the graph saved then must hold every acknowledged insert.
     closed: AtomicBool,
@@ -174,6 +181,7 @@ impl Engine {
                 siamese,
                 batcher,
                 index: RwLock::new(Arc::new(Index::exact())),
+                writes: RwLock::new(()),
                 closed: AtomicBool::new(false),
                 ready: AtomicBool::new(false),
                 maintenance: Notify::new(),
@@ -291,12 +299,31 @@ impl Shared {
 
     /// The index slot's read lock, for a write to the store and the index
     /// (see [`Shared::index`]); refused once shutdown has begun.
-    fn write_slot(&self) -> Result<std::sync::RwLockReadGuard<'_, Arc<Index>>> {
+    fn write_slot(&self) -> Result<WriteSlot<'_>> {
+        let writes = self.writes.read().unwrap_or_else(|e| e.into_inner());
         let slot = self.index.read().unwrap_or_else(|e| e.into_inner());
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Unavailable("the daemon is shutting down".into()));
         }
-        Ok(slot)
+        Ok(WriteSlot {
+            _writes: writes,
+            index: slot,
+        })
+    }
+}
+
+/// What a writer holds from its store write to its index update: the
+/// `writes` lock and the index slot, both in read mode (see `Shared`).
+struct WriteSlot<'a> {
+    _writes: std::sync::RwLockReadGuard<'a, ()>,
+    index: std::sync::RwLockReadGuard<'a, Arc<Index>>,
+}
+
+impl std::ops::Deref for WriteSlot<'_> {
+    type Target = Arc<Index>;
+
+    fn deref(&self) -> &Arc<Index> {
+        &self.index
     }
 }
 

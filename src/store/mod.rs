@@ -17,6 +17,16 @@ use std::collections::BTreeMap;
 
 pub use sled_store::SledStore;
 
+/// A record in the store's own encoding (for snapshots).
+pub fn encode_record(record: &Record) -> Vec<u8> {
+    codec::encode(record)
+}
+
+/// A record from [`encode_record`]'s bytes; its seq is set when stored.
+pub fn decode_record(bytes: &[u8]) -> Result<Record> {
+    codec::decode(0, bytes)
+}
+
 use crate::error::Result;
 
 /// One stored image.
@@ -70,4 +80,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Bytes the store takes on disk.
     fn size_on_disk(&self) -> Result<u64>;
+
+    /// Every metadata entry (model, Siamese identity, PCA), for snapshots.
+    fn meta_all(&self) -> Result<Vec<(String, Vec<u8>)>>;
 }

@@ -217,6 +217,16 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn meta_all(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.meta
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(Error::store("reading metadata"))?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
     fn size_on_disk(&self) -> Result<u64> {
         self.db
             .size_on_disk()

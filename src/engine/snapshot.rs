@@ -1,0 +1,220 @@
+//! Snapshot and restore: a consistent copy of a live database, as a tar
+//! file, and a fresh data folder made from one.
+//!
+//! A snapshot holds the store's records and its metadata (the model and
+//! Siamese identity, the fitted PCA), and a manifest; not the graph, which
+//! the restored daemon builds at its first start (as after a crash). It is
+//! taken under the `writes` lock (see `Shared::writes`): writes wait while
+//! the records are copied to a file beside the database, reads go on; the
+//! file is then streamed to the client without any lock. So the snapshot
+//! holds exactly the writes acknowledged before it began (and those that
+//! were waiting for it, none half-done).
+//!
+//! The tar holds `MANIFEST.json`, `meta/KEY` per metadata entry, and
+//! `records`: each record as a 4-byte little-endian length and the store's
+//! own record encoding.
+
+use std::{
+    fs::File,
+    io::{BufReader, BufWriter, Read, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{blocking, Engine, META_MODEL, META_SIAMESE};
+use crate::error::{Error, Result};
+use crate::store::{self, SledStore, Store};
+
+/// Version of the snapshot layout.
+const FORMAT: u32 = 1;
+const MANIFEST: &str = "MANIFEST.json";
+const RECORDS: &str = "records";
+const META_DIR: &str = "meta/";
+/// Largest record a restore accepts (a real one is a few KB).
+const MAX_RECORD: usize = 64 << 20;
+
+/// What a snapshot holds, written first in the tar.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub records: u64,
+    pub model: String,
+    /// The Siamese weights' fingerprint, when the database has one.
+    pub siamese: Option<String>,
+    pub created_unix_ms: i64,
+}
+
+impl Engine {
+    /// Writes a snapshot of the database to `out` (a tar file); returns its
+    /// manifest. Writes wait while the records are copied; reads go on.
+    pub async fn snapshot_to(&self, out: PathBuf) -> Result<Manifest> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            let _writes = shared.writes.write().unwrap_or_else(|e| e.into_inner());
+            shared.store.flush()?;
+            write_snapshot(&*shared.store, &out)
+        })
+        .await
+    }
+}
+
+fn text(bytes: Option<Vec<u8>>) -> Option<String> {
+    bytes.map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+fn write_snapshot(store: &dyn Store, out: &Path) -> Result<Manifest> {
+    let io = |doing| Error::file(doing, out);
+    let file = File::create(out).map_err(io("create the snapshot"))?;
+    let mut tar = tar::Builder::new(BufWriter::new(file));
+    let manifest = Manifest {
+        format: FORMAT,
+        records: store.len() as u64,
+        model: text(store.meta_get(META_MODEL)?).unwrap_or_default(),
+        siamese: text(store.meta_get(META_SIAMESE)?),
+        created_unix_ms: super::insert::now_ms(),
+    };
+    let json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::Internal(format!("snapshot manifest: {e}")))?;
+    append(&mut tar, MANIFEST, &json).map_err(io("write the snapshot"))?;
+    for (key, value) in store.meta_all()? {
+        append(&mut tar, &format!("{META_DIR}{key}"), &value).map_err(io("write the snapshot"))?;
+    }
+    // The records go through a temporary file so the tar header can carry
+    // their length.
+    let mut spool = tempfile::tempfile_in(out.parent().unwrap_or(Path::new(".")))
+        .map_err(io("spool the snapshot's records beside"))?;
+    let mut count = 0u64;
+    {
+        let mut w = BufWriter::new(&mut spool);
+        for record in store.scan_after(0) {
+            let bytes = store::encode_record(&record?);
+            w.write_all(&(bytes.len() as u32).to_le_bytes())
+                .and_then(|()| w.write_all(&bytes))
+                .map_err(io("spool the snapshot's records beside"))?;
+            count += 1;
+        }
+        w.flush()
+            .map_err(io("spool the snapshot's records beside"))?;
+    }
+    if count != manifest.records {
+        return Err(Error::Internal(format!(
+            "the store changed during a snapshot ({} records counted, {count} read)",
+            manifest.records
+        )));
+    }
+    let len = std::io::Seek::stream_position(&mut spool).map_err(io("spool the snapshot"))?;
+    std::io::Seek::rewind(&mut spool).map_err(io("spool the snapshot"))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(len);
+    header.set_mode(0o600);
+    header.set_cksum();
+    tar.append_data(&mut header, RECORDS, BufReader::new(spool))
+        .map_err(io("write the snapshot"))?;
+    let mut file = tar
+        .into_inner()
+        .map_err(io("write the snapshot"))?
+        .into_inner()
+        .map_err(|e| io("write the snapshot")(e.into_error()))?;
+    file.flush()
+        .and_then(|()| file.sync_all())
+        .map_err(io("write the snapshot"))?;
+    Ok(manifest)
+}
+
+fn append<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o600);
+    header.set_cksum();
+    tar.append_data(&mut header, name, data)
+}
+
+/// Makes a new database in `data_dir` from a snapshot file. Refuses a
+/// `data_dir` that exists and is not empty. The daemon builds the graph
+/// at its first start there.
+pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<Manifest> {
+    if let Ok(mut entries) = std::fs::read_dir(data_dir) {
+        if entries.next().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "'{}' is not empty: restore into a new or empty folder",
+                data_dir.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(data_dir).map_err(Error::file("create the data folder", data_dir))?;
+    let bad = |what: String| Error::InvalidArgument(format!("'{}': {what}", snapshot.display()));
+    let file = File::open(snapshot).map_err(Error::file("open the snapshot", snapshot))?;
+    let mut archive = tar::Archive::new(BufReader::new(file));
+    let store = SledStore::open(&data_dir.join("sled"))?;
+    let mut manifest: Option<Manifest> = None;
+    let mut restored = 0u64;
+    let read_err = Error::file("read the snapshot", snapshot);
+    let entries = archive.entries().map_err(read_err)?;
+    for entry in entries {
+        let mut entry = entry.map_err(Error::file("read the snapshot", snapshot))?;
+        let name = entry
+            .path()
+            .map_err(Error::file("read the snapshot", snapshot))?
+            .to_string_lossy()
+            .into_owned();
+        if name == MANIFEST {
+            let m: Manifest = serde_json::from_reader(&mut entry)
+                .map_err(|e| bad(format!("its manifest does not parse: {e}")))?;
+            if m.format != FORMAT {
+                return Err(bad(format!(
+                    "snapshot format {} (this lookalike reads {FORMAT})",
+                    m.format
+                )));
+            }
+            manifest = Some(m);
+        } else if manifest.is_none() {
+            return Err(bad("not a lookalike snapshot (no manifest first)".into()));
+        } else if let Some(key) = name.strip_prefix(META_DIR) {
+            let mut value = Vec::new();
+            entry
+                .read_to_end(&mut value)
+                .map_err(Error::file("read the snapshot", snapshot))?;
+            store.meta_put(key, &value)?;
+        } else if name == RECORDS {
+            restored = restore_records(&mut entry, &store, &bad)?;
+        }
+    }
+    let manifest = manifest.ok_or_else(|| bad("no manifest".into()))?;
+    if restored != manifest.records {
+        return Err(bad(format!(
+            "{restored} records, the manifest says {}",
+            manifest.records
+        )));
+    }
+    store.flush()?;
+    Ok(manifest)
+}
+
+fn restore_records(
+    entry: &mut impl Read,
+    store: &SledStore,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<u64> {
+    let mut reader = BufReader::new(entry);
+    let mut count = 0u64;
+    loop {
+        let mut len = [0u8; 4];
+        match reader.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(count),
+            Err(e) => return Err(bad(format!("cannot read its records: {e}"))),
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_RECORD {
+            return Err(bad(format!("record {count} claims {len} bytes")));
+        }
+        let mut bytes = vec![0u8; len];
+        reader
+            .read_exact(&mut bytes)
+            .map_err(|e| bad(format!("record {count} is cut short: {e}")))?;
+        let record = store::decode_record(&bytes)?;
+        store.insert(&record, false)?;
+        count += 1;
+    }
+}

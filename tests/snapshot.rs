@@ -1,7 +1,9 @@
 //! Snapshot and restore through the real daemon and the real CLI: a
 //! snapshot taken under concurrent inserts holds every insert acknowledged
-//! before it began and nothing that was never sent; a restored daemon gives
-//! the same answers to the same queries; restore refuses a non-empty folder.
+//! before it began and nothing that was never sent; a restored daemon (with
+//! the graph, PCA + HNSW serving) gives the same answers to the same
+//! queries, and its new inserts get seqs of their own (none lands on a
+//! deleted one the graph still knows); restore refuses a non-empty folder.
 
 mod common;
 
@@ -16,7 +18,7 @@ use std::{
 };
 
 use common::{data, photos, read, Client, Daemon};
-use lookalike::api::proto::{GetRequest, InsertRequest, QueryRequest, StatsRequest};
+use lookalike::api::proto::{DeleteRequest, GetRequest, InsertRequest, QueryRequest, StatsRequest};
 
 fn cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lookalike"))
@@ -80,7 +82,9 @@ async fn answers(c: &mut Client) -> Vec<Vec<(String, f32)>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_under_inserts_then_restore_gives_the_same_answers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let original = Daemon::start(&dir.path().join("a"), &[]).await;
+    // A graph from 20 images on: the snapshot carries it.
+    let graph = ["--pca-min-images", "20"];
+    let original = Daemon::start(&dir.path().join("a"), &graph).await;
     let mut c = original.client().await;
     let set = photos();
     let insert = |id: String, i: usize| InsertRequest {
@@ -94,6 +98,20 @@ async fn snapshot_under_inserts_then_restore_gives_the_same_answers() {
         let id = format!("early-{i:03}");
         c.insert(insert(id.clone(), i)).await.expect("insert");
         before.push(id);
+    }
+    let started = std::time::Instant::now();
+    while !c
+        .stats(StatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner()
+        .pca_fitted
+    {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "PCA + HNSW never took over"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
     // Inserts keep coming while the snapshot is taken.
@@ -184,11 +202,21 @@ async fn snapshot_under_inserts_then_restore_gives_the_same_answers() {
     );
     restored.stop();
 
-    // A quiet snapshot restores to the same answers.
+    // A quiet snapshot restores to the same answers, graph and all. Two
+    // deleted images leave tombstones in the graph.
+    for id in &before[..2] {
+        c.delete(DeleteRequest { id: id.clone() })
+            .await
+            .expect("delete");
+    }
     let quiet = dir.path().join("quiet.tar");
     snapshot(&original, &quiet);
     let same_dir = dir.path().join("c");
     assert!(restore(&quiet, &same_dir).status.success());
+    assert!(
+        same_dir.join("index").join("stamp.json").exists(),
+        "the snapshot's graph was not restored"
+    );
     let copy = Daemon::start(&same_dir, &[]).await;
     let mut cc = copy.client().await;
     let (want, got) = (answers(&mut c).await, answers(&mut cc).await);
@@ -211,6 +239,42 @@ async fn snapshot_under_inserts_then_restore_gives_the_same_answers() {
         }
     };
     assert_eq!(n(&mut c).await, n(&mut cc).await);
+    let stats = cc.stats(StatsRequest {}).await.expect("stats").into_inner();
+    assert!(stats.pca_fitted && stats.index_size > 0, "{stats:?}");
+
+    // New inserts after a restore are found (their seqs collide with no
+    // point the restored graph holds, deleted or not).
+    for i in 0..3 {
+        let id = format!("after-restore-{i}");
+        cc.insert(insert(id.clone(), 11 + i))
+            .await
+            .expect("insert after restore");
+        let top = cc
+            .query(QueryRequest {
+                image: common::by_id(&id),
+                k: 1,
+                min_similarity: None,
+                omit_metadata: true,
+            })
+            .await
+            .expect("query by the new id");
+        assert!(!top.into_inner().matches.is_empty());
+        let found = cc
+            .query(QueryRequest {
+                image: data(read(&set[(11 + i) % set.len()].1)),
+                k: 50,
+                min_similarity: None,
+                omit_metadata: true,
+            })
+            .await
+            .expect("query")
+            .into_inner()
+            .matches;
+        assert!(
+            found.iter().any(|m| m.id == id),
+            "{id} not found after restore: {found:?}"
+        );
+    }
 
     // Restore refuses a folder that holds something.
     let refused = restore(&quiet, &same_dir);

@@ -157,8 +157,8 @@ pub enum Command {
         #[command(flatten)]
         connection: ClientArgs,
     },
-    /// Save a consistent copy of the database (records and metadata) to a
-    /// tar file while the daemon keeps serving; writes wait while it is
+    /// Save a consistent copy of the database (records, metadata, graph) to
+    /// a tar file while the daemon keeps serving; writes wait while it is
     /// taken.
     Snapshot {
         /// The file to write (replaced if it exists).
@@ -167,8 +167,8 @@ pub enum Command {
         #[command(flatten)]
         connection: ClientArgs,
     },
-    /// Make a new data folder from a snapshot (no daemon needed); start
-    /// `lookalike serve --data-dir DIR` on it, which builds the index.
+    /// Make a new data folder from a snapshot (no daemon needed); then
+    /// start `lookalike serve --data-dir DIR` on it.
     Restore {
         /// The snapshot tar file.
         file: PathBuf,

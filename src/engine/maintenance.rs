@@ -25,7 +25,7 @@ use crate::index::{GraphParams, Index};
 use crate::pca::Projection;
 
 /// Folder under the data dir holding the graph saved at shutdown.
-const INDEX_DIR: &str = "index";
+pub(super) const INDEX_DIR: &str = "index";
 /// Where the graph is written before it replaces `INDEX_DIR`.
 const INDEX_TMP_DIR: &str = "index.tmp";
 /// The file in `INDEX_DIR` recording which store state the graph matches.
@@ -137,16 +137,30 @@ impl Shared {
     /// plus a stamp of the store's state it matches. `index` is the slot's
     /// write guard: no write can land between the dump and the stamp.
     pub(super) fn save_index(&self, index: &Index) -> Result<()> {
-        let Some(projection) = index.projection() else {
+        if index.projection().is_none() {
             return Ok(());
-        };
+        }
         let (dir, tmp) = (
             self.config.data_dir.join(INDEX_DIR),
             self.config.data_dir.join(INDEX_TMP_DIR),
         );
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(Error::file("create the index folder", &tmp))?;
-        index.dump(&tmp)?;
+        self.save_index_into(index, &tmp)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir)
+            .map_err(Error::file("move the saved index into place", &dir))?;
+        Ok(())
+    }
+
+    /// Writes the graph and its stamp into the existing folder `dir`;
+    /// false for an exact index (nothing to save). No write may land
+    /// meanwhile (the caller holds the slot's or the writes' lock).
+    pub(super) fn save_index_into(&self, index: &Index, dir: &std::path::Path) -> Result<bool> {
+        let Some(projection) = index.projection() else {
+            return Ok(false);
+        };
+        index.dump(dir)?;
         let stamp = Stamp {
             last_seq: self.store.last_seq()?,
             count: self.store.len(),
@@ -155,13 +169,10 @@ impl Shared {
             tombstones: index.tombstone_list(),
         };
         let json = serde_json::to_vec(&stamp).map_err(|e| Error::Internal(e.to_string()))?;
-        let stamp_path = tmp.join(STAMP);
+        let stamp_path = dir.join(STAMP);
         std::fs::write(&stamp_path, json)
             .map_err(Error::file("write the index stamp", &stamp_path))?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir)
-            .map_err(Error::file("move the saved index into place", &dir))?;
-        Ok(())
+        Ok(true)
     }
 
     /// The graph saved at the last clean shutdown, if it matches the store

@@ -1,18 +1,19 @@
 //! Snapshot and restore: a consistent copy of a live database, as a tar
 //! file, and a fresh data folder made from one.
 //!
-//! A snapshot holds the store's records and its metadata (the model and
-//! Siamese identity, the fitted PCA), and a manifest; not the graph, which
-//! the restored daemon builds at its first start (as after a crash). It is
-//! taken under the `writes` lock (see `Shared::writes`): writes wait while
-//! the records are copied to a file beside the database, reads go on; the
-//! file is then streamed to the client without any lock. So the snapshot
-//! holds exactly the writes acknowledged before it began (and those that
-//! were waiting for it, none half-done).
+//! A snapshot holds the store's records with their seqs, its metadata (the
+//! model and Siamese identity, the fitted PCA), the graph (once PCA + HNSW
+//! serve) and a manifest. It is taken under the `writes` lock (see
+//! `Shared::writes`): writes wait while the records and the graph are
+//! copied to files beside the database, reads go on; the file is then
+//! streamed to the client without any lock. So the snapshot holds exactly
+//! the writes acknowledged before it began (and those that were waiting for
+//! it, none half-done), and a graph that matches them: the restored daemon
+//! loads it instead of rebuilding.
 //!
-//! The tar holds `MANIFEST.json`, `meta/KEY` per metadata entry, and
-//! `records`: each record as a 4-byte little-endian length and the store's
-//! own record encoding.
+//! The tar holds `MANIFEST.json`, `meta/KEY` per metadata entry, `records`
+//! (each record as its 8-byte seq, a 4-byte length, both little-endian, and
+//! the store's own record encoding) and `index/FILE` for the saved graph.
 
 use std::{
     fs::File,
@@ -31,6 +32,7 @@ const FORMAT: u32 = 1;
 const MANIFEST: &str = "MANIFEST.json";
 const RECORDS: &str = "records";
 const META_DIR: &str = "meta/";
+const INDEX_DIR: &str = "index/";
 /// Largest record a restore accepts (a real one is a few KB).
 const MAX_RECORD: usize = 64 << 20;
 
@@ -42,6 +44,12 @@ pub struct Manifest {
     pub model: String,
     /// The Siamese weights' fingerprint, when the database has one.
     pub siamese: Option<String>,
+    /// Above every seq the database had handed out: the restored one starts
+    /// its new seqs here (the graph may know deleted seqs above the last
+    /// record's).
+    pub seq_floor: u64,
+    /// Whether the graph is included.
+    pub graph: bool,
     pub created_unix_ms: i64,
 }
 
@@ -53,7 +61,10 @@ impl Engine {
         blocking(move || {
             let _writes = shared.writes.write().unwrap_or_else(|e| e.into_inner());
             shared.store.flush()?;
-            write_snapshot(&*shared.store, &out)
+            let graph_dir = tempfile::tempdir_in(&shared.config.data_dir)
+                .map_err(Error::file("make a folder in", &shared.config.data_dir))?;
+            let graph = shared.save_index_into(&shared.current_index(), graph_dir.path())?;
+            write_snapshot(&*shared.store, &out, graph.then_some(graph_dir.path()))
         })
         .await
     }
@@ -63,7 +74,7 @@ fn text(bytes: Option<Vec<u8>>) -> Option<String> {
     bytes.map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
-fn write_snapshot(store: &dyn Store, out: &Path) -> Result<Manifest> {
+fn write_snapshot(store: &dyn Store, out: &Path, graph: Option<&Path>) -> Result<Manifest> {
     let io = |doing| Error::file(doing, out);
     let file = File::create(out).map_err(io("create the snapshot"))?;
     let mut tar = tar::Builder::new(BufWriter::new(file));
@@ -72,6 +83,8 @@ fn write_snapshot(store: &dyn Store, out: &Path) -> Result<Manifest> {
         records: store.len() as u64,
         model: text(store.meta_get(META_MODEL)?).unwrap_or_default(),
         siamese: text(store.meta_get(META_SIAMESE)?),
+        seq_floor: store.next_seq()?,
+        graph: graph.is_some(),
         created_unix_ms: super::insert::now_ms(),
     };
     let json = serde_json::to_vec_pretty(&manifest)
@@ -88,8 +101,10 @@ fn write_snapshot(store: &dyn Store, out: &Path) -> Result<Manifest> {
     {
         let mut w = BufWriter::new(&mut spool);
         for record in store.scan_after(0) {
-            let bytes = store::encode_record(&record?);
-            w.write_all(&(bytes.len() as u32).to_le_bytes())
+            let record = record?;
+            let bytes = store::encode_record(&record);
+            w.write_all(&record.seq.to_le_bytes())
+                .and_then(|()| w.write_all(&(bytes.len() as u32).to_le_bytes()))
                 .and_then(|()| w.write_all(&bytes))
                 .map_err(io("spool the snapshot's records beside"))?;
             count += 1;
@@ -111,6 +126,17 @@ fn write_snapshot(store: &dyn Store, out: &Path) -> Result<Manifest> {
     header.set_cksum();
     tar.append_data(&mut header, RECORDS, BufReader::new(spool))
         .map_err(io("write the snapshot"))?;
+    if let Some(dir) = graph {
+        let files = std::fs::read_dir(dir).map_err(Error::file("list the saved graph", dir))?;
+        for file in files {
+            let path = file
+                .map_err(Error::file("list the saved graph", dir))?
+                .path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            tar.append_path_with_name(&path, format!("{INDEX_DIR}{name}"))
+                .map_err(io("write the snapshot"))?;
+        }
+    }
     let mut file = tar
         .into_inner()
         .map_err(io("write the snapshot"))?
@@ -148,7 +174,7 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<Manifest> {
     let mut archive = tar::Archive::new(BufReader::new(file));
     let store = SledStore::open(&data_dir.join("sled"))?;
     let mut manifest: Option<Manifest> = None;
-    let mut restored = 0u64;
+    let (mut restored, mut max_seq) = (0u64, 0u64);
     let read_err = Error::file("read the snapshot", snapshot);
     let entries = archive.entries().map_err(read_err)?;
     for entry in entries {
@@ -170,6 +196,18 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<Manifest> {
             manifest = Some(m);
         } else if manifest.is_none() {
             return Err(bad("not a lookalike snapshot (no manifest first)".into()));
+        } else if let Some(file) = name.strip_prefix(INDEX_DIR) {
+            if file.is_empty() || file.contains('/') || file.starts_with('.') {
+                return Err(bad(format!("unexpected entry '{name}'")));
+            }
+            let target = data_dir.join(super::maintenance::INDEX_DIR);
+            std::fs::create_dir_all(&target)
+                .map_err(Error::file("create the index folder", &target))?;
+            let path = target.join(file);
+            let mut out =
+                File::create(&path).map_err(Error::file("restore the graph to", &path))?;
+            std::io::copy(&mut entry, &mut out)
+                .map_err(Error::file("restore the graph to", &path))?;
         } else if let Some(key) = name.strip_prefix(META_DIR) {
             let mut value = Vec::new();
             entry
@@ -177,7 +215,7 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<Manifest> {
                 .map_err(Error::file("read the snapshot", snapshot))?;
             store.meta_put(key, &value)?;
         } else if name == RECORDS {
-            restored = restore_records(&mut entry, &store, &bad)?;
+            (restored, max_seq) = restore_records(&mut entry, &store, &bad)?;
         }
     }
     let manifest = manifest.ok_or_else(|| bad("no manifest".into()))?;
@@ -187,24 +225,30 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<Manifest> {
             manifest.records
         )));
     }
+    store.start_seqs_after(manifest.seq_floor.max(max_seq))?;
     store.flush()?;
     Ok(manifest)
 }
 
+/// The records' count and highest seq.
 fn restore_records(
     entry: &mut impl Read,
     store: &SledStore,
     bad: &dyn Fn(String) -> Error,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let mut reader = BufReader::new(entry);
-    let mut count = 0u64;
+    let (mut count, mut max_seq) = (0u64, 0u64);
     loop {
-        let mut len = [0u8; 4];
-        match reader.read_exact(&mut len) {
+        let mut seq = [0u8; 8];
+        match reader.read_exact(&mut seq) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(count),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok((count, max_seq)),
             Err(e) => return Err(bad(format!("cannot read its records: {e}"))),
         }
+        let mut len = [0u8; 4];
+        reader
+            .read_exact(&mut len)
+            .map_err(|e| bad(format!("record {count} is cut short: {e}")))?;
         let len = u32::from_le_bytes(len) as usize;
         if len > MAX_RECORD {
             return Err(bad(format!("record {count} claims {len} bytes")));
@@ -213,8 +257,10 @@ fn restore_records(
         reader
             .read_exact(&mut bytes)
             .map_err(|e| bad(format!("record {count} is cut short: {e}")))?;
-        let record = store::decode_record(&bytes)?;
-        store.insert(&record, false)?;
+        let mut record = store::decode_record(&bytes)?;
+        record.seq = u64::from_le_bytes(seq);
+        max_seq = max_seq.max(record.seq);
+        store.restore_record(&record)?;
         count += 1;
     }
 }

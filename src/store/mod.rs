@@ -81,6 +81,9 @@ pub trait Store: Send + Sync + 'static {
     /// Bytes the store takes on disk.
     fn size_on_disk(&self) -> Result<u64>;
 
+    /// A seq above every seq this store has handed out (it uses one up).
+    fn next_seq(&self) -> Result<u64>;
+
     /// Every metadata entry (model, Siamese identity, PCA), for snapshots.
     fn meta_all(&self) -> Result<Vec<(String, Vec<u8>)>>;
 }

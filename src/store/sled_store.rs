@@ -7,7 +7,7 @@
 
 use std::{
     path::Path,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -26,7 +26,14 @@ pub struct SledStore {
     meta: sled::Tree,
     /// sled's own `len` walks the whole tree; this is kept in step instead.
     count: AtomicUsize,
+    /// Added to sled's id counter to make a seq: a database restored from
+    /// a snapshot keeps the snapshot's seqs (its saved graph refers to
+    /// them) and starts new ones above them (meta key [`SEQ_BASE`]).
+    seq_base: AtomicU64,
 }
+
+/// Meta key of [`SledStore::seq_base`], little-endian.
+const SEQ_BASE: &str = "seq_base";
 
 impl SledStore {
     /// Opens (or creates) the database in `dir`.
@@ -38,13 +45,48 @@ impl SledStore {
         };
         let (records, ids, meta) = (tree("records")?, tree("ids")?, tree("meta")?);
         let count = AtomicUsize::new(ids.len());
+        let seq_base = match meta
+            .get(SEQ_BASE)
+            .map_err(Error::store("reading metadata"))?
+        {
+            Some(bytes) => u64::from_le_bytes(
+                bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| Error::Storage("the seq base is corrupt".into()))?,
+            ),
+            None => 0,
+        };
         Ok(SledStore {
             db,
             records,
             ids,
             meta,
             count,
+            seq_base: AtomicU64::new(seq_base),
         })
+    }
+
+    /// Stores a record under its own seq (restoring a snapshot into an
+    /// empty store); [`SledStore::start_seqs_after`] must follow.
+    pub fn restore_record(&self, record: &Record) -> Result<()> {
+        let value = codec::encode(record);
+        self.ids
+            .insert(record.id.as_bytes(), &seq_key(record.seq))
+            .and_then(|_| self.records.insert(seq_key(record.seq), value))
+            .map_err(Error::store("restoring a record"))?;
+        self.count.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// New seqs start above `seq` (the highest restored one).
+    pub fn start_seqs_after(&self, seq: u64) -> Result<()> {
+        let base = seq.max(self.seq_base.load(Ordering::SeqCst));
+        self.meta
+            .insert(SEQ_BASE, &base.to_le_bytes())
+            .map_err(Error::store("writing metadata"))?;
+        self.seq_base.store(base, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -105,13 +147,18 @@ fn tx_error(doing: &'static str) -> impl FnOnce(TransactionError<Error>) -> Erro
 }
 
 impl Store for SledStore {
-    fn insert(&self, record: &Record, upsert: bool) -> Result<Inserted> {
+    fn next_seq(&self) -> Result<u64> {
         // generate_id is unique and increasing across restarts.
-        let seq = self
+        Ok(self
             .db
             .generate_id()
             .map_err(Error::store("allocating a seq"))?
-            + 1;
+            + 1
+            + self.seq_base.load(Ordering::SeqCst))
+    }
+
+    fn insert(&self, record: &Record, upsert: bool) -> Result<Inserted> {
+        let seq = self.next_seq()?;
         let value = codec::encode(record);
         let replaced = (&self.records, &self.ids)
             .transaction(|(records, ids)| {
@@ -220,6 +267,8 @@ impl Store for SledStore {
     fn meta_all(&self) -> Result<Vec<(String, Vec<u8>)>> {
         self.meta
             .iter()
+            // The seq base belongs to this database, not to its copies.
+            .filter(|item| !matches!(item, Ok((k, _)) if k.as_ref() == SEQ_BASE.as_bytes()))
             .map(|item| {
                 let (k, v) = item.map_err(Error::store("reading metadata"))?;
                 Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))

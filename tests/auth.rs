@@ -10,7 +10,7 @@ use std::{collections::HashMap, path::Path, process::Command};
 use common::{photos, read, Daemon};
 use lookalike::api::proto::{
     image_ref::Source, lookalike_client::LookalikeClient, CompareRequest, DeleteRequest,
-    GetRequest, ImageRef, InsertRequest, QueryRequest, StatsRequest,
+    GetRequest, ImageRef, InsertRequest, QueryRequest, SnapshotRequest, StatsRequest,
 };
 use tonic::{
     metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel, Code,
@@ -117,6 +117,12 @@ async fn call_each(c: &mut Keyed, n: usize) -> Vec<(&'static str, Code)> {
         "Delete",
         code(c.delete(DeleteRequest { id }).await.map(|_| ())),
     ));
+    let snapshot = async {
+        let mut chunks = c.snapshot(SnapshotRequest {}).await?.into_inner();
+        while chunks.message().await?.is_some() {}
+        Ok(())
+    };
+    out.push(("Snapshot", code(snapshot.await)));
     out
 }
 
@@ -127,7 +133,7 @@ fn expect_codes(got: &[(&str, Code)], want: impl Fn(&str) -> Code, who: &str) {
 }
 
 fn is_write(rpc: &str) -> bool {
-    matches!(rpc, "Insert" | "InsertStream" | "Delete")
+    matches!(rpc, "Insert" | "InsertStream" | "Delete" | "Snapshot")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,3 +279,45 @@ async fn reflection_and_the_cli_follow_the_key() {
     assert!(String::from_utf8_lossy(&with.stdout).contains("images"));
     daemon.stop();
 }
+
+/// Starts `lookalike serve` on `listen` with `extra` flags, stops it once it
+/// has printed its address, and returns its log.
+fn start_log(listen: &str, extra: &[&str]) -> String {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(["serve", "--listen", listen, "--data-dir"])
+        .arg(dir.path())
+        .args(extra)
+        .env_remove("LOOKALIKE_API_KEY")
+        .env("LOOKALIKE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start lookalike");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("listening line");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("log");
+    assert!(child.wait().expect("exit").success(), "{log}");
+    log
+}
+
+#[test]
+fn listening_beyond_loopback_without_a_key_warns() {
+    let warning = "without an API key";
+    let open = start_log("0.0.0.0:0", &[]);
+    assert!(open.contains(warning), "no warning:\n{open}");
+    assert!(!start_log("0.0.0.0:0", &["--api-key", FULL]).contains(warning));
+    assert!(!start_log("127.0.0.1:0", &[]).contains(warning));
+}

@@ -29,6 +29,17 @@ fn item(i: usize, images: &[Vec<u8>]) -> InsertRequest {
     }
 }
 
+/// An InsertStream fed from the returned sender.
+async fn open_stream(c: &mut Client) -> (mpsc::Sender<InsertRequest>, Streaming<InsertResponse>) {
+    let (tx, rx) = mpsc::channel(8);
+    let responses = c
+        .insert_stream(ReceiverStream::new(rx))
+        .await
+        .expect("open stream")
+        .into_inner();
+    (tx, responses)
+}
+
 fn committed_photos() -> Vec<Vec<u8>> {
     photos().iter().map(|(_, path)| read(path)).collect()
 }
@@ -97,7 +108,7 @@ async fn sigterm_during_a_busy_stream_keeps_every_acknowledged_insert() {
     let mut daemon = Daemon::start(dir.path(), &["--shutdown-timeout", "30"]).await;
     let mut c = daemon.client().await;
     let images = committed_photos();
-    let (tx, rx) = mpsc::channel(8);
+    let (tx, mut responses) = open_stream(&mut c).await;
     // The client keeps sending for as long as the server reads.
     let feeder = tokio::spawn(async move {
         for i in 0..5000 {
@@ -106,11 +117,6 @@ async fn sigterm_during_a_busy_stream_keeps_every_acknowledged_insert() {
             }
         }
     });
-    let mut responses = c
-        .insert_stream(ReceiverStream::new(rx))
-        .await
-        .expect("open stream")
-        .into_inner();
     let mut acked = Vec::new();
     while acked.len() < 20 {
         acked.push(next_ack(&mut responses).await);
@@ -140,12 +146,7 @@ async fn an_idle_stream_does_not_hold_off_sigterm() {
     let mut daemon = Daemon::start(dir.path(), &["--shutdown-timeout", "120"]).await;
     let mut c = daemon.client().await;
     let images = committed_photos();
-    let (tx, rx) = mpsc::channel(8);
-    let mut responses = c
-        .insert_stream(ReceiverStream::new(rx))
-        .await
-        .expect("open stream")
-        .into_inner();
+    let (tx, mut responses) = open_stream(&mut c).await;
     let mut acked = Vec::new();
     for i in 0..3 {
         tx.send(item(i, &images)).await.expect("send");

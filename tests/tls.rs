@@ -55,6 +55,22 @@ fn path(dir: &Path, name: &str) -> String {
     dir.join(name).to_string_lossy().into_owned()
 }
 
+/// Calls Stats at `url` (over TLS with `tls`); any failure, connecting or
+/// calling, is an error.
+async fn stats_over(
+    url: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut endpoint = Channel::from_shared(url.to_string())?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    LookalikeClient::new(endpoint.connect().await?)
+        .stats(StatsRequest {})
+        .await?;
+    Ok(())
+}
+
 async fn start(dir: &Path, extra: &[&str], tls: ClientTlsConfig) -> ChildDaemon {
     let binary = Path::new(env!("CARGO_BIN_EXE_lookalike"));
     ChildDaemon::start_with_tls(
@@ -98,16 +114,8 @@ async fn tls_with_a_key_for_tonic_grpcurl_and_the_cli() {
 
     // Plaintext to a TLS port fails, and so does TLS without trusting the CA.
     let plain = format!("http://{}", daemon.addr());
-    let plaintext = async {
-        let channel = Channel::from_shared(plain.clone())?.connect().await?;
-        LookalikeClient::new(channel)
-            .stats(StatsRequest {})
-            .await
-            .map_err(|s| s.to_string())?;
-        Ok::<_, Box<dyn std::error::Error>>(())
-    };
     assert!(
-        plaintext.await.is_err(),
+        stats_over(&plain, None).await.is_err(),
         "plaintext got through to a TLS port"
     );
     let untrusted = Channel::from_shared(daemon.url())
@@ -184,19 +192,9 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
         .await
         .expect("a client with a certificate");
 
-    let without = async {
-        let channel = Channel::from_shared(daemon.url())?
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&pki.ca)))?
-            .connect()
-            .await?;
-        LookalikeClient::new(channel)
-            .stats(StatsRequest {})
-            .await
-            .map_err(|s| s.to_string())?;
-        Ok::<_, Box<dyn std::error::Error>>(())
-    };
+    let trust_only = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&pki.ca));
     assert!(
-        without.await.is_err(),
+        stats_over(&daemon.url(), Some(trust_only)).await.is_err(),
         "a client without a certificate got through"
     );
     assert!(daemon.stop().expect("stop"), "clean exit");

@@ -994,16 +994,16 @@ pub(super) mod tests {
         assert_eq!(paths[0], DepthwisePath::Portable);
     }
 
-    #[test]
-    #[should_panic(expected = "depthwise weights")]
-    fn depthwise_refuses_short_weights() {
+    /// A 4 x 4 x 16 depthwise layer, window 3, with `weights` and `bias`
+    /// floats of parameters (the layer needs 144 and 16).
+    fn depthwise_with(weights: usize, bias: usize) {
         let s = Shape {
             n: 1,
             h: 4,
             w: 4,
             c: 16,
         };
-        let (x, wt, b) = (ramp(s.len(), 1.0), ramp(3 * 3 * 16 - 1, 1.0), ramp(16, 1.0));
+        let (x, wt, b) = (ramp(s.len(), 1.0), ramp(weights, 1.0), ramp(bias, 1.0));
         let params = Depthwise {
             weight: &wt,
             bias: &b,
@@ -1014,22 +1014,15 @@ pub(super) mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "depthwise weights")]
+    fn depthwise_refuses_short_weights() {
+        depthwise_with(3 * 3 * 16 - 1, 16);
+    }
+
+    #[test]
     #[should_panic(expected = "depthwise bias")]
     fn depthwise_refuses_a_short_bias() {
-        let s = Shape {
-            n: 1,
-            h: 4,
-            w: 4,
-            c: 16,
-        };
-        let (x, wt, b) = (ramp(s.len(), 1.0), ramp(3 * 3 * 16, 1.0), ramp(8, 1.0));
-        let params = Depthwise {
-            weight: &wt,
-            bias: &b,
-            kernel: 3,
-            stride: 1,
-        };
-        depthwise(&x, s, &params, &mut vec![0f32; s.len()], false);
+        depthwise_with(3 * 3 * 16, 8);
     }
 
     #[test]

@@ -59,45 +59,62 @@ fn main() -> Result<()> {
 }
 
 async fn serve(config: Config) -> Result<()> {
+    // Registered before the address is announced: a signal sent as soon as
+    // a supervisor sees the daemon up must stop it cleanly, not kill it.
+    let signals = Signals::register()?;
     let announce = |addr| {
         println!("{}{addr}", lookalike::server::LISTENING);
     };
-    lookalike::server::run(config, announce, shutdown_signal()).await?;
+    lookalike::server::run(config, announce, signals.first()).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Resolves on the first Ctrl-C or SIGTERM (a graceful stop); a second one
-/// exits the process at once. That is safe: a write is acknowledged only
-/// once it is on disk, and a graph not saved is rebuilt at the next start.
-async fn shutdown_signal() {
-    signal().await;
-    tracing::info!("signal received; a second one exits at once");
-    tokio::spawn(async {
-        signal().await;
-        tracing::warn!("second signal: exiting now, without saving the graph");
-        std::process::exit(130);
-    });
+/// SIGTERM and SIGINT, caught from the moment this is made.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
 }
 
-/// The next Ctrl-C or SIGTERM.
-async fn signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+impl Signals {
+    fn register() -> Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// Resolves on the first signal (a graceful stop); a second one exits
+    /// the process at once. That is safe: a write is acknowledged only once
+    /// it is on disk, and a graph not saved is rebuilt at the next start.
+    async fn first(mut self) {
+        self.next().await;
+        tracing::info!("signal received; a second one exits at once");
+        tokio::spawn(async move {
+            self.next().await;
+            tracing::warn!("second signal: exiting now, without saving the graph");
+            std::process::exit(130);
+        });
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -280,37 +280,11 @@ async fn reflection_and_the_cli_follow_the_key() {
     daemon.stop();
 }
 
-/// Starts `lookalike serve` on `listen` with `extra` flags, stops it once it
-/// has printed its address, and returns its log.
+/// The log of a daemon started on `listen` with `extra` flags and stopped
+/// once it has printed its address.
 fn start_log(listen: &str, extra: &[&str]) -> String {
-    use std::io::{BufRead, BufReader, Read};
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
-        .args(["serve", "--listen", listen, "--data-dir"])
-        .arg(dir.path())
-        .args(extra)
-        .env_remove("LOOKALIKE_API_KEY")
-        .env("LOOKALIKE_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start lookalike");
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("listening line");
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut log)
-        .expect("log");
-    assert!(child.wait().expect("exit").success(), "{log}");
-    log
+    common::LoggedServe::start(listen, dir.path(), extra, "warn").stop()
 }
 
 #[test]

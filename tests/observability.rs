@@ -7,13 +7,12 @@ mod common;
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{TcpListener, TcpStream},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{by_id, data, photos, read, Daemon};
+use common::{by_id, data, photos, read, Daemon, LoggedServe};
 use lookalike::api::proto::{
     lookalike_client::LookalikeClient, GetRequest, InsertRequest, QueryRequest, StatsRequest,
 };
@@ -133,33 +132,14 @@ async fn metrics_count_calls_and_show_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_a_request_line_per_call_and_text_logs_no_colour() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let start = |format: &str, data: &str| {
-        Command::new(env!("CARGO_BIN_EXE_lookalike"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join(data))
-            .args(["--log-format", format])
-            .env(
-                "LOOKALIKE_LOG",
-                "debug,h2=info,hyper=info,tower=info,sled=info",
-            )
-            .env_remove("LOOKALIKE_LOG_FORMAT")
-            .env_remove("LOOKALIKE_API_KEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lookalike")
-    };
-    let mut json = start("json", "a");
-    let mut line = String::new();
-    BufReader::new(json.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let url = format!(
-        "http://{}",
-        line.trim()
-            .strip_prefix(lookalike::server::LISTENING)
-            .expect("listening")
+    let level = "debug,h2=info,hyper=info,tower=info,sled=info";
+    let json = LoggedServe::start(
+        "127.0.0.1:0",
+        &dir.path().join("a"),
+        &["--log-format", "json"],
+        level,
     );
+    let url = format!("http://{}", json.addr);
     let mut client = loop {
         if let Ok(channel) = tonic::transport::Channel::from_shared(url.clone())
             .expect("url")
@@ -181,16 +161,7 @@ async fn json_logs_carry_a_request_line_per_call_and_text_logs_no_colour() {
             include_features: false,
         })
         .await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &json.id().to_string()])
-        .status();
-    let mut logs = String::new();
-    json.stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut logs)
-        .expect("logs");
-    assert!(json.wait().expect("exit").success());
+    let logs = json.stop();
     let lines: Vec<serde_json::Value> = logs
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -204,21 +175,13 @@ async fn json_logs_carry_a_request_line_per_call_and_text_logs_no_colour() {
     assert!(call["fields"]["elapsed_ms"].as_f64().is_some(), "{call}");
     assert!(lines.iter().any(|l| l["fields"]["method"] == "Stats"));
 
-    let mut text = start("text", "b");
-    let mut first = String::new();
-    BufReader::new(text.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("listening line");
-    let _ = Command::new("kill")
-        .args(["-TERM", &text.id().to_string()])
-        .status();
-    let mut logs = String::new();
-    text.stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut logs)
-        .expect("logs");
-    let _ = text.wait();
+    let logs = LoggedServe::start(
+        "127.0.0.1:0",
+        &dir.path().join("b"),
+        &["--log-format", "text"],
+        level,
+    )
+    .stop();
     assert!(logs.contains("serving"), "{logs}");
     assert!(
         !logs.contains('\u{1b}'),

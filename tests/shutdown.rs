@@ -216,3 +216,14 @@ async fn health_turns_not_serving_at_once_and_a_second_signal_exits_at_once() {
     drop(watch);
     holds_exactly(dir.path(), &acked).await;
 }
+
+/// A supervisor may signal the daemon as soon as it prints its address: the
+/// signal handlers are in place by then, so the stop is clean (exit 0),
+/// never the default action's kill (the old binary died in 13 of 30 tries).
+#[test]
+fn a_sigterm_right_after_start_stops_cleanly() {
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        common::LoggedServe::start("127.0.0.1:0", dir.path(), &[], "warn").stop();
+    }
+}

@@ -151,3 +151,57 @@ pub fn by_id(id: &str) -> Option<ImageRef> {
         source: Some(Source::Id(id.into())),
     })
 }
+
+/// A `lookalike serve` whose log (stderr) the test reads, unlike [`Daemon`].
+pub struct LoggedServe {
+    child: std::process::Child,
+    /// `host:port` it printed.
+    pub addr: String,
+}
+
+impl LoggedServe {
+    /// Starts `lookalike serve --listen LISTEN --data-dir DIR EXTRA...` at log
+    /// level `log`, with no key or log format from this process's
+    /// environment, and waits for the address it prints.
+    pub fn start(listen: &str, data_dir: &Path, extra: &[&str], log: &str) -> LoggedServe {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lookalike"))
+            .args(["serve", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("LOOKALIKE_LOG", log)
+            .env_remove("LOOKALIKE_LOG_FORMAT")
+            .env_remove("LOOKALIKE_API_KEY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start lookalike");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("listening line");
+        let addr = line
+            .trim()
+            .strip_prefix(lookalike::server::LISTENING)
+            .expect("listening line")
+            .to_string();
+        LoggedServe { child, addr }
+    }
+
+    /// SIGTERM; its whole log, once it exited 0.
+    pub fn stop(mut self) -> String {
+        use std::io::Read;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let mut log = String::new();
+        self.child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut log)
+            .expect("log");
+        assert!(self.child.wait().expect("exit").success(), "{log}");
+        log
+    }
+}

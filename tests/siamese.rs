@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use common::{by_id, data, photos, read, Daemon};
 use lookalike::api::proto::{
-    CompareRequest, CompareResponse, ImageRef, InsertRequest, QueryRequest, StatsRequest,
+    CompareRequest, CompareResponse, ImageRef, InsertRequest, StatsRequest,
 };
 use lookalike::lab::augment;
 use tonic::Code;
@@ -149,17 +149,7 @@ async fn compare_tells_duplicates_from_similar_photos() {
     assert_eq!(dup_ids, [names[0]], "{inserted:?}");
     let distance = inserted.duplicates[0].distance.expect("a Siamese distance");
     assert!(distance <= threshold, "{inserted:?}");
-    let hits = c
-        .query(QueryRequest {
-            image: by_id(names[4]),
-            k: 3,
-            min_similarity: None,
-            omit_metadata: true,
-        })
-        .await
-        .expect("query")
-        .into_inner()
-        .matches;
+    let hits = common::matches(&mut c, by_id(names[4]), 3).await;
     assert!(!hits.is_empty());
     for m in &hits {
         let distance = m.distance.expect("a Siamese distance");

@@ -49,6 +49,7 @@ async fn ids_of(c: &mut Client, ids: &[String]) -> Vec<String> {
         if c.get(GetRequest {
             id: id.clone(),
             include_features: false,
+            ..Default::default()
         })
         .await
         .is_ok()
@@ -259,17 +260,7 @@ async fn snapshot_under_inserts_then_restore_gives_the_same_answers() {
             .await
             .expect("query by the new id");
         assert!(!top.into_inner().matches.is_empty());
-        let found = cc
-            .query(QueryRequest {
-                image: data(read(&set[(11 + i) % set.len()].1)),
-                k: 50,
-                min_similarity: None,
-                omit_metadata: true,
-            })
-            .await
-            .expect("query")
-            .into_inner()
-            .matches;
+        let found = common::matches(&mut cc, data(read(&set[(11 + i) % set.len()].1)), 50).await;
         assert!(
             found.iter().any(|m| m.id == id),
             "{id} not found after restore: {found:?}"

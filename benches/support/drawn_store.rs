@@ -118,8 +118,9 @@ pub fn build_store(dir: &Path, n: usize) {
             siamese: None,
             metadata: BTreeMap::new(),
             inserted_at_ms: 0,
+            facts: None,
         };
-        store.insert(&record, false).expect("insert");
+        store.insert(&record, false, None).expect("insert");
     }
     store.flush().expect("flush");
 }

@@ -9,8 +9,8 @@
 //! |---|---|
 //! | `grpc.health.v1.Health/*` | nothing (probes) |
 //! | reflection | either key |
-//! | `Query`, `Compare`, `Get`, `Stats` | either key |
-//! | `Insert`, `InsertStream`, `Delete`, `Snapshot`, anything else | the full key |
+//! | `Query`, `Compare`, `Get`, `Stats`, `Groups`, `List`, `ListReviews` | either key |
+//! | `Insert`, `InsertStream`, `Delete`, `Review`, `Snapshot`, anything else | the full key |
 //!
 //! A missing or wrong key is UNAUTHENTICATED; the read-only key on a write
 //! is PERMISSION_DENIED. Keys are compared in constant time (SHA-256 of
@@ -88,7 +88,15 @@ enum Access {
 
 /// What a method needs.
 fn required(path: &str) -> Access {
-    const READS: [&str; 4] = ["Query", "Compare", "Get", "Stats"];
+    const READS: [&str; 7] = [
+        "Query",
+        "Compare",
+        "Get",
+        "Stats",
+        "Groups",
+        "List",
+        "ListReviews",
+    ];
     if path.starts_with("/grpc.health.v1.Health/") {
         return Access::None;
     }

@@ -9,8 +9,11 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::proto::{self, image_ref::Source, lookalike_server::Lookalike};
 use super::status::{code, to_status};
-use crate::engine::{Engine, ImageSource, Match, NewImage};
+use crate::engine::{
+    Engine, GroupEvent, GroupOptions, ImageSource, ListOptions, Listed, Match, NewImage, Tier,
+};
 use crate::error::Error;
+use crate::store::Decision;
 use crate::telemetry;
 
 /// Images of one InsertStream embedded concurrently while earlier ones commit.
@@ -89,6 +92,9 @@ fn stopping_status() -> Status {
 type InsertResponseStream =
     Pin<Box<dyn Stream<Item = Result<proto::InsertResponse, Status>> + Send>>;
 type SnapshotChunkStream = Pin<Box<dyn Stream<Item = Result<proto::SnapshotChunk, Status>> + Send>>;
+type GroupsResponseStream =
+    Pin<Box<dyn Stream<Item = Result<proto::GroupsResponse, Status>> + Send>>;
+type GetResponseStream = Pin<Box<dyn Stream<Item = Result<proto::GetResponse, Status>> + Send>>;
 
 /// Bytes per snapshot chunk.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -246,6 +252,8 @@ impl Lookalike for Service {
                 duplicate: c.duplicate,
                 threshold: c.threshold,
                 similarity_threshold: c.similarity_threshold,
+                tier: tier(c.tier) as i32,
+                review: decision(c.review) as i32,
             }))
         }
         .await;
@@ -264,20 +272,20 @@ impl Lookalike for Service {
                 .get(non_empty_id(req.id)?)
                 .await
                 .map_err(to_status)?;
-            Ok(Response::new(proto::GetResponse {
-                id: record.id,
-                metadata: record.metadata.into_iter().collect(),
-                inserted_at_unix_ms: record.inserted_at_ms,
-                features: if req.include_features {
-                    record.features
-                } else {
-                    Vec::new()
-                },
-                siamese: record
-                    .siamese
-                    .filter(|_| req.include_features)
-                    .map(|values| proto::Vector { values }),
-            }))
+            let thumbnail = match req.include_thumbnail {
+                true => self.engine.thumbnail(record.seq).await.map_err(to_status)?,
+                false => None,
+            };
+            let listed = Listed {
+                record,
+                thumbnail,
+                projected: None,
+            };
+            Ok(Response::new(to_get_response(
+                listed,
+                req.include_features,
+                true,
+            )))
         }
         .await;
         call.finish(result)
@@ -295,6 +303,123 @@ impl Lookalike for Service {
         }
         .await;
         call.finish(result)
+    }
+
+    type GroupsStream = GroupsResponseStream;
+
+    async fn groups(
+        &self,
+        request: Request<proto::GroupsRequest>,
+    ) -> Result<Response<Self::GroupsStream>, Status> {
+        let call = Call::start("Groups", String::new());
+        let req = request.into_inner();
+        let options = GroupOptions {
+            neighbours: match req.neighbours {
+                0 => crate::config::defaults::GROUP_NEIGHBOURS,
+                n => n as usize,
+            },
+            max_group_size: match req.max_group_size {
+                0 => crate::config::defaults::MAX_GROUP_SIZE,
+                n => n as usize,
+            },
+            similar_floor: req.similar_floor,
+        };
+        let (events, found) = mpsc::channel::<GroupEvent>(64);
+        let engine = self.engine.clone();
+        let work = async move { engine.groups(options, events).await };
+        let rx = forward(call, found, work, |event| {
+            let item = match event {
+                GroupEvent::Progress { phase, done, total } => {
+                    proto::groups_response::Item::Progress(proto::Progress {
+                        phase: phase.to_string(),
+                        done,
+                        total,
+                    })
+                }
+                GroupEvent::Group(g) => proto::groups_response::Item::Group(to_group(g)),
+            };
+            Ok(proto::GroupsResponse { item: Some(item) })
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn review(
+        &self,
+        request: Request<proto::ReviewRequest>,
+    ) -> Result<Response<proto::ReviewResponse>, Status> {
+        let call = Call::start("Review", request.get_ref().a.clone());
+        let result: Result<Response<proto::ReviewResponse>, Status> = async {
+            let req = request.into_inner();
+            let wanted = match proto::Decision::try_from(req.decision) {
+                Ok(proto::Decision::Duplicate) => Some(Decision::Duplicate),
+                Ok(proto::Decision::NotDuplicate) => Some(Decision::NotDuplicate),
+                Ok(proto::Decision::Clear) => None,
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "decision must be DECISION_DUPLICATE, DECISION_NOT_DUPLICATE or \
+                         DECISION_CLEAR, got {}",
+                        req.decision
+                    )))
+                }
+            };
+            let previous = self
+                .engine
+                .review(req.a, req.b, wanted)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(proto::ReviewResponse {
+                previous: decision(previous) as i32,
+            }))
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn list_reviews(
+        &self,
+        request: Request<proto::ListReviewsRequest>,
+    ) -> Result<Response<proto::ListReviewsResponse>, Status> {
+        let call = Call::start("ListReviews", request.get_ref().id.clone());
+        let result: Result<Response<proto::ListReviewsResponse>, Status> = async {
+            let id = Some(request.into_inner().id).filter(|id| !id.is_empty());
+            let reviews = self.engine.reviews(id).await.map_err(to_status)?;
+            let reviews = reviews
+                .into_iter()
+                .map(|r| proto::ReviewDecision {
+                    a: r.a,
+                    b: r.b,
+                    decision: decision(Some(r.decision)) as i32,
+                    decided_at_unix_ms: r.decided_at_ms,
+                })
+                .collect();
+            Ok(Response::new(proto::ListReviewsResponse { reviews }))
+        }
+        .await;
+        call.finish(result)
+    }
+
+    type ListStream = GetResponseStream;
+
+    async fn list(
+        &self,
+        request: Request<proto::ListRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        let call = Call::start("List", String::new());
+        let req = request.into_inner();
+        let options = ListOptions {
+            sample: req.sample as usize,
+            thumbnails: req.include_thumbnail,
+            projected: req.include_projected,
+        };
+        let (items, listed) = mpsc::channel(64);
+        let engine = self.engine.clone();
+        let work = async move { engine.list(options, items).await };
+        let metadata = req.include_metadata;
+        let rx = forward(call, listed, work, move |item| {
+            item.map(|l| to_get_response(l, false, metadata))
+                .map_err(to_status)
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn stats(
@@ -320,6 +445,47 @@ impl Lookalike for Service {
         .await;
         call.finish(result)
     }
+}
+
+/// Runs `work` (which sends its items to `items`) and streams each item,
+/// converted, to the client; then the call's end: OK, or `work`'s error as
+/// the last message. Dropping `items`' receiver when the client leaves
+/// stops `work` at its next send.
+fn forward<T, R, F>(
+    call: Call,
+    mut items: mpsc::Receiver<T>,
+    work: F,
+    convert: impl Fn(T) -> Result<R, Status> + Send + 'static,
+) -> mpsc::Receiver<Result<R, Status>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: std::future::Future<Output = crate::error::Result<()>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(16);
+    let work = tokio::spawn(work);
+    tokio::spawn(async move {
+        while let Some(item) = items.recv().await {
+            if tx.send(convert(item)).await.is_err() {
+                call.record(Code::Cancelled);
+                return;
+            }
+        }
+        let status = match work.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(to_status(e)),
+            Err(e) => Some(Status::internal(format!(
+                "the {} call failed: {e}",
+                call.method
+            ))),
+        };
+        let code = status.as_ref().map_or(Code::Ok, Status::code);
+        if let Some(status) = status {
+            let _ = tx.send(Err(status)).await;
+        }
+        call.record(code);
+    });
+    rx
 }
 
 /// Embeds up to [`STREAM_PIPELINE`] requests at once, commits them in
@@ -427,5 +593,82 @@ fn to_match(m: Match) -> proto::Match {
         metadata: m.metadata.into_iter().collect(),
         distance: m.distance,
         duplicate: m.duplicate,
+        tier: tier(m.tier) as i32,
+        review: decision(m.review) as i32,
+    }
+}
+
+fn tier(t: Option<Tier>) -> proto::Tier {
+    match t {
+        None => proto::Tier::Unspecified,
+        Some(Tier::Exact) => proto::Tier::Exact,
+        Some(Tier::NearDuplicate) => proto::Tier::NearDuplicate,
+        Some(Tier::Similar) => proto::Tier::Similar,
+    }
+}
+
+fn decision(d: Option<Decision>) -> proto::Decision {
+    match d {
+        None => proto::Decision::Unspecified,
+        Some(Decision::Duplicate) => proto::Decision::Duplicate,
+        Some(Decision::NotDuplicate) => proto::Decision::NotDuplicate,
+    }
+}
+
+fn to_group(g: crate::engine::Group) -> proto::Group {
+    let members = g
+        .members
+        .into_iter()
+        .map(|m| {
+            let f = m.facts.unwrap_or_default();
+            proto::GroupMember {
+                id: m.id,
+                tier: tier(m.tier) as i32,
+                similarity: m.similarity,
+                distance: m.distance,
+                review: decision(m.review) as i32,
+                width: f.width,
+                height: f.height,
+                file_bytes: f.file_bytes,
+                inserted_at_unix_ms: m.inserted_at_ms,
+            }
+        })
+        .collect();
+    proto::Group {
+        members,
+        keep: g.keep as u32,
+        keep_reason: g.keep_reason,
+    }
+}
+
+/// A record as Get and List answer it.
+fn to_get_response(listed: Listed, features: bool, metadata: bool) -> proto::GetResponse {
+    let Listed {
+        record,
+        thumbnail,
+        projected,
+    } = listed;
+    let f = record.facts.unwrap_or_default();
+    proto::GetResponse {
+        id: record.id,
+        metadata: match metadata {
+            true => record.metadata.into_iter().collect(),
+            false => Default::default(),
+        },
+        inserted_at_unix_ms: record.inserted_at_ms,
+        features: if features {
+            record.features
+        } else {
+            Vec::new()
+        },
+        siamese: record
+            .siamese
+            .filter(|_| features)
+            .map(|values| proto::Vector { values }),
+        width: f.width,
+        height: f.height,
+        file_bytes: f.file_bytes,
+        thumbnail: thumbnail.unwrap_or_default(),
+        projected: projected.map(|values| proto::Vector { values }),
     }
 }

@@ -1,10 +1,12 @@
 //! The command-line client: `lookalike insert | query | compare | get |
-//! delete | stats`, each a gRPC call to a running daemon; with the `lab`
-//! feature also `eval`, which measures a private daemon of its own, and
-//! `train-siamese`.
+//! delete | stats | groups | review | reviews | report | snapshot`, each
+//! calls to a running daemon; with the `lab` feature also `eval`, which
+//! measures a private daemon of its own, and `train-siamese`.
 
 #[cfg(feature = "lab")]
 mod eval;
+mod groups;
+mod report;
 #[cfg(feature = "lab")]
 mod siamese;
 
@@ -143,9 +145,24 @@ pub enum Command {
     /// Show a stored image's record.
     Get {
         id: String,
+        /// Write its stored thumbnail (JPEG) to this file.
+        #[arg(long)]
+        thumbnail_out: Option<PathBuf>,
         #[command(flatten)]
         connection: ClientArgs,
     },
+    /// Every set of stored images that are copies of each other, with the
+    /// copy to keep (the most pixels, then the least compressed, then the
+    /// earliest).
+    Groups(groups::GroupsArgs),
+    /// Record that two stored images are (or are not) duplicates; it
+    /// overrides the model everywhere until cleared or either is deleted.
+    Review(groups::ReviewArgs),
+    /// List the review decisions.
+    Reviews(groups::ReviewsArgs),
+    /// Write one static HTML page (opens offline) with the duplicate groups
+    /// as thumbnails and a map of the whole collection.
+    Report(report::ReportArgs),
     /// Remove a stored image.
     Delete {
         id: String,
@@ -221,6 +238,11 @@ pub async fn run(command: Command) -> Result<()> {
 
 fn print_comparison(c: &CompareResponse) {
     let verdict = if c.duplicate { "yes" } else { "no" };
+    let tier = groups::tier_name(c.tier).unwrap_or("unrelated (below the similar floor)");
+    println!("tier        {tier}");
+    if let Some(d) = groups::decision_name(c.review) {
+        println!("review      {d} (a user's decision; it overrides the model)");
+    }
     if let (Some(distance), Some(threshold)) = (c.distance, c.threshold) {
         println!("distance    {distance:.4}  (Siamese, 0 = identical, 2 = opposite)");
         println!("duplicate   {verdict}  (distance <= {threshold:.4})");
@@ -248,6 +270,10 @@ impl Command {
             | Command::Stats { connection }
             | Command::Snapshot { connection, .. }
             | Command::Health { connection } => Some(connection),
+            Command::Groups(a) => Some(&a.connection),
+            Command::Review(a) => Some(&a.connection),
+            Command::Reviews(a) => Some(&a.connection),
+            Command::Report(a) => Some(&a.connection),
             Command::Restore { .. } => None,
             #[cfg(feature = "lab")]
             Command::Eval(_) | Command::TrainSiamese(_) => None,
@@ -339,7 +365,12 @@ async fn run_remote(command: Command) -> Result<()> {
                 println!("no matches");
             }
             for m in resp.matches {
-                println!("{:.4}  {}", m.similarity, m.id);
+                let tier = groups::tier_name(m.tier).unwrap_or("-");
+                let reviewed = match groups::decision_name(m.review) {
+                    Some(d) => format!("  (reviewed: {d})"),
+                    None => String::new(),
+                };
+                println!("{:.4}  {tier:14}  {}{reviewed}", m.similarity, m.id);
             }
             Ok(())
         }
@@ -368,16 +399,41 @@ async fn run_remote(command: Command) -> Result<()> {
             print_comparison(&resp);
             Ok(())
         }
-        Command::Get { id, .. } => {
+        Command::Groups(args) => groups::groups(&mut client, args).await,
+        Command::Review(args) => groups::review(&mut client, args).await,
+        Command::Reviews(args) => groups::reviews(&mut client, args).await,
+        Command::Report(args) => report::report(&mut client, args).await,
+        Command::Get {
+            id, thumbnail_out, ..
+        } => {
             let r = client
                 .get(GetRequest {
                     id,
                     include_features: false,
+                    include_thumbnail: thumbnail_out.is_some(),
                 })
                 .await?
                 .into_inner();
             println!("id           {}", r.id);
             println!("inserted_at  {} (unix ms)", r.inserted_at_unix_ms);
+            if r.width > 0 {
+                println!(
+                    "image        {}x{} px, {} bytes",
+                    r.width, r.height, r.file_bytes
+                );
+            }
+            if let Some(path) = thumbnail_out {
+                if r.thumbnail.is_empty() {
+                    bail!("no thumbnail is stored for {}", r.id);
+                }
+                std::fs::write(&path, &r.thumbnail)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!(
+                    "thumbnail    {} ({} bytes)",
+                    path.display(),
+                    r.thumbnail.len()
+                );
+            }
             let mut meta: Vec<_> = r.metadata.into_iter().collect();
             meta.sort();
             for (k, v) in meta {

@@ -9,6 +9,7 @@
 //! Large JPEGs take a shortcut: [`jpeg_eighth`] reads them at 1/8 scale
 //! from the entropy-coded data when that still leaves enough pixels.
 
+mod facts;
 // Public only to the fuzz targets (cargo-fuzz builds with `--cfg fuzzing`).
 #[cfg(fuzzing)]
 pub mod jpeg_eighth;
@@ -16,6 +17,7 @@ pub mod jpeg_eighth;
 mod jpeg_eighth;
 mod resize;
 
+pub use facts::{thumbnail, ImageFacts};
 pub use resize::{resize_target, to_input};
 
 use std::io::Cursor;
@@ -38,10 +40,50 @@ pub fn network_input(bytes: &[u8], max_pixels: u64, size: u32) -> Result<Vec<f32
     Ok(to_input(&image, size))
 }
 
+/// What a request image gives the engine.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The network's input (see [`to_input`]).
+    pub input: Vec<f32>,
+    pub facts: ImageFacts,
+    /// A JPEG thumbnail, when one was asked for.
+    pub thumbnail: Option<Vec<u8>>,
+}
+
+/// [`network_input`], plus the image's facts and, with `thumbnail_side`, a
+/// thumbnail that size (made from the pixels decoded for the network, so it
+/// costs no second decode).
+pub fn for_network(
+    bytes: &[u8],
+    max_pixels: u64,
+    size: u32,
+    thumbnail_side: Option<u32>,
+) -> Result<Decoded> {
+    let (image, (width, height)) = decode_oriented(bytes, max_pixels, resize_target(size))?;
+    let thumbnail = thumbnail_side
+        .map(|side| thumbnail(&image, side))
+        .transpose()?;
+    Ok(Decoded {
+        input: to_input(&image, size),
+        facts: ImageFacts::of(bytes, width, height, &image),
+        thumbnail,
+    })
+}
+
 /// Like [`decode`], but a JPEG may be decoded at a reduced scale (1/2, 1/4
 /// or 1/8, done in the DCT: much faster than decoding in full and shrinking)
 /// as long as its shorter side stays at least `min_short_side`.
 pub fn decode_at_least(bytes: &[u8], max_pixels: u64, min_short_side: u32) -> Result<RgbImage> {
+    Ok(decode_oriented(bytes, max_pixels, min_short_side)?.0)
+}
+
+/// [`decode_at_least`], plus the image's full size as shown (after its
+/// orientation).
+fn decode_oriented(
+    bytes: &[u8],
+    max_pixels: u64,
+    min_short_side: u32,
+) -> Result<(RgbImage, (u32, u32))> {
     let probe = probe(bytes, max_pixels)?;
     let eighth = (probe.format == image::ImageFormat::Jpeg
         && probe.short_side().div_ceil(8) >= min_short_side)
@@ -53,7 +95,12 @@ pub fn decode_at_least(bytes: &[u8], max_pixels: u64, min_short_side: u32) -> Re
     };
     let mut image = image::DynamicImage::ImageRgb8(image);
     image.apply_orientation(probe.orientation);
-    Ok(image.into_rgb8())
+    use image::metadata::Orientation::*;
+    let shown = match probe.orientation {
+        Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH => (probe.height, probe.width),
+        _ => (probe.width, probe.height),
+    };
+    Ok((image.into_rgb8(), shown))
 }
 
 /// Every format and JPEG layout: JPEGs at 1/2 or 1/4 scale where
@@ -261,6 +308,30 @@ mod tests {
             decode(&bytes, 10_000).expect("fits").dimensions(),
             (100, 100)
         );
+    }
+
+    #[test]
+    fn facts_tell_a_lossless_resave_and_a_thumbnail_is_small() {
+        let bytes = png(300, 200);
+        let decoded = for_network(&bytes, 1 << 20, 224, Some(128)).expect("decode");
+        let f = decoded.facts;
+        assert_eq!(
+            (f.width, f.height, f.file_bytes),
+            (300, 200, bytes.len() as u64)
+        );
+        // The same pixels as BMP: another file, the same image.
+        let img = decode(&bytes, 1 << 20).expect("decode");
+        let mut bmp = Vec::new();
+        img.write_to(&mut Cursor::new(&mut bmp), image::ImageFormat::Bmp)
+            .expect("encode bmp");
+        let g = for_network(&bmp, 1 << 20, 224, None).expect("decode").facts;
+        assert_ne!(f.file_hash, g.file_hash);
+        assert!(f.same_image(&g));
+        let other = for_network(&png(300, 201), 1 << 20, 224, None).expect("decode");
+        assert!(!f.same_image(&other.facts));
+        let thumb = decoded.thumbnail.expect("thumbnail");
+        let t = image::load_from_memory(&thumb).expect("thumbnail decodes");
+        assert_eq!((t.width(), t.height()), (128, 85));
     }
 
     #[test]

@@ -1,18 +1,24 @@
 //! Compare: how alike two images are (cosine of CNN features, Siamese
 //! distance) and the duplicate verdict for the pair.
 
-use super::{Engine, ImageSource};
+use super::verdict::{Measured, Tier};
+use super::{blocking, Engine, ImageSource};
 use crate::config::bounds;
 use crate::error::Result;
+use crate::store::Decision;
 use crate::vector::dot;
 
 /// How alike two images are.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Comparison {
     pub similarity: f32,
     /// Siamese distance, when both images have a Siamese embedding.
     pub distance: Option<f32>,
     pub duplicate: bool,
+    /// How close the pair is; `None` below the similar floor.
+    pub tier: Option<Tier>,
+    /// The user's decision about the pair (both given by id), if any.
+    pub review: Option<Decision>,
     /// The Siamese distance threshold, when a Siamese model is loaded.
     pub threshold: Option<f32>,
     pub similarity_threshold: f32,
@@ -31,17 +37,27 @@ impl Engine {
             bounds::DISTANCE.check("max_distance", d)?;
         }
         let (a, b) = tokio::try_join!(self.resolve(a), self.resolve(b))?;
-        let (a, b) = (&a.embedded, &b.embedded);
-        let similarity = dot(&a.features, &b.features).clamp(-1.0, 1.0);
-        let distance = self
-            .shared
-            .distance(a.siamese.as_deref(), b.siamese.as_deref());
-        Ok(Comparison {
-            similarity,
-            distance,
-            duplicate: self.shared.is_duplicate(similarity, distance, max_distance),
-            threshold: self.shared.distance_threshold(),
-            similarity_threshold: self.shared.config.duplicate_similarity,
+        let shared = self.shared.clone();
+        blocking(move || {
+            let (x, y) = (&a.embedded, &b.embedded);
+            let similarity = dot(&x.features, &y.features).clamp(-1.0, 1.0);
+            let distance = shared.distance(x.siamese.as_deref(), y.siamese.as_deref());
+            let measured = Measured {
+                similarity,
+                distance,
+            };
+            let floor = shared.config.similar_similarity;
+            let verdict = shared.judge(a.side(), b.side(), measured, max_distance, floor)?;
+            Ok(Comparison {
+                similarity,
+                distance,
+                duplicate: verdict.duplicate,
+                tier: verdict.tier,
+                review: verdict.review,
+                threshold: shared.distance_threshold(),
+                similarity_threshold: shared.config.duplicate_similarity,
+            })
         })
+        .await
     }
 }

@@ -10,11 +10,11 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use super::Embedded;
 use super::Match;
-use super::{blocking, Engine, Shared};
+use super::{blocking, Engine, Resolved, Shared};
+use super::{Embedded, EmbeddedImage};
 use crate::error::{Error, Result};
-use crate::store::Record;
+use crate::store::{ImageFacts, Record};
 use sha2::{Digest, Sha256};
 
 /// Longest accepted id, in bytes.
@@ -43,6 +43,8 @@ pub struct NewImage {
 pub struct Prepared {
     pub id: String,
     embedded: Embedded,
+    facts: ImageFacts,
+    thumbnail: Option<Vec<u8>>,
     metadata: BTreeMap<String, String>,
     upsert: bool,
 }
@@ -74,12 +76,18 @@ impl Engine {
         let id = image_id(&image)?;
         check_metadata(&image.metadata)?;
         Self::in_flight().increment(1.0);
-        let embedded = self.embed(image.image).await;
+        let embedded = self.embed_image(image.image, true).await;
         Self::in_flight().decrement(1.0);
-        let embedded = embedded?;
+        let EmbeddedImage {
+            embedded,
+            facts,
+            thumbnail,
+        } = embedded?;
         Ok(Prepared {
             id,
             embedded,
+            facts,
+            thumbnail,
             metadata: image.metadata,
             upsert: image.upsert,
         })
@@ -102,11 +110,13 @@ impl Shared {
             siamese,
             metadata: prepared.metadata,
             inserted_at_ms: now_ms(),
+            facts: Some(prepared.facts),
         };
         let upsert = prepared.upsert;
         let inserted = {
             let index = self.write_slot()?;
-            let inserted = self.store.insert(&record, upsert)?;
+            let thumbnail = prepared.thumbnail.as_deref();
+            let inserted = self.store.insert(&record, upsert, thumbnail)?;
             self.store.flush()?;
             if let Some(old) = inserted.replaced {
                 index.remove(old);
@@ -115,9 +125,12 @@ impl Shared {
             inserted
         };
         self.maintenance.notify_one();
-        let duplicates = self.duplicates_of(&record, inserted.seq)?;
+        let id = record.id.clone();
+        let mut record = record;
+        record.seq = inserted.seq;
+        let duplicates = self.duplicates_of(Resolved::stored(record))?;
         Ok(InsertOutcome {
-            id: record.id,
+            id,
             duplicates,
             replaced: inserted.replaced.is_some(),
         })
@@ -125,17 +138,13 @@ impl Shared {
 
     /// The stored images the duplicate verdict says `record` duplicates:
     /// a shortlist of nearest neighbours by cosine, judged pair by pair.
-    pub(super) fn duplicates_of(&self, record: &Record, seq: u64) -> Result<Vec<Match>> {
-        let query = Embedded {
-            features: record.features.clone(),
-            siamese: record.siamese.clone(),
-        };
+    pub(super) fn duplicates_of(&self, query: Resolved) -> Result<Vec<Match>> {
         let max = self.config.max_duplicates;
         let shortlist = match self.siamese {
             Some(_) => max.saturating_mul(4).max(DUPLICATE_CANDIDATES),
             None => max,
         };
-        let mut found = self.nearest(&query, shortlist, -1.0, Some(seq))?;
+        let mut found = self.nearest(&query, shortlist, -1.0)?;
         found.retain(|m| m.duplicate);
         found.truncate(max);
         Ok(found)
@@ -151,13 +160,19 @@ fn image_id(image: &NewImage) -> Result<String> {
         let digest = Sha256::digest(&image.image);
         return Ok(digest.iter().take(16).map(|b| format!("{b:02x}")).collect());
     }
-    if image.id.len() > MAX_ID_BYTES {
+    check_id(&image.id)?;
+    Ok(image.id.clone())
+}
+
+/// Refuses an id over [`MAX_ID_BYTES`].
+pub(super) fn check_id(id: &str) -> Result<()> {
+    if id.len() > MAX_ID_BYTES {
         return Err(Error::InvalidArgument(format!(
             "id is {} bytes, the limit is {MAX_ID_BYTES}",
-            image.id.len()
+            id.len()
         )));
     }
-    Ok(image.id.clone())
+    Ok(())
 }
 
 fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {

@@ -14,19 +14,24 @@ mod batcher;
 mod compare;
 mod delete;
 mod get;
+mod groups;
 mod insert;
 mod maintenance;
 mod query;
+mod review;
 mod snapshot;
 mod stats;
 mod verdict;
 
 pub use batcher::{Batcher, Embedded};
 pub use compare::Comparison;
+pub use get::{ListOptions, Listed};
+pub use groups::{Group, GroupEvent, GroupMember, GroupOptions};
 pub use insert::{InsertOutcome, NewImage, Prepared};
 pub use query::Match;
 pub use snapshot::{restore, Manifest};
 pub use stats::Stats;
+pub use verdict::{Tier, Verdict};
 
 use std::{
     sync::{
@@ -45,7 +50,7 @@ use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::pca::Projection;
 use crate::siamese::Siamese;
-use crate::store::{SledStore, Store};
+use crate::store::{ImageFacts, SledStore, Store};
 
 /// Meta key naming the model a database was built with.
 pub const META_MODEL: &str = "model";
@@ -68,6 +73,26 @@ struct Resolved {
     embedded: Embedded,
     /// The seq to leave out of its own results, for a stored image.
     exclude: Option<u64>,
+    /// The stored image's id (review decisions are about ids).
+    id: Option<String>,
+    /// What the decoder saw (absent for records stored before it was kept).
+    facts: Option<ImageFacts>,
+}
+
+impl Resolved {
+    fn side(&self) -> verdict::Side<'_> {
+        verdict::Side {
+            id: self.id.as_deref(),
+            facts: self.facts.as_ref(),
+        }
+    }
+}
+
+/// An image decoded and embedded.
+pub struct EmbeddedImage {
+    pub embedded: Embedded,
+    pub facts: ImageFacts,
+    pub thumbnail: Option<Vec<u8>>,
 }
 
 /// Owns an engine's lifetime, as mini-redis's `DbDropGuard` owns its `Db`:
@@ -203,16 +228,28 @@ impl Engine {
     /// Decodes and embeds an encoded image: decoding on the blocking pool,
     /// the forward pass batched with concurrent requests.
     pub async fn embed(&self, bytes: Vec<u8>) -> Result<Embedded> {
+        Ok(self.embed_image(bytes, false).await?.embedded)
+    }
+
+    /// [`Engine::embed`], plus what the decoder saw and, with `thumbnail`
+    /// (and thumbnails on), a thumbnail.
+    pub async fn embed_image(&self, bytes: Vec<u8>, thumbnail: bool) -> Result<EmbeddedImage> {
         let shared = self.shared.clone();
-        let input = blocking(move || {
+        let decoded = blocking(move || {
             let started = std::time::Instant::now();
             let size = shared.embedder.kind().input_size();
-            let input = decode::network_input(&bytes, shared.config.max_image_pixels, size);
+            let config = &shared.config;
+            let side = (thumbnail && !config.no_thumbnails).then_some(config.thumbnail_side);
+            let decoded = decode::for_network(&bytes, config.max_image_pixels, size, side);
             metrics::histogram!("lookalike_decode_seconds").record(started.elapsed().as_secs_f64());
-            input
+            decoded
         })
         .await?;
-        self.shared.batcher.embed(input).await
+        Ok(EmbeddedImage {
+            embedded: self.shared.batcher.embed(decoded.input).await?,
+            facts: decoded.facts,
+            thumbnail: decoded.thumbnail,
+        })
     }
 
     /// Stops background maintenance (a rebuild in progress is abandoned:
@@ -260,23 +297,36 @@ impl Engine {
     /// results when it is a stored image.
     async fn resolve(&self, image: ImageSource) -> Result<Resolved> {
         match image {
-            ImageSource::Bytes(bytes) => Ok(Resolved {
-                embedded: self.embed(bytes).await?,
-                exclude: None,
-            }),
+            ImageSource::Bytes(bytes) => {
+                let image = self.embed_image(bytes, false).await?;
+                Ok(Resolved {
+                    embedded: image.embedded,
+                    exclude: None,
+                    id: None,
+                    facts: Some(image.facts),
+                })
+            }
             ImageSource::Id(id) => {
                 if id.is_empty() {
                     return Err(Error::InvalidArgument("image id is empty".into()));
                 }
                 let record = self.get(id).await?;
-                Ok(Resolved {
-                    embedded: Embedded {
-                        features: record.features,
-                        siamese: record.siamese,
-                    },
-                    exclude: Some(record.seq),
-                })
+                Ok(Resolved::stored(record))
             }
+        }
+    }
+}
+
+impl Resolved {
+    fn stored(record: crate::store::Record) -> Self {
+        Resolved {
+            embedded: Embedded {
+                features: record.features,
+                siamese: record.siamese,
+            },
+            exclude: Some(record.seq),
+            id: Some(record.id),
+            facts: record.facts,
         }
     }
 }

@@ -5,9 +5,11 @@
 //! the full features, and the best few are read from the store for their
 //! exact cosine, id, metadata and duplicate verdict.
 
-use super::{blocking, Embedded, Engine, ImageSource, Shared};
+use super::verdict::{Measured, Side, Tier};
+use super::{blocking, Engine, ImageSource, Resolved, Shared};
 use crate::error::{Error, Result};
 use crate::index::Hit;
+use crate::store::Decision;
 use crate::vector::dot;
 use std::collections::BTreeMap;
 
@@ -20,6 +22,10 @@ pub struct Match {
     pub distance: Option<f32>,
     /// The duplicate verdict for this pair.
     pub duplicate: bool,
+    /// How close the pair is; `None` below the similar floor.
+    pub tier: Option<Tier>,
+    /// The user's decision about the pair, when there is one.
+    pub review: Option<Decision>,
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -51,7 +57,7 @@ impl Engine {
         };
         let query = self.resolve(image).await?;
         let shared = self.shared.clone();
-        blocking(move || shared.nearest(&query.embedded, k, min_similarity, query.exclude)).await
+        blocking(move || shared.nearest(&query, k, min_similarity)).await
     }
 }
 
@@ -62,11 +68,11 @@ impl Shared {
     /// that were deleted).
     pub(super) fn nearest(
         &self,
-        query: &Embedded,
+        subject: &Resolved,
         k: usize,
         min_similarity: f32,
-        exclude: Option<u64>,
     ) -> Result<Vec<Match>> {
+        let (query, exclude) = (&subject.embedded, subject.exclude);
         let index = self.current_index();
         let candidates = match index.projection() {
             Some(_) => k.saturating_mul(self.config.rerank_factor).max(k + 8),
@@ -82,11 +88,23 @@ impl Shared {
             let similarity = dot(&query.features, &record.features).clamp(-1.0, 1.0);
             if similarity >= min_similarity {
                 let distance = self.distance(query.siamese.as_deref(), record.siamese.as_deref());
+                let stored = Side {
+                    id: Some(&record.id),
+                    facts: record.facts.as_ref(),
+                };
+                let measured = Measured {
+                    similarity,
+                    distance,
+                };
+                let floor = self.config.similar_similarity;
+                let verdict = self.judge(subject.side(), stored, measured, None, floor)?;
                 matches.push(Match {
                     id: record.id,
                     similarity,
                     distance,
-                    duplicate: self.is_duplicate(similarity, distance, None),
+                    duplicate: verdict.duplicate,
+                    tier: verdict.tier,
+                    review: verdict.review,
                     metadata: record.metadata,
                 });
             }

@@ -13,7 +13,9 @@
 //!
 //! The tar holds `MANIFEST.json`, `meta/KEY` per metadata entry, `records`
 //! (each record as its 8-byte seq, a 4-byte length, both little-endian, and
-//! the store's own record encoding) and `index/FILE` for the saved graph.
+//! the store's own record encoding), `thumbnails` (likewise: seq, length,
+//! JPEG), `reviews.json` (the review decisions) and `index/FILE` for the
+//! saved graph.
 
 use std::{
     fs::File,
@@ -25,12 +27,23 @@ use serde::{Deserialize, Serialize};
 
 use super::{blocking, Engine, META_MODEL, META_SIAMESE};
 use crate::error::{Error, Result};
-use crate::store::{self, SledStore, Store};
+use crate::store::{self, Decision, Review, SledStore, Store};
+
+/// A review decision as `reviews.json` holds it.
+#[derive(Serialize, Deserialize)]
+struct SavedReview {
+    a: String,
+    b: String,
+    duplicate: bool,
+    decided_at_ms: i64,
+}
 
 /// Version of the snapshot layout.
 const FORMAT: u32 = 1;
 const MANIFEST: &str = "MANIFEST.json";
 const RECORDS: &str = "records";
+const THUMBNAILS: &str = "thumbnails";
+const REVIEWS: &str = "reviews.json";
 const META_DIR: &str = "meta/";
 const INDEX_DIR: &str = "index/";
 /// Largest record a restore accepts (a real one is a few KB).
@@ -93,39 +106,30 @@ fn write_snapshot(store: &dyn Store, out: &Path, graph: Option<&Path>) -> Result
     for (key, value) in store.meta_all()? {
         append(&mut tar, &format!("{META_DIR}{key}"), &value).map_err(io("write the snapshot"))?;
     }
-    // The records go through a temporary file so the tar header can carry
-    // their length.
-    let mut spool = tempfile::tempfile_in(out.parent().unwrap_or(Path::new(".")))
-        .map_err(io("spool the snapshot's records beside"))?;
-    let mut count = 0u64;
-    {
-        let mut w = BufWriter::new(&mut spool);
-        for record in store.scan_after(0) {
-            let record = record?;
-            let bytes = store::encode_record(&record);
-            w.write_all(&record.seq.to_le_bytes())
-                .and_then(|()| w.write_all(&(bytes.len() as u32).to_le_bytes()))
-                .and_then(|()| w.write_all(&bytes))
-                .map_err(io("spool the snapshot's records beside"))?;
-            count += 1;
-        }
-        w.flush()
-            .map_err(io("spool the snapshot's records beside"))?;
-    }
+    let records = store
+        .scan_after(0)
+        .map(|r| r.map(|r| (r.seq, store::encode_record(&r))));
+    let count = append_spooled(&mut tar, RECORDS, records, out)?;
     if count != manifest.records {
         return Err(Error::Internal(format!(
             "the store changed during a snapshot ({} records counted, {count} read)",
             manifest.records
         )));
     }
-    let len = std::io::Seek::stream_position(&mut spool).map_err(io("spool the snapshot"))?;
-    std::io::Seek::rewind(&mut spool).map_err(io("spool the snapshot"))?;
-    let mut header = tar::Header::new_gnu();
-    header.set_size(len);
-    header.set_mode(0o600);
-    header.set_cksum();
-    tar.append_data(&mut header, RECORDS, BufReader::new(spool))
-        .map_err(io("write the snapshot"))?;
+    append_spooled(&mut tar, THUMBNAILS, store.thumbnails(), out)?;
+    let reviews: Vec<SavedReview> = store
+        .reviews(None)?
+        .into_iter()
+        .map(|r| SavedReview {
+            duplicate: r.decision == Decision::Duplicate,
+            a: r.a,
+            b: r.b,
+            decided_at_ms: r.decided_at_ms,
+        })
+        .collect();
+    let json = serde_json::to_vec(&reviews)
+        .map_err(|e| Error::Internal(format!("snapshot reviews: {e}")))?;
+    append(&mut tar, REVIEWS, &json).map_err(io("write the snapshot"))?;
     if let Some(dir) = graph {
         let files = std::fs::read_dir(dir).map_err(Error::file("list the saved graph", dir))?;
         for file in files {
@@ -146,6 +150,43 @@ fn write_snapshot(store: &dyn Store, out: &Path, graph: Option<&Path>) -> Result
         .and_then(|()| file.sync_all())
         .map_err(io("write the snapshot"))?;
     Ok(manifest)
+}
+
+/// Appends `(seq, bytes)` items as one entry (each as an 8-byte seq and a
+/// 4-byte length, little-endian, then the bytes), through a temporary file
+/// beside `out` so the tar header can carry the entry's length. Returns how
+/// many items it wrote.
+fn append_spooled<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    items: impl Iterator<Item = Result<(u64, Vec<u8>)>>,
+    out: &Path,
+) -> Result<u64> {
+    let io = |doing| Error::file(doing, out);
+    let mut spool = tempfile::tempfile_in(out.parent().unwrap_or(Path::new(".")))
+        .map_err(io("spool the snapshot beside"))?;
+    let mut count = 0u64;
+    {
+        let mut w = BufWriter::new(&mut spool);
+        for item in items {
+            let (seq, bytes) = item?;
+            w.write_all(&seq.to_le_bytes())
+                .and_then(|()| w.write_all(&(bytes.len() as u32).to_le_bytes()))
+                .and_then(|()| w.write_all(&bytes))
+                .map_err(io("spool the snapshot beside"))?;
+            count += 1;
+        }
+        w.flush().map_err(io("spool the snapshot beside"))?;
+    }
+    let len = std::io::Seek::stream_position(&mut spool).map_err(io("spool the snapshot"))?;
+    std::io::Seek::rewind(&mut spool).map_err(io("spool the snapshot"))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(len);
+    header.set_mode(0o600);
+    header.set_cksum();
+    tar.append_data(&mut header, name, BufReader::new(spool))
+        .map_err(io("write the snapshot"))?;
+    Ok(count)
 }
 
 fn append<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> std::io::Result<()> {
@@ -175,6 +216,7 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<Manifest> {
     let store = SledStore::open(&data_dir.join("sled"))?;
     let mut manifest: Option<Manifest> = None;
     let (mut restored, mut max_seq) = (0u64, 0u64);
+    let mut reviews: Vec<SavedReview> = Vec::new();
     let read_err = Error::file("read the snapshot", snapshot);
     let entries = archive.entries().map_err(read_err)?;
     for entry in entries {
@@ -215,7 +257,18 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<Manifest> {
                 .map_err(Error::file("read the snapshot", snapshot))?;
             store.meta_put(key, &value)?;
         } else if name == RECORDS {
-            (restored, max_seq) = restore_records(&mut entry, &store, &bad)?;
+            (restored, max_seq) = restore_items(&mut entry, &bad, |seq, bytes| {
+                let mut record = store::decode_record(bytes)?;
+                record.seq = seq;
+                store.restore_record(&record)
+            })?;
+        } else if name == THUMBNAILS {
+            restore_items(&mut entry, &bad, |seq, bytes| {
+                store.restore_thumbnail(seq, bytes)
+            })?;
+        } else if name == REVIEWS {
+            reviews = serde_json::from_reader(&mut entry)
+                .map_err(|e| bad(format!("its review decisions do not parse: {e}")))?;
         }
     }
     let manifest = manifest.ok_or_else(|| bad("no manifest".into()))?;
@@ -225,16 +278,29 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<Manifest> {
             manifest.records
         )));
     }
+    for r in reviews {
+        let decision = match r.duplicate {
+            true => Decision::Duplicate,
+            false => Decision::NotDuplicate,
+        };
+        store.restore_review(&Review {
+            a: r.a,
+            b: r.b,
+            decision,
+            decided_at_ms: r.decided_at_ms,
+        })?;
+    }
     store.start_seqs_after(manifest.seq_floor.max(max_seq))?;
     store.flush()?;
     Ok(manifest)
 }
 
-/// The records' count and highest seq.
-fn restore_records(
+/// Reads the `(seq, bytes)` items of an entry written by
+/// [`append_spooled`] into `restore`; returns their count and highest seq.
+fn restore_items(
     entry: &mut impl Read,
-    store: &SledStore,
     bad: &dyn Fn(String) -> Error,
+    mut restore: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<(u64, u64)> {
     let mut reader = BufReader::new(entry);
     let (mut count, mut max_seq) = (0u64, 0u64);
@@ -257,10 +323,9 @@ fn restore_records(
         reader
             .read_exact(&mut bytes)
             .map_err(|e| bad(format!("record {count} is cut short: {e}")))?;
-        let mut record = store::decode_record(&bytes)?;
-        record.seq = u64::from_le_bytes(seq);
-        max_seq = max_seq.max(record.seq);
-        store.restore_record(&record)?;
+        let seq = u64::from_le_bytes(seq);
+        max_seq = max_seq.max(seq);
+        restore(seq, &bytes)?;
         count += 1;
     }
 }

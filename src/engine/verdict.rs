@@ -1,9 +1,86 @@
-//! The duplicate verdict: by Siamese distance where the model has a
-//! Siamese head, else by cosine similarity; one rule for Insert's
-//! duplicates, Query's matches and Compare.
+//! The duplicate verdict and the tiers: one rule for Insert's duplicates,
+//! Query's matches, Compare and Groups.
+//!
+//! A pair is, from the strongest claim down:
+//! - **exact**: the same file (SHA-256 of its bytes) or the same pixels at
+//!   the same size (a lossless re-save);
+//! - **near-duplicate**: the model's verdict, by Siamese distance where the
+//!   backbone has a Siamese head, else by cosine similarity;
+//! - **similar**: not a duplicate, but at or above a cosine floor
+//!   (`--similar-similarity`, or the request's).
+//!
+//! A user's review decision about the pair (see [`crate::store::reviews`])
+//! overrides the model either way: DUPLICATE makes a pair a duplicate
+//! (exact if it is the same image, else near-duplicate), NOT_DUPLICATE
+//! makes it not one (similar at most).
 
 use super::Shared;
+use crate::error::Result;
 use crate::siamese;
+use crate::store::{Decision, ImageFacts};
+
+/// How close a pair is (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    Exact,
+    NearDuplicate,
+    Similar,
+}
+
+/// The verdict about one pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub duplicate: bool,
+    /// `None` below the similar floor.
+    pub tier: Option<Tier>,
+    /// The user's decision about the pair, when there is one.
+    pub review: Option<Decision>,
+}
+
+/// One side of a pair: a stored id (for review decisions) and what the
+/// decoder saw (for the exact tier), where known.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Side<'a> {
+    pub id: Option<&'a str>,
+    pub facts: Option<&'a ImageFacts>,
+}
+
+/// What is measured of a pair.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    pub similarity: f32,
+    pub distance: Option<f32>,
+}
+
+/// The rule, apart from the store: the model's verdict `model_duplicate`,
+/// whether the two are the same image, the user's decision and the floor.
+pub fn decide(
+    model_duplicate: bool,
+    same_image: bool,
+    review: Option<Decision>,
+    similarity: f32,
+    similar_floor: f32,
+) -> Verdict {
+    let duplicate = match review {
+        Some(Decision::Duplicate) => true,
+        Some(Decision::NotDuplicate) => false,
+        None => same_image || model_duplicate,
+    };
+    let tier = if duplicate && same_image {
+        Some(Tier::Exact)
+    } else if duplicate {
+        Some(Tier::NearDuplicate)
+    } else if similarity >= similar_floor {
+        Some(Tier::Similar)
+    } else {
+        None
+    };
+    Verdict {
+        duplicate,
+        tier,
+        review,
+    }
+}
 
 impl Shared {
     /// Siamese distance of two embeddings; `None` if either is missing.
@@ -18,8 +95,8 @@ impl Shared {
         Some(self.config.duplicate_distance.unwrap_or(model))
     }
 
-    /// The duplicate verdict: by Siamese distance when there is one, else by
-    /// cosine.
+    /// The model's duplicate verdict: by Siamese distance when there is
+    /// one (at `max`, else the server's threshold), else by cosine.
     pub(super) fn is_duplicate(
         &self,
         similarity: f32,
@@ -30,5 +107,48 @@ impl Shared {
             (Some(d), Some(t)) => d <= t,
             _ => similarity >= self.config.duplicate_similarity,
         }
+    }
+
+    /// The verdict about a pair, review decisions included.
+    pub(super) fn judge(
+        &self,
+        a: Side<'_>,
+        b: Side<'_>,
+        measured: Measured,
+        max_distance: Option<f32>,
+        similar_floor: f32,
+    ) -> Result<Verdict> {
+        let review = match (a.id, b.id) {
+            (Some(a), Some(b)) => self.store.review_get(a, b)?,
+            _ => None,
+        };
+        let same_image = matches!((a.facts, b.facts), (Some(x), Some(y)) if x.same_image(y));
+        let model = self.is_duplicate(measured.similarity, measured.distance, max_distance);
+        Ok(decide(
+            model,
+            same_image,
+            review,
+            measured.similarity,
+            similar_floor,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decision_overrides_the_model_both_ways() {
+        let not = decide(true, true, Some(Decision::NotDuplicate), 1.0, 0.7);
+        assert_eq!((not.duplicate, not.tier), (false, Some(Tier::Similar)));
+        let yes = decide(false, false, Some(Decision::Duplicate), 0.2, 0.7);
+        assert_eq!((yes.duplicate, yes.tier), (true, Some(Tier::NearDuplicate)));
+        assert_eq!(decide(false, true, None, 0.99, 0.7).tier, Some(Tier::Exact));
+        assert_eq!(decide(false, false, None, 0.69, 0.7).tier, None);
+        assert_eq!(
+            decide(false, false, None, 0.7, 0.7).tier,
+            Some(Tier::Similar)
+        );
     }
 }

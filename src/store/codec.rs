@@ -4,16 +4,21 @@
 //! layout beats a text format: version byte, id, insert time, features as
 //! little-endian f32, the Siamese embedding likewise (version 2 on; version
 //! 1 records, written before it existed, read back with none), then
-//! metadata pairs; every length a u32.
+//! metadata pairs, then (version 3 on) the image's facts behind a presence
+//! byte; every length a u32.
 
 use std::collections::BTreeMap;
 
-use super::Record;
+use super::{ImageFacts, Record};
 use crate::error::{Error, Result};
 
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 /// Records without a Siamese embedding.
 const VERSION_1: u8 = 1;
+/// Records without image facts.
+const VERSION_2: u8 = 2;
+/// Bytes of encoded [`ImageFacts`].
+const FACTS_BYTES: usize = 4 + 4 + 8 + 16 + 16;
 
 pub fn encode(record: &Record) -> Vec<u8> {
     let meta_len: usize = record
@@ -24,7 +29,7 @@ pub fn encode(record: &Record) -> Vec<u8> {
     // No Siamese embedding is written as an empty one.
     let siamese = record.siamese.as_deref().unwrap_or(&[]);
     let floats = record.features.len() + siamese.len();
-    let mut out = Vec::with_capacity(21 + record.id.len() + 4 * floats + meta_len);
+    let mut out = Vec::with_capacity(22 + FACTS_BYTES + record.id.len() + 4 * floats + meta_len);
     out.push(VERSION);
     put_bytes(&mut out, record.id.as_bytes());
     out.extend_from_slice(&record.inserted_at_ms.to_le_bytes());
@@ -35,13 +40,24 @@ pub fn encode(record: &Record) -> Vec<u8> {
         put_bytes(&mut out, k.as_bytes());
         put_bytes(&mut out, v.as_bytes());
     }
+    match &record.facts {
+        None => out.push(0),
+        Some(f) => {
+            out.push(1);
+            out.extend_from_slice(&f.width.to_le_bytes());
+            out.extend_from_slice(&f.height.to_le_bytes());
+            out.extend_from_slice(&f.file_bytes.to_le_bytes());
+            out.extend_from_slice(&f.file_hash);
+            out.extend_from_slice(&f.pixel_hash);
+        }
+    }
     out
 }
 
 pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record> {
     let mut r = Reader { bytes, pos: 0, seq };
     let version = r.take(1)?[0];
-    if version != VERSION && version != VERSION_1 {
+    if !matches!(version, VERSION | VERSION_1 | VERSION_2) {
         return Err(r.corrupt(&format!("unknown record version {version}")));
     }
     let id = r.string()?;
@@ -58,6 +74,16 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record> {
         let k = r.string()?;
         metadata.insert(k, r.string()?);
     }
+    let facts = match version {
+        VERSION if r.take(1)?[0] == 1 => Some(ImageFacts {
+            width: u32::from_le_bytes(r.array()?),
+            height: u32::from_le_bytes(r.array()?),
+            file_bytes: u64::from_le_bytes(r.array()?),
+            file_hash: r.array()?,
+            pixel_hash: r.array()?,
+        }),
+        _ => None,
+    };
     Ok(Record {
         id,
         seq,
@@ -65,6 +91,7 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record> {
         siamese,
         metadata,
         inserted_at_ms,
+        facts,
     })
 }
 
@@ -141,10 +168,18 @@ mod tests {
             siamese: Some(vec![0.25, 0.75]),
             metadata: [("camera".to_string(), "x100".to_string())].into(),
             inserted_at_ms: 1_700_000_000_000,
+            facts: Some(ImageFacts {
+                width: 4000,
+                height: 3000,
+                file_bytes: 2_345_678,
+                file_hash: [7; 16],
+                pixel_hash: [9; 16],
+            }),
         };
         assert_eq!(decode(42, &encode(&record)).expect("decode"), record);
         let without = Record {
             siamese: None,
+            facts: None,
             ..record
         };
         assert_eq!(decode(42, &encode(&without)).expect("decode"), without);
@@ -175,6 +210,7 @@ mod tests {
             siamese: Some(vec![0.5; 4]),
             metadata: BTreeMap::new(),
             inserted_at_ms: 0,
+            facts: Some(ImageFacts::default()),
         };
         let bytes = encode(&record);
         for cut in 0..bytes.len() {

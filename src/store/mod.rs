@@ -1,8 +1,11 @@
 //! Persistence of image records.
 //!
 //! A record is what lookalike keeps per image: its id, the full
-//! L2-normalised CNN features, its Siamese embedding, the caller's metadata and the insert time
-//! (never the pixels). Each record also gets a `seq`, a number unique for
+//! L2-normalised CNN features, its Siamese embedding, the caller's metadata,
+//! the insert time and what the decoder saw ([`ImageFacts`]: size, content
+//! hashes). Beside the records the store keeps a small thumbnail per image
+//! (optional) and the review decisions users made about pairs of images
+//! ([`reviews`]). Each record also gets a `seq`, a number unique for
 //! the life of the database, which is what the ANN index stores: ids are
 //! arbitrary strings, HNSW wants integers, and a replaced image gets a new
 //! seq so the stale graph node can be filtered out.
@@ -11,10 +14,13 @@
 //! implementation.
 
 mod codec;
+pub mod reviews;
 mod sled_store;
 
 use std::collections::BTreeMap;
 
+pub use crate::decode::ImageFacts;
+pub use reviews::{Decision, Review};
 pub use sled_store::SledStore;
 
 /// A record in the store's own encoding (for snapshots).
@@ -39,6 +45,8 @@ pub struct Record {
     pub siamese: Option<Vec<f32>>,
     pub metadata: BTreeMap<String, String>,
     pub inserted_at_ms: i64,
+    /// What the decoder saw; `None` for records stored before it was kept.
+    pub facts: Option<ImageFacts>,
 }
 
 /// What an insert did.
@@ -52,15 +60,38 @@ pub struct Inserted {
 
 /// Durable storage of records plus small named blobs (model name, PCA).
 pub trait Store: Send + Sync + 'static {
-    /// Stores `record` under a fresh seq (the `seq` field is ignored). Fails
-    /// with `AlreadyExists` when the id is taken and `upsert` is false.
-    fn insert(&self, record: &Record, upsert: bool) -> Result<Inserted>;
+    /// Stores `record` (and its thumbnail, when given) under a fresh seq
+    /// (the `seq` field is ignored). Fails with `AlreadyExists` when the id
+    /// is taken and `upsert` is false. A replaced record's review decisions
+    /// stay: they are about the id.
+    fn insert(&self, record: &Record, upsert: bool, thumbnail: Option<&[u8]>) -> Result<Inserted>;
+    /// The thumbnail stored with the record of this seq.
+    fn thumbnail(&self, seq: u64) -> Result<Option<Vec<u8>>>;
     /// The record with this id.
     fn get(&self, id: &str) -> Result<Option<Record>>;
     /// The record with this seq (`None` once deleted or replaced).
     fn get_by_seq(&self, seq: u64) -> Result<Option<Record>>;
-    /// Removes the record with this id; returns its seq.
+    /// Removes the record with this id, its thumbnail and every review
+    /// decision that names it, in one transaction; returns its seq.
     fn delete(&self, id: &str) -> Result<Option<u64>>;
+    /// Records (or, with `None`, revokes) a decision about the pair `a`,
+    /// `b` (either order), durable once [`Store::flush`] returns. Both must
+    /// be stored (`NotFound` otherwise). Returns the decision it replaced.
+    fn review_set(
+        &self,
+        a: &str,
+        b: &str,
+        decision: Option<Decision>,
+        at_ms: i64,
+    ) -> Result<Option<Decision>>;
+    /// The decision about the pair `a`, `b`, if any.
+    fn review_get(&self, a: &str, b: &str) -> Result<Option<Decision>>;
+    /// Every decision (each pair once, `a` < `b`), or those naming `id`.
+    fn reviews(&self, id: Option<&str>) -> Result<Vec<Review>>;
+    /// Stores a decision as it is (restoring a snapshot into an empty store).
+    fn restore_review(&self, review: &Review) -> Result<()>;
+    /// Every thumbnail with its record's seq, in seq order (for snapshots).
+    fn thumbnails(&self) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send + '_>;
     /// Number of stored records.
     fn len(&self) -> usize;
     /// Whether no record is stored.

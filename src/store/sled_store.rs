@@ -1,9 +1,15 @@
 //! [`Store`] on sled, the embedded default.
 //!
-//! Three trees: `records` (seq, big-endian so iteration is in seq order, to
-//! the encoded record), `ids` (id to seq) and `meta` (named blobs). An
-//! insert or delete touches `records` and `ids` in one transaction, so the
-//! two never disagree after a crash.
+//! Five trees: `records` (seq, big-endian so iteration is in seq order, to
+//! the encoded record), `ids` (id to seq), `thumbs` (seq to thumbnail),
+//! `reviews` (see [`super::reviews`]) and `meta` (named blobs). An insert or
+//! delete touches every tree it changes in one transaction, so they never
+//! disagree after a crash.
+//!
+//! Lock: `review_lock` is held by a review and by a delete around their
+//! transactions (a delete lists the decisions naming its id first, and no
+//! new one may appear meanwhile); it is taken under the engine's locks and
+//! above sled's, and nothing is called under it but sled.
 
 use std::{
     path::Path,
@@ -16,6 +22,7 @@ use sled::{
     Transactional,
 };
 
+use super::reviews::{self, Decision, Review};
 use super::{codec, Inserted, Record, Store};
 use crate::error::{Error, Result};
 
@@ -23,7 +30,14 @@ pub struct SledStore {
     db: sled::Db,
     records: sled::Tree,
     ids: sled::Tree,
+    thumbs: sled::Tree,
+    reviews: sled::Tree,
     meta: sled::Tree,
+    /// Pairs with a decision (each stored under two keys), so that the
+    /// common case, no decisions at all, costs no lookup.
+    review_pairs: AtomicUsize,
+    /// See the module doc.
+    review_lock: std::sync::Mutex<()>,
     /// sled's own `len` walks the whole tree; this is kept in step instead.
     count: AtomicUsize,
     /// Added to sled's id counter to make a seq: a database restored from
@@ -44,6 +58,8 @@ impl SledStore {
                 .map_err(Error::store("opening its trees"))
         };
         let (records, ids, meta) = (tree("records")?, tree("ids")?, tree("meta")?);
+        let (thumbs, reviews) = (tree("thumbs")?, tree("reviews")?);
+        let review_pairs = AtomicUsize::new(reviews.len() / 2);
         let count = AtomicUsize::new(ids.len());
         let seq_base = match meta
             .get(SEQ_BASE)
@@ -61,7 +77,11 @@ impl SledStore {
             db,
             records,
             ids,
+            thumbs,
+            reviews,
             meta,
+            review_pairs,
+            review_lock: std::sync::Mutex::new(()),
             count,
             seq_base: AtomicU64::new(seq_base),
         })
@@ -77,6 +97,32 @@ impl SledStore {
             .map_err(Error::store("restoring a record"))?;
         self.count.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Stores a thumbnail under its record's seq (restoring a snapshot).
+    pub fn restore_thumbnail(&self, seq: u64, thumbnail: &[u8]) -> Result<()> {
+        self.thumbs
+            .insert(seq_key(seq), thumbnail)
+            .map_err(Error::store("restoring a thumbnail"))?;
+        Ok(())
+    }
+
+    fn review_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.review_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every key (both orders) of the decisions naming `id`.
+    fn review_keys_of(&self, id: &str) -> Result<Vec<Vec<u8>>> {
+        let mut keys = Vec::new();
+        for item in self.reviews.scan_prefix(reviews::prefix(id)) {
+            let (key, _) = item.map_err(Error::store("reading review decisions"))?;
+            let (_, other) = reviews::split(&key)?;
+            keys.push(key.to_vec());
+            if other != id {
+                keys.push(reviews::key(&other, id));
+            }
+        }
+        Ok(keys)
     }
 
     /// New seqs start above `seq` (the highest restored one).
@@ -157,11 +203,11 @@ impl Store for SledStore {
             + self.seq_base.load(Ordering::SeqCst))
     }
 
-    fn insert(&self, record: &Record, upsert: bool) -> Result<Inserted> {
+    fn insert(&self, record: &Record, upsert: bool, thumbnail: Option<&[u8]>) -> Result<Inserted> {
         let seq = self.next_seq()?;
         let value = codec::encode(record);
-        let replaced = (&self.records, &self.ids)
-            .transaction(|(records, ids)| {
+        let replaced = (&self.records, &self.ids, &self.thumbs)
+            .transaction(|(records, ids, thumbs)| {
                 let old = ids.get(record.id.as_bytes())?;
                 if old.is_some() && !upsert {
                     return Err(ConflictableTransactionError::Abort(Error::AlreadyExists(
@@ -172,12 +218,16 @@ impl Store for SledStore {
                     Some(bytes) => {
                         let old = seq_from(&bytes).map_err(ConflictableTransactionError::Abort)?;
                         records.remove(&seq_key(old))?;
+                        thumbs.remove(&seq_key(old))?;
                         Some(old)
                     }
                     None => None,
                 };
                 ids.insert(record.id.as_bytes(), &seq_key(seq))?;
                 records.insert(&seq_key(seq), value.as_slice())?;
+                if let Some(thumbnail) = thumbnail {
+                    thumbs.insert(&seq_key(seq), thumbnail)?;
+                }
                 Ok(old)
             })
             .map_err(tx_error("storing a record"))?;
@@ -209,21 +259,142 @@ impl Store for SledStore {
         }
     }
 
+    fn thumbnail(&self, seq: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .thumbs
+            .get(seq_key(seq))
+            .map_err(Error::store("reading a thumbnail"))?
+            .map(|v| v.to_vec()))
+    }
+
     fn delete(&self, id: &str) -> Result<Option<u64>> {
-        let removed = (&self.records, &self.ids)
-            .transaction(|(records, ids)| match ids.remove(id.as_bytes())? {
-                Some(bytes) => {
-                    let seq = seq_from(&bytes).map_err(ConflictableTransactionError::Abort)?;
-                    records.remove(&seq_key(seq))?;
-                    Ok(Some(seq))
-                }
-                None => Ok(None),
-            })
+        let _reviews = self.review_guard();
+        let review_keys = self.review_keys_of(id)?;
+        let removed = (&self.records, &self.ids, &self.thumbs, &self.reviews)
+            .transaction(
+                |(records, ids, thumbs, reviews)| match ids.remove(id.as_bytes())? {
+                    Some(bytes) => {
+                        let seq = seq_from(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                        records.remove(&seq_key(seq))?;
+                        thumbs.remove(&seq_key(seq))?;
+                        for key in &review_keys {
+                            reviews.remove(key.as_slice())?;
+                        }
+                        Ok(Some(seq))
+                    }
+                    None => Ok(None),
+                },
+            )
             .map_err(tx_error("deleting a record"))?;
         if removed.is_some() {
             self.count.fetch_sub(1, Ordering::SeqCst);
+            let pairs = review_keys.len().div_ceil(2);
+            self.review_pairs.fetch_sub(pairs, Ordering::SeqCst);
         }
         Ok(removed)
+    }
+
+    fn review_set(
+        &self,
+        a: &str,
+        b: &str,
+        decision: Option<Decision>,
+        at_ms: i64,
+    ) -> Result<Option<Decision>> {
+        let _reviews = self.review_guard();
+        let (ab, ba) = (reviews::key(a, b), reviews::key(b, a));
+        let previous = (&self.ids, &self.reviews)
+            .transaction(|(ids, reviews)| {
+                for id in [a, b] {
+                    if ids.get(id.as_bytes())?.is_none() {
+                        return Err(ConflictableTransactionError::Abort(Error::NotFound(
+                            id.to_string(),
+                        )));
+                    }
+                }
+                let previous = match decision {
+                    Some(d) => {
+                        let v = reviews::value(d, at_ms);
+                        reviews.insert(ba.as_slice(), &v)?;
+                        reviews.insert(ab.as_slice(), &v)?
+                    }
+                    None => {
+                        reviews.remove(ba.as_slice())?;
+                        reviews.remove(ab.as_slice())?
+                    }
+                };
+                Ok(previous)
+            })
+            .map_err(tx_error("storing a review decision"))?;
+        let previous = previous
+            .map(|v| reviews::parse_value(&v).map(|(d, _)| d))
+            .transpose()?;
+        match (previous.is_some(), decision.is_some()) {
+            (false, true) => {
+                self.review_pairs.fetch_add(1, Ordering::SeqCst);
+            }
+            (true, false) => {
+                self.review_pairs.fetch_sub(1, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+        Ok(previous)
+    }
+
+    fn review_get(&self, a: &str, b: &str) -> Result<Option<Decision>> {
+        if self.review_pairs.load(Ordering::SeqCst) == 0 {
+            return Ok(None);
+        }
+        self.reviews
+            .get(reviews::key(a, b))
+            .map_err(Error::store("reading a review decision"))?
+            .map(|v| reviews::parse_value(&v).map(|(d, _)| d))
+            .transpose()
+    }
+
+    fn reviews(&self, id: Option<&str>) -> Result<Vec<Review>> {
+        let items = match id {
+            Some(id) => self.reviews.scan_prefix(reviews::prefix(id)),
+            None => self.reviews.iter(),
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let (key, value) = item.map_err(Error::store("reading review decisions"))?;
+            let (first, second) = reviews::split(&key)?;
+            // Each pair is stored under both orders: list it once, a < b.
+            let (a, b) = if first <= second {
+                (first, second)
+            } else if id.is_some() {
+                (second, first)
+            } else {
+                continue;
+            };
+            let (decision, decided_at_ms) = reviews::parse_value(&value)?;
+            out.push(Review {
+                a,
+                b,
+                decision,
+                decided_at_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    fn thumbnails(&self) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send + '_> {
+        Box::new(self.thumbs.iter().map(|item| {
+            let (k, v) = item.map_err(Error::store("scanning the thumbnails"))?;
+            Ok((seq_from(&k)?, v.to_vec()))
+        }))
+    }
+
+    fn restore_review(&self, review: &Review) -> Result<()> {
+        let v = reviews::value(review.decision, review.decided_at_ms);
+        self.reviews
+            .insert(reviews::key(&review.a, &review.b), &v)
+            .and_then(|_| self.reviews.insert(reviews::key(&review.b, &review.a), &v))
+            .map_err(Error::store("restoring a review decision"))?;
+        self.review_pairs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     fn len(&self) -> usize {
@@ -300,6 +471,7 @@ mod tests {
             siamese: Some(vec![x]),
             metadata: [("k".to_string(), id.to_string())].into(),
             inserted_at_ms: 7,
+            facts: None,
         }
     }
 
@@ -330,11 +502,15 @@ mod tests {
         let (a, b);
         {
             let store = SledStore::open(dir.path()).expect("open");
-            a = store.insert(&record("a", 0.1), false).expect("insert a");
-            b = store.insert(&record("b", 0.2), false).expect("insert b");
+            a = store
+                .insert(&record("a", 0.1), false, Some(b"ta"))
+                .expect("insert a");
+            b = store
+                .insert(&record("b", 0.2), false, None)
+                .expect("insert b");
             assert!(b.seq > a.seq);
             assert!(matches!(
-                store.insert(&record("a", 0.3), false),
+                store.insert(&record("a", 0.3), false, None),
                 Err(Error::AlreadyExists(_))
             ));
             assert_eq!(store.len(), 2);
@@ -347,7 +523,9 @@ mod tests {
         assert_eq!(got.seq, b.seq);
         assert_eq!(store.last_seq().expect("last"), b.seq);
 
-        let c = store.insert(&record("a", 0.9), true).expect("upsert");
+        let c = store
+            .insert(&record("a", 0.9), true, Some(b"ta2"))
+            .expect("upsert");
         assert_eq!(c.replaced, Some(a.seq));
         assert!(c.seq > b.seq);
         assert!(store.get_by_seq(a.seq).expect("get").is_none());
@@ -359,5 +537,55 @@ mod tests {
         let ids: Vec<String> = store.scan_after(0).map(|r| r.expect("scan").id).collect();
         assert_eq!(ids, vec!["a".to_string()]);
         assert_eq!(store.len(), 1);
+        assert_eq!(store.thumbnail(a.seq).expect("thumb"), None);
+        assert_eq!(
+            store.thumbnail(c.seq).expect("thumb"),
+            Some(b"ta2".to_vec())
+        );
+    }
+
+    #[test]
+    fn review_decisions_stick_and_go_with_a_deleted_image() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            for id in ["a", "b", "c"] {
+                store.insert(&record(id, 0.5), false, None).expect("insert");
+            }
+            assert_eq!(store.review_get("a", "b").expect("get"), None);
+            assert!(matches!(
+                store.review_set("a", "zz", Some(Decision::Duplicate), 1),
+                Err(Error::NotFound(id)) if id == "zz"
+            ));
+            let prev = store.review_set("b", "a", Some(Decision::NotDuplicate), 1);
+            assert_eq!(prev.expect("set"), None);
+            store
+                .review_set("a", "c", Some(Decision::Duplicate), 2)
+                .expect("set");
+            store.flush().expect("flush");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.review_get("a", "b").expect("get"),
+            Some(Decision::NotDuplicate)
+        );
+        assert_eq!(
+            store.review_get("b", "a").expect("get"),
+            Some(Decision::NotDuplicate)
+        );
+        let all = store.reviews(None).expect("list");
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[0].a.as_str(), all[0].b.as_str()), ("a", "b"));
+        assert_eq!(store.reviews(Some("c")).expect("list c").len(), 1);
+        // An upsert keeps them; a delete drops every one naming the id.
+        store.insert(&record("a", 0.7), true, None).expect("upsert");
+        assert_eq!(store.reviews(None).expect("list").len(), 2);
+        store.delete("a").expect("delete");
+        assert!(store.reviews(None).expect("list").is_empty());
+        assert_eq!(store.review_get("b", "a").expect("get"), None);
+        assert_eq!(
+            store.review_set("b", "c", None, 3).expect("revoke nothing"),
+            None
+        );
     }
 }

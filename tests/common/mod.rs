@@ -146,6 +146,25 @@ pub async fn query_by_id(client: &mut Client, id: &str) {
         .expect("query by id");
 }
 
+/// The matches of a query (metadata left out); panics on error.
+pub async fn matches(
+    client: &mut Client,
+    image: Option<ImageRef>,
+    k: u32,
+) -> Vec<lookalike::api::proto::Match> {
+    client
+        .query(lookalike::api::proto::QueryRequest {
+            image,
+            k,
+            min_similarity: None,
+            omit_metadata: true,
+        })
+        .await
+        .expect("query")
+        .into_inner()
+        .matches
+}
+
 pub fn by_id(id: &str) -> Option<ImageRef> {
     Some(ImageRef {
         source: Some(Source::Id(id.into())),

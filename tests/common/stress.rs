@@ -281,6 +281,7 @@ pub async fn check_after(client: &mut Client, outcome: &Outcome) {
             .get(GetRequest {
                 id: id.clone(),
                 include_features: false,
+                ..Default::default()
             })
             .await
             .expect_err("a deleted id is gone");
@@ -292,6 +293,7 @@ pub async fn check_after(client: &mut Client, outcome: &Outcome) {
             .get(GetRequest {
                 id: id.clone(),
                 include_features: false,
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("get {id}: {e:?}"));
@@ -341,8 +343,9 @@ pub fn store_writes(
                         siamese: Some((0..128).map(|_| rng.random_range(-1.0..1.0)).collect()),
                         metadata: [("i".to_string(), i.to_string())].into(),
                         inserted_at_ms: i as i64,
+                        facts: None,
                     };
-                    store.insert(&record, false).expect("insert");
+                    store.insert(&record, false, None).expect("insert");
                     if n % 64 == 63 {
                         store.flush().expect("flush");
                     }

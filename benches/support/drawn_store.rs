@@ -98,7 +98,17 @@ pub fn record_id(i: usize) -> String {
 /// Writes `n` drawn records into a sled store in `dir/sled`, plus the model
 /// name and a PCA fitted on a sample, as a daemon with `--data-dir dir`
 /// expects them.
+#[allow(dead_code)] // not every bench that includes this module uses it
 pub fn build_store(dir: &Path, n: usize) {
+    build_store_with_copies(dir, n, 0);
+}
+
+/// [`build_store`], where with `copy_every` > 0 every `copy_every`-th
+/// record is a near-copy of the record before it (its features plus a
+/// little noise, renormalised: cosine about 0.99), so that a grouping has
+/// known duplicate pairs to find: record `i` is then a copy of `i - 1`
+/// when `i % copy_every == copy_every - 1`.
+pub fn build_store_with_copies(dir: &Path, n: usize, copy_every: usize) {
     let store = SledStore::open(&dir.join("sled")).expect("open");
     store
         .meta_put(META_MODEL, b"efficientnet-lite0")
@@ -110,11 +120,24 @@ pub fn build_store(dir: &Path, n: usize) {
     store
         .meta_put(META_PCA, &projection.to_bytes())
         .expect("meta");
+    let mut previous: Vec<f32> = Vec::new();
     for i in 0..n {
+        let features = if copy_every > 0 && i % copy_every == copy_every - 1 && i > 0 {
+            let mut v: Vec<f32> = previous
+                .iter()
+                .map(|x| (x + gaussian(&mut rng) * 0.003).max(0.0))
+                .collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            v.iter_mut().for_each(|x| *x /= norm);
+            v
+        } else {
+            latent.draw(&mut rng)
+        };
+        previous.clone_from(&features);
         let record = Record {
             id: record_id(i),
             seq: 0,
-            features: latent.draw(&mut rng),
+            features,
             siamese: None,
             metadata: BTreeMap::new(),
             inserted_at_ms: 0,

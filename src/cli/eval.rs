@@ -5,7 +5,9 @@
 //! loopback port over a temporary database), inserts the photos, queries it
 //! and reports. `near-dup` queries with the seeded transformed copies of
 //! `lookalike::lab::eval::plan`; `classes` queries each photo by id and scores
-//! neighbours of the same class (one sub-folder per class).
+//! neighbours of the same class (one sub-folder per class); `groups`
+//! stores the photos with all their copies and scores the daemon's
+//! whole-database groups against the known copy sets.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -24,6 +26,7 @@ use lookalike::lab::eval::{
     metrics::{Report, Tally},
     plan,
 };
+use serde_json::Value;
 use tonic::transport::Channel;
 
 /// Queries in flight at once.
@@ -60,6 +63,27 @@ pub enum EvalCommand {
         #[command(flatten)]
         common: EvalArgs,
     },
+    /// Quality of Groups: stores the photos and all their transformed copies
+    /// (the near-dup families) plus distractors, groups the database, and
+    /// scores the groups against the known copy sets.
+    Groups {
+        /// Photos to make copies of; all are stored.
+        #[arg(long, required = true, num_args = 1..)]
+        images: Vec<PathBuf>,
+        /// More photos stored as they are (each its own original).
+        #[arg(long, num_args = 1..)]
+        distractors: Vec<PathBuf>,
+        /// A TSV of `path`, `split`, `group` (scripts/fetch-datasets.sh's
+        /// splits.tsv; paths relative to the file's folder): files of one
+        /// group are the same photo (the same picture in two sets).
+        #[arg(long)]
+        same_photo: Option<PathBuf>,
+        /// Seed of the transforms' random choices.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        common: EvalArgs,
+    },
     /// Quality of the Siamese duplicate verdict against CNN cosine and dHash,
     /// on the validation photos (in-process, no daemon).
     Siamese(super::siamese::EvalSiameseArgs),
@@ -93,6 +117,20 @@ pub async fn run(command: EvalCommand) -> Result<()> {
         ),
         EvalCommand::Classes { images, k, common } => {
             (classes(&images, k, &common).await?, common.json)
+        }
+        EvalCommand::Groups {
+            images,
+            distractors,
+            same_photo,
+            seed,
+            common,
+        } => {
+            let sets = Photos {
+                images: &images,
+                distractors: &distractors,
+                same_photo: same_photo.as_deref(),
+            };
+            (groups(sets, seed, &common).await?, common.json)
         }
         EvalCommand::Siamese(args) => {
             return tokio::task::spawn_blocking(move || super::siamese::eval(args)).await?;
@@ -181,6 +219,215 @@ async fn near_dup(
         rows: tally.rows(&plan::FAMILIES),
         notes,
     })
+}
+
+/// What `eval groups` stores, and which files are one photo.
+struct Photos<'a> {
+    images: &'a [PathBuf],
+    distractors: &'a [PathBuf],
+    same_photo: Option<&'a Path>,
+}
+
+/// The photo each file shows, by a `path, split, group` TSV: files of one
+/// group map to the same name (the group's), keyed by canonical path.
+fn same_photo_names(tsv: &Path) -> Result<HashMap<PathBuf, String>> {
+    let text =
+        std::fs::read_to_string(tsv).with_context(|| format!("cannot read {}", tsv.display()))?;
+    let base = tsv.parent().unwrap_or(Path::new("."));
+    let mut out = HashMap::new();
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        if let [path, _, group, ..] = cols[..] {
+            if let Ok(p) = base.join(path).canonicalize() {
+                out.insert(p, format!("photo:{group}"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn groups(sets: Photos<'_>, seed: u64, args: &EvalArgs) -> Result<Report> {
+    let originals = super::collect_images(sets.images)?;
+    let extra = super::collect_images(sets.distractors)?;
+    if originals.is_empty() {
+        bail!("no images found in {:?}", sets.images);
+    }
+    let names = match sets.same_photo {
+        Some(tsv) => same_photo_names(tsv)?,
+        None => HashMap::new(),
+    };
+    // What photo a stored id shows, and the family of a copy.
+    let photo_of = |p: &Path| {
+        p.canonicalize()
+            .ok()
+            .and_then(|c| names.get(&c).cloned())
+            .unwrap_or_else(|| p.display().to_string())
+    };
+    let mut truth: HashMap<String, String> = HashMap::new();
+    let mut family: HashMap<String, &'static str> = HashMap::new();
+    let daemon = PrivateDaemon::start(args).await?;
+    let mut client = daemon.client().await?;
+    let mut stored = Vec::new();
+    for p in originals.iter().chain(&extra) {
+        let id = p.display().to_string();
+        truth.insert(id.clone(), photo_of(p));
+        stored.push((id, p.clone()));
+    }
+    insert_all(&mut client, &stored).await?;
+    let mut copies = 0;
+    for (i, path) in originals.iter().enumerate() {
+        let img = image::load_from_memory(&std::fs::read(path)?)
+            .with_context(|| format!("cannot decode {}", path.display()))?
+            .into_rgb8();
+        let variants = plan::variants(&img, seed.wrapping_mul(1_000_003).wrapping_add(i as u64))?;
+        let requests: Vec<InsertRequest> = variants
+            .into_iter()
+            .enumerate()
+            .map(|(k, v)| {
+                let id = format!("{}#{}#{k}", path.display(), v.label);
+                truth.insert(id.clone(), photo_of(path));
+                family.insert(id.clone(), v.family);
+                InsertRequest {
+                    id,
+                    image: v.bytes,
+                    metadata: HashMap::new(),
+                    upsert: true,
+                }
+            })
+            .collect();
+        copies += requests.len();
+        let mut answers = client
+            .insert_stream(stream::iter(requests))
+            .await?
+            .into_inner();
+        while let Some(a) = answers.message().await? {
+            if let Some(e) = a.error {
+                bail!("cannot store the copy {}: {}", a.id, e.message);
+            }
+        }
+    }
+    eprintln!(
+        "stored {} photos ({} distractors) and {copies} copies; grouping...",
+        originals.len() + extra.len(),
+        extra.len()
+    );
+    let started = Instant::now();
+    let mut stream = client
+        .groups(lookalike::api::proto::GroupsRequest::default())
+        .await?
+        .into_inner();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
+    let mut found: Vec<Vec<String>> = Vec::new();
+    while let Some(resp) = stream.message().await? {
+        if let Some(lookalike::api::proto::groups_response::Item::Group(g)) = resp.item {
+            for m in &g.members {
+                group_of.insert(m.id.clone(), found.len());
+            }
+            found.push(g.members.into_iter().map(|m| m.id).collect());
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(score_groups(&found, &group_of, &truth, &family, secs, args))
+}
+
+/// Pair precision and recall of `found` against `truth` (id to photo), per
+/// copy family: how many copies share a group with their original's photo.
+fn score_groups(
+    found: &[Vec<String>],
+    group_of: &HashMap<String, usize>,
+    truth: &HashMap<String, String>,
+    family: &HashMap<String, &'static str>,
+    secs: f64,
+    args: &EvalArgs,
+) -> Report {
+    let mut grouped_pairs = 0u64;
+    let mut right_pairs = 0u64;
+    let mut mixed = 0;
+    let mut examples: Vec<Value> = Vec::new();
+    for members in found {
+        let photos: Vec<&String> = members.iter().filter_map(|m| truth.get(m)).collect();
+        let mut distinct = photos.clone();
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() > 1 {
+            mixed += 1;
+            if examples.len() < 5 {
+                examples.push(members.iter().map(|m| Value::from(m.as_str())).collect());
+            }
+        }
+        for (i, a) in photos.iter().enumerate() {
+            for b in &photos[i + 1..] {
+                grouped_pairs += 1;
+                right_pairs += u64::from(a == b);
+            }
+        }
+    }
+    let mut per_photo: HashMap<&String, u64> = HashMap::new();
+    for photo in truth.values() {
+        *per_photo.entry(photo).or_default() += 1;
+    }
+    let true_pairs: u64 = per_photo.values().map(|n| n * (n - 1) / 2).sum();
+    // Per family: a copy counts when some other image of its photo shares
+    // its group.
+    let mut rows: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
+    for (id, fam) in family {
+        let photo = &truth[id];
+        let g = group_of.get(id);
+        let with_own = g.is_some_and(|g| {
+            found[*g]
+                .iter()
+                .any(|m| m != id && truth.get(m) == Some(photo))
+        });
+        let row = rows.entry(fam).or_default();
+        row.0 += 1;
+        row.1 += usize::from(with_own);
+        row.2 += usize::from(g.is_none());
+    }
+    let row =
+        |name: &str, (n, own, none): (usize, usize, usize)| lookalike::lab::eval::metrics::Row {
+            group: name.to_string(),
+            queries: n,
+            at_1: own as f64 / n.max(1) as f64,
+            at_k: none as f64 / n.max(1) as f64,
+            map: (n - own - none) as f64 / n.max(1) as f64,
+        };
+    let all = rows
+        .values()
+        .fold((0, 0, 0), |a, r| (a.0 + r.0, a.1 + r.1, a.2 + r.2));
+    let mut out = vec![row("all", all)];
+    for fam in plan::FAMILIES {
+        if let Some(r) = rows.get(fam) {
+            out.push(row(fam, *r));
+        }
+    }
+    let ratio = |a: u64, b: u64| ((a as f64 / b.max(1) as f64) * 10_000.0).round() / 10_000.0;
+    let mut notes = BTreeMap::new();
+    notes.insert("stored".into(), truth.len().into());
+    notes.insert("groups".into(), found.len().into());
+    notes.insert(
+        "pair_precision".into(),
+        ratio(right_pairs, grouped_pairs).into(),
+    );
+    notes.insert("pair_recall".into(), ratio(right_pairs, true_pairs).into());
+    notes.insert("groups_with_two_photos".into(), mixed.into());
+    if !examples.is_empty() {
+        notes.insert("groups_with_two_photos_examples".into(), examples.into());
+    }
+    notes.insert(
+        "groups_seconds".into(),
+        ((secs * 10.0).round() / 10.0).into(),
+    );
+    notes.insert("model".into(), args.model.clone().into());
+    Report {
+        kind: "copy family".into(),
+        columns: [
+            "with its photo".into(),
+            "in no group".into(),
+            "elsewhere".into(),
+        ],
+        rows: out,
+        notes,
+    }
 }
 
 async fn classes(dir: &Path, k: usize, args: &EvalArgs) -> Result<Report> {

@@ -14,7 +14,9 @@
 //!    order of how many duplicates they have (then seq); a representative's
 //!    group is itself and its duplicates not yet in a group, closest first,
 //!    at most `max_group_size`, leaving out one a user said is not a
-//!    duplicate of a member already taken. So every member is a duplicate of its
+//!    duplicate of a member already taken, and one that is not (by Siamese
+//!    distance) a duplicate of at least half the members already taken
+//!    (see `agrees_with_group`). So every member is a duplicate of its
 //!    group's representative by the verdict, never a copy of a copy of it;
 //!    a photo and two different crops of it land in one group, two
 //!    different photos that each resemble a third do not.
@@ -146,6 +148,8 @@ impl Shared {
             )
         });
         let mut grouped = vec![false; nodes.len()];
+        // (representative, members), in the order they were formed.
+        let mut formed: Vec<(u32, Vec<Edge>)> = Vec::new();
         let mut last_report = std::time::Instant::now();
         for (done, &rep) in order.iter().enumerate() {
             if edges[rep as usize].is_empty() {
@@ -183,24 +187,28 @@ impl Shared {
                             .cmp(&nodes[b.other as usize].seq)
                     })
             });
-            // A member must not be one a user said is not a duplicate of
-            // a member already taken (both may be copies of the
-            // representative by the model).
             let mut taken: Vec<Edge> = Vec::with_capacity(members.len());
             for m in members {
                 if taken.len() + 1 >= options.max_group_size {
                     break;
                 }
-                let key = |o: u32| (m.other.min(o), m.other.max(o));
-                if !apart.is_empty() && taken.iter().any(|t| apart.contains(&key(t.other))) {
-                    continue;
+                if self.may_join(&nodes, &apart, &m, &taken) {
+                    taken.push(m);
                 }
-                taken.push(m);
             }
-            let members = taken;
+            if taken.is_empty() {
+                continue;
+            }
             grouped[rep as usize] = true;
-            for m in &members {
+            for m in &taken {
                 grouped[m.other as usize] = true;
+            }
+            formed.push((rep, taken));
+        }
+        self.move_to_closer_groups(&nodes, &edges, &apart, &mut formed, options);
+        for (rep, members) in formed {
+            if members.is_empty() {
+                continue;
             }
             let group = make_group(&nodes, rep, &members);
             if !send(events, GroupEvent::Group(group)) {
@@ -393,6 +401,98 @@ impl Shared {
             .map(|(k, _)| *k)
             .collect();
         Ok((edges, apart))
+    }
+
+    /// Whether a candidate may join a group that has taken `taken` so far:
+    /// no member is one a user said is not a duplicate of it (both may be
+    /// copies of the representative by the model), and it agrees with the
+    /// group (see [`Shared::agrees_with_group`]).
+    fn may_join(
+        &self,
+        nodes: &[Node],
+        apart: &HashSet<(u32, u32)>,
+        candidate: &Edge,
+        taken: &[Edge],
+    ) -> bool {
+        let key = |o: u32| (candidate.other.min(o), candidate.other.max(o));
+        if !apart.is_empty() && taken.iter().any(|t| apart.contains(&key(t.other))) {
+            return false;
+        }
+        self.agrees_with_group(nodes, candidate, taken)
+    }
+
+    /// The greedy pass gives a member to the first group whose
+    /// representative it duplicates, which may not be the closest: a copy
+    /// of photo B that also resembles photo A lands with A when A's group
+    /// forms first. One pass, in group order, moves each member to the
+    /// group whose representative it is closest to, when that group has
+    /// room and takes it.
+    fn move_to_closer_groups(
+        &self,
+        nodes: &[Node],
+        edges: &[Vec<Edge>],
+        apart: &HashSet<(u32, u32)>,
+        formed: &mut [(u32, Vec<Edge>)],
+        options: GroupOptions,
+    ) {
+        let mut group_of_rep: HashMap<u32, usize> = HashMap::new();
+        for (g, (rep, _)) in formed.iter().enumerate() {
+            group_of_rep.insert(*rep, g);
+        }
+        for g in 0..formed.len() {
+            let mut k = 0;
+            while k < formed[g].1.len() {
+                let member = formed[g].1[k];
+                let best = edges[member.other as usize]
+                    .iter()
+                    .filter(|e| e.tier <= member.tier && closeness(e) > closeness(&member))
+                    .filter_map(|e| group_of_rep.get(&e.other).map(|&to| (to, e)))
+                    .filter(|(to, _)| *to != g && formed[*to].1.len() + 1 < options.max_group_size)
+                    .max_by(|(_, a), (_, b)| closeness(a).total_cmp(&closeness(b)));
+                let Some((to, e)) = best else {
+                    k += 1;
+                    continue;
+                };
+                // The member as the other group sees it.
+                let moved = Edge {
+                    other: member.other,
+                    ..*e
+                };
+                if self.may_join(nodes, apart, &moved, &formed[to].1) {
+                    formed[g].1.remove(k);
+                    formed[to].1.push(moved);
+                } else {
+                    k += 1;
+                }
+            }
+        }
+    }
+
+    /// Whether a candidate (a duplicate of the representative) is also a
+    /// duplicate, by Siamese distance, of at least half of the members
+    /// taken so far that have a Siamese embedding. One false match with the
+    /// representative (the verdict's error, multiplied by the many copies
+    /// a photo can have) then cannot bring a different photo in: a copy of
+    /// another photo resembles the representative by chance, not its other
+    /// copies. Exact copies and pairs a user marked DUPLICATE always join.
+    fn agrees_with_group(&self, nodes: &[Node], candidate: &Edge, taken: &[Edge]) -> bool {
+        if candidate.tier == Tier::Exact || candidate.review == Some(Decision::Duplicate) {
+            return true;
+        }
+        let (Some(threshold), Some(own)) = (
+            self.distance_threshold(),
+            nodes[candidate.other as usize].siamese.as_deref(),
+        ) else {
+            return true;
+        };
+        let (mut checked, mut agree) = (0usize, 0usize);
+        for t in taken {
+            if let Some(d) = self.distance(Some(own), nodes[t.other as usize].siamese.as_deref()) {
+                checked += 1;
+                agree += usize::from(d <= threshold);
+            }
+        }
+        2 * agree >= checked
     }
 
     /// The exact cosine of two stored records (0 if either is gone).

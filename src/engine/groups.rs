@@ -426,7 +426,8 @@ impl Shared {
     /// of photo B that also resembles photo A lands with A when A's group
     /// forms first. One pass, in group order, moves each member to the
     /// group whose representative it is closest to, when that group has
-    /// room and takes it.
+    /// room and takes it (a member a user paired with the representative
+    /// stays).
     fn move_to_closer_groups(
         &self,
         nodes: &[Node],
@@ -443,6 +444,11 @@ impl Shared {
             let mut k = 0;
             while k < formed[g].1.len() {
                 let member = formed[g].1[k];
+                // A user's DUPLICATE decision pins a member where it is.
+                if member.review == Some(Decision::Duplicate) {
+                    k += 1;
+                    continue;
+                }
                 let best = edges[member.other as usize]
                     .iter()
                     .filter(|e| e.tier <= member.tier && closeness(e) > closeness(&member))

@@ -18,7 +18,10 @@ use std::{
 };
 
 use common::{data, photos, read, Client, Daemon};
-use lookalike::api::proto::{DeleteRequest, GetRequest, InsertRequest, QueryRequest, StatsRequest};
+use lookalike::api::proto::{
+    Decision, DeleteRequest, GetRequest, InsertRequest, ListReviewsRequest, QueryRequest,
+    ReviewRequest, StatsRequest,
+};
 
 fn cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lookalike"))
@@ -210,6 +213,29 @@ async fn snapshot_under_inserts_then_restore_gives_the_same_answers() {
             .await
             .expect("delete");
     }
+    // A review decision and the thumbnails travel with the snapshot.
+    let (ra, rb) = (before[2].clone(), before[3].clone());
+    c.review(ReviewRequest {
+        a: ra.clone(),
+        b: rb.clone(),
+        decision: Decision::NotDuplicate as i32,
+    })
+    .await
+    .expect("review");
+    let thumbnail = |c: &mut Client, id: String| {
+        let mut c = c.clone();
+        async move {
+            c.get(GetRequest {
+                id,
+                include_thumbnail: true,
+                ..Default::default()
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .thumbnail
+        }
+    };
     let quiet = dir.path().join("quiet.tar");
     snapshot(&original, &quiet);
     let same_dir = dir.path().join("c");
@@ -240,6 +266,17 @@ async fn snapshot_under_inserts_then_restore_gives_the_same_answers() {
         }
     };
     assert_eq!(n(&mut c).await, n(&mut cc).await);
+    let reviews = cc
+        .list_reviews(ListReviewsRequest::default())
+        .await
+        .expect("list reviews")
+        .into_inner()
+        .reviews;
+    assert_eq!(reviews.len(), 1, "{reviews:?}");
+    assert_eq!(reviews[0].decision, Decision::NotDuplicate as i32);
+    let want = thumbnail(&mut c, ra.clone()).await;
+    assert!(!want.is_empty());
+    assert_eq!(thumbnail(&mut cc, ra).await, want);
     let stats = cc.stats(StatsRequest {}).await.expect("stats").into_inner();
     assert!(stats.pca_fitted && stats.index_size > 0, "{stats:?}");
 

@@ -34,8 +34,10 @@ fi
 if [ ! -x /usr/bin/chromium ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+  apt="$sudo env DEBIAN_FRONTEND=noninteractive apt-get"
+  # The package lists may be stale on a fresh machine: refresh them only if
+  # the first try fails.
+  $apt install -y -qq chromium >&2 || { $apt update -qq >&2 && $apt install -y -qq chromium >&2; }
 fi
 if [ ! -d tests/report/node_modules/playwright-core ]; then
   (cd tests/report && npm ci --no-audit --no-fund --silent)

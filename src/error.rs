@@ -26,10 +26,10 @@ pub enum Error {
     #[error("image too large: {0}")]
     TooLarge(String),
     /// No stored image has this id.
-    #[error("no image with id '{0}'")]
+    #[error("no image with id '{}'", shorten(.0))]
     NotFound(String),
     /// An image with this id is stored and the request did not ask to replace it.
-    #[error("an image with id '{0}' already exists (set upsert to replace it)")]
+    #[error("an image with id '{}' already exists (set upsert to replace it)", shorten(.0))]
     AlreadyExists(String),
     /// The daemon is still loading its index.
     #[error("not ready: {0}")]
@@ -159,5 +159,14 @@ impl From<candle_core::Error> for Error {
             doing: "running a forward pass",
             source,
         }
+    }
+}
+
+/// An id for a message: at most 64 characters, then "...", so that an
+/// error never echoes a huge id in full.
+pub fn shorten(id: &str) -> String {
+    match id.char_indices().nth(64) {
+        Some((at, _)) => format!("{}...", &id[..at]),
+        None => id.to_string(),
     }
 }

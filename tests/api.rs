@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use common::{by_id, data, photos, read, Daemon};
 use lookalike::api::proto::{
-    image_ref::Source, CompareRequest, GetRequest, ImageRef, InsertRequest, QueryRequest,
-    StatsRequest,
+    image_ref::Source, CompareRequest, DeleteRequest, GetRequest, ImageRef, InsertRequest,
+    QueryRequest, StatsRequest,
 };
 use lookalike::lab::augment;
 use tonic::Code;
@@ -134,6 +134,23 @@ async fn bad_inputs_get_clear_statuses_and_the_daemon_keeps_serving() {
         Code::NotFound,
         "nope",
     );
+    // Every operation applies Insert's id limit, and no message echoes a
+    // long id in full.
+    let huge = "x".repeat(1 << 20);
+    let get = |id: &str| GetRequest {
+        id: id.to_string(),
+        ..Default::default()
+    };
+    let limit = "the limit is 512";
+    expect(c.get(get(&huge)).await, Code::InvalidArgument, limit);
+    let delete = DeleteRequest { id: huge.clone() };
+    expect(c.delete(delete).await, Code::InvalidArgument, limit);
+    let by_huge = query_req(by_id(&huge), 5);
+    expect(c.query(by_huge).await, Code::InvalidArgument, limit);
+    let long = "y".repeat(500);
+    let err = c.get(get(&long)).await.expect_err("not stored");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().len() < 120, "{}", err.message());
     expect(
         c.compare(CompareRequest {
             a: by_id("first"),

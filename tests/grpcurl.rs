@@ -95,6 +95,10 @@ async fn grpcurl_lists_inserts_and_queries_with_json() {
         "Get",
         "Delete",
         "Stats",
+        "Groups",
+        "Review",
+        "ListReviews",
+        "List",
     ] {
         assert!(
             methods.contains(&format!("rpc {rpc}")),
@@ -156,6 +160,30 @@ async fn grpcurl_lists_inserts_and_queries_with_json() {
         Some(2),
         "self excluded: {out}"
     );
+
+    // The same file again under another id: an exact duplicate, found by
+    // the streaming Groups; a review decision (an enum by name) parts them.
+    let body = format!(
+        r#"{{"id": "twin", "image": "{}"}}"#,
+        base64(&read(&set[0].1))
+    );
+    let call = |method: &str, body: &str| {
+        let method = format!("lookalike.v1.Lookalike/{method}");
+        run(&["-plaintext", "-d", "@", &addr, &method], body)
+    };
+    call("Insert", &body);
+    let groups = call("Groups", "{}");
+    assert!(groups.contains(r#""tier": "TIER_EXACT""#), "{groups}");
+    assert!(groups.contains(r#""progress""#), "{groups}");
+    let review = format!(
+        r#"{{"a": "twin", "b": "{}", "decision": "DECISION_NOT_DUPLICATE"}}"#,
+        set[0].0
+    );
+    call("Review", &review);
+    let groups = call("Groups", "{}");
+    assert!(!groups.contains(r#""members""#), "{groups}");
+    let listed = call("ListReviews", "{}");
+    assert!(listed.contains("DECISION_NOT_DUPLICATE"), "{listed}");
 
     let health = run(&["-plaintext", &addr, "grpc.health.v1.Health/Check"], "");
     assert!(health.contains("SERVING"), "{health}");

@@ -8,6 +8,7 @@ impl Engine {
     /// Removes a stored image; durable once this returns.
     pub async fn delete(&self, id: String) -> Result<()> {
         self.check_ready()?;
+        super::insert::check_id(&id)?;
         let shared = self.shared.clone();
         blocking(move || {
             {

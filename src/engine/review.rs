@@ -3,7 +3,7 @@
 //! revocable, durable once acknowledged.
 
 use super::{blocking, insert::check_id, insert::now_ms, Engine};
-use crate::error::{Error, Result};
+use crate::error::{shorten, Error, Result};
 use crate::store::{Decision, Review};
 
 impl Engine {
@@ -45,13 +45,5 @@ impl Engine {
     pub async fn reviews(&self, id: Option<String>) -> Result<Vec<Review>> {
         let shared = self.shared.clone();
         blocking(move || shared.store.reviews(id.as_deref())).await
-    }
-}
-
-/// An id for a message: cut to 64 characters.
-pub(super) fn shorten(id: &str) -> String {
-    match id.char_indices().nth(64) {
-        Some((at, _)) => format!("{}...", &id[..at]),
-        None => id.to_string(),
     }
 }

@@ -27,9 +27,12 @@ const PLACEHOLDER: &str = "__LOOKALIKE_DATA__";
 /// Gets in flight at once while fetching the members' thumbnails.
 const FETCH_CONCURRENCY: usize = 16;
 /// Longer side of the thumbnails of images only on the map (group members
-/// keep the stored size): a quarter of the bytes, so that a report of
-/// 10,000 images stays small enough to open in under two seconds.
+/// keep the stored size): a quarter of the bytes.
 const MAP_THUMBNAIL_SIDE: u32 = 64;
+/// JPEG quality of the report's thumbnails, re-encoded from the stored ones
+/// (quality 80): a report of 10,000 images is 44 MB instead of 58 and opens
+/// in 1.4 s instead of 2.0 (BENCHMARKS.md).
+const REPORT_QUALITY: u8 = 60;
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
@@ -37,7 +40,7 @@ pub struct ReportArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Images drawn on the map: an even sample of at most this many (t-SNE
-    /// time grows with it: about a minute for 20,000 on two cores).
+    /// time grows with it: about 100 s for 10,000 on two cores).
     #[arg(long, default_value_t = 20_000)]
     pub map_sample: u32,
     /// Leave the map out.
@@ -57,15 +60,15 @@ struct Images {
 }
 
 impl Images {
-    /// Adds an image (once); with `side`, its thumbnail is shrunk to it.
+    /// Adds an image (once), its thumbnail re-encoded at [`REPORT_QUALITY`]
+    /// and, with `side`, shrunk to it.
     fn add(&mut self, image: &GetResponse, side: Option<u32>) -> usize {
         if let Some(&i) = self.by_id.get(&image.id) {
             return i;
         }
         let thumb = (!image.thumbnail.is_empty()).then(|| {
-            let bytes = side
-                .and_then(|side| shrink(&image.thumbnail, side))
-                .unwrap_or_else(|| image.thumbnail.clone());
+            let side = side.unwrap_or(u32::MAX);
+            let bytes = shrink(&image.thumbnail, side).unwrap_or_else(|| image.thumbnail.clone());
             format!(
                 "data:image/jpeg;base64,{}",
                 base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -228,11 +231,11 @@ async fn add_map(client: &mut Client, sample: u32, images: &mut Images) -> Resul
     Ok(n)
 }
 
-/// A JPEG thumbnail shrunk to `side` pixels at most; `None` if it does not
-/// decode (the stored one is used then).
+/// A JPEG thumbnail shrunk to `side` pixels at most, at [`REPORT_QUALITY`];
+/// `None` if it does not decode (the stored one is used then).
 fn shrink(jpeg: &[u8], side: u32) -> Option<Vec<u8>> {
     let image = image::load_from_memory(jpeg).ok()?.into_rgb8();
-    lookalike::decode::thumbnail(&image, side).ok()
+    lookalike::decode::thumbnail_at(&image, side, REPORT_QUALITY).ok()
 }
 
 /// A 2-D t-SNE layout of `n` row vectors of `dim` values, row-major.

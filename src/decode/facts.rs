@@ -69,6 +69,11 @@ const THUMBNAIL_QUALITY: u8 = 80;
 
 /// A JPEG thumbnail whose longer side is at most `side` pixels.
 pub fn thumbnail(image: &RgbImage, side: u32) -> Result<Vec<u8>> {
+    thumbnail_at(image, side, THUMBNAIL_QUALITY)
+}
+
+/// [`thumbnail`] at a given JPEG quality (1-100).
+pub fn thumbnail_at(image: &RgbImage, side: u32, quality: u8) -> Result<Vec<u8>> {
     let (w, h) = image.dimensions();
     let scale = f64::from(side) / f64::from(w.max(h));
     let small;
@@ -81,7 +86,7 @@ pub fn thumbnail(image: &RgbImage, side: u32) -> Result<Vec<u8>> {
         image
     };
     let mut out = Vec::with_capacity(8 << 10);
-    image::codecs::jpeg::JpegEncoder::new_with_quality(Cursor::new(&mut out), THUMBNAIL_QUALITY)
+    image::codecs::jpeg::JpegEncoder::new_with_quality(Cursor::new(&mut out), quality)
         .encode_image(image)
         .map_err(|e| Error::Internal(format!("encoding a thumbnail: {e}")))?;
     Ok(out)

@@ -17,7 +17,7 @@ pub mod jpeg_eighth;
 mod jpeg_eighth;
 mod resize;
 
-pub use facts::{thumbnail, ImageFacts};
+pub use facts::{thumbnail, thumbnail_at, ImageFacts};
 pub use resize::{resize_target, to_input};
 
 use std::io::Cursor;

@@ -2,7 +2,7 @@
 //   node tests/report/check.mjs REPORT.html SCREENSHOT.png [--groups N] [--map-points M] [--runs K]
 // Fails (exit 1, the reasons on stderr) on: a console error, a page error, a request whose URL
 // is not file: or data:, window.lookalikeReady not true within 30 s; with --groups N: the data
-// not holding N groups, the rendered .group cards not min(N, 100) (the template's first page),
+// not holding N groups, the rendered .group cards not min(N, 20) (the template's first page),
 // a rendered group without exactly one .member.keep, N = 0 without the "No duplicates" message;
 // with --map-points M: the data not holding M images with a map position, and for M > 0 a blank
 // canvas#map (no pixel differing from the background), for M = 0 no message in its place.
@@ -20,7 +20,7 @@ import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { existsSync } from 'node:fs';
 
-const FIRST_PAGE = 100; // groups the template renders before "show more" (PAGE in src/report/template.html)
+const FIRST_PAGE = 20; // groups the template renders before "show more" (PAGE in src/report/template.html)
 const TIMEOUT_MS = 30000;
 
 const args = process.argv.slice(2);

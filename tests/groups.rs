@@ -89,11 +89,11 @@ async fn populate(client: &mut Client) -> Vec<String> {
 }
 
 async fn groups(client: &mut Client) -> Vec<Group> {
-    let mut stream = client
-        .groups(GroupsRequest::default())
-        .await
-        .expect("groups")
-        .into_inner();
+    groups_with(client, GroupsRequest::default()).await
+}
+
+async fn groups_with(client: &mut Client, request: GroupsRequest) -> Vec<Group> {
+    let mut stream = client.groups(request).await.expect("groups").into_inner();
     let (mut found, mut progress) = (Vec::new(), 0);
     while let Some(resp) = stream.message().await.expect("groups stream") {
         match resp.item.expect("item") {
@@ -222,6 +222,26 @@ async fn groups_tiers_reviews_thumbnails_and_keep_best() {
             g.keep_reason
         );
     }
+    // With a similar floor, merely similar photos join as tier SIMILAR,
+    // never as the copy to keep; at most max_group_size members.
+    let request = GroupsRequest {
+        similar_floor: Some(0.5),
+        max_group_size: 4,
+        ..Default::default()
+    };
+    let with_similar = groups_with(&mut client, request).await;
+    let similar: Vec<_> = with_similar
+        .iter()
+        .flat_map(|g| g.members.iter())
+        .filter(|m| m.tier == Tier::Similar as i32)
+        .collect();
+    assert!(!similar.is_empty(), "no similar member at floor 0.5");
+    assert!(similar.iter().all(|m| m.similarity >= 0.5), "{similar:?}");
+    for g in &with_similar {
+        assert!(g.members.len() <= 4, "{:?}", member_ids(g));
+        assert_ne!(g.members[g.keep as usize].tier, Tier::Similar as i32);
+    }
+
     // The same file, and the same pixels in another format, are exact.
     let first = &originals[0];
     let twin = format!("{first}~same-file");

@@ -480,9 +480,12 @@ impl Shared {
     /// representative (the verdict's error, multiplied by the many copies
     /// a photo can have) then cannot bring a different photo in: a copy of
     /// another photo resembles the representative by chance, not its other
-    /// copies. Exact copies and pairs a user marked DUPLICATE always join.
+    /// copies. Exact copies, pairs a user marked DUPLICATE and similar
+    /// members (with a similar floor) always join; similar members are not
+    /// counted.
     fn agrees_with_group(&self, nodes: &[Node], candidate: &Edge, taken: &[Edge]) -> bool {
-        if candidate.tier == Tier::Exact || candidate.review == Some(Decision::Duplicate) {
+        // Similar members are only said to be similar to the representative.
+        if candidate.tier != Tier::NearDuplicate || candidate.review == Some(Decision::Duplicate) {
             return true;
         }
         let (Some(threshold), Some(own)) = (
@@ -492,7 +495,7 @@ impl Shared {
             return true;
         };
         let (mut checked, mut agree) = (0usize, 0usize);
-        for t in taken {
+        for t in taken.iter().filter(|t| t.tier != Tier::Similar) {
             if let Some(d) = self.distance(Some(own), nodes[t.other as usize].siamese.as_deref()) {
                 checked += 1;
                 agree += usize::from(d <= threshold);

@@ -24,17 +24,13 @@ mod drawn_store;
 
 use std::time::{Duration, Instant};
 
-use common::{query_by_id, rss_mib, Daemon};
+use common::{bench_sizes, query_by_id, rss_mib, Daemon};
 use drawn_store::{build_store, record_id};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
-        .unwrap_or_else(|_| "100000,1000000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let sizes = bench_sizes("100000,1000000");
     println!("\n## Cold start: process start to health SERVING\n");
     println!("| stored images | bulk write s | start, graph rebuilt from store s | clean stop s | start, saved graph loaded s | RSS after start MiB | Query by id p50 / p99 ms, first 500 | next 2,000 |");
     println!("|---|---|---|---|---|---|---|---|");

@@ -24,30 +24,16 @@ mod drawn_store;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{rss_mib, Daemon};
+use common::{bench_sizes, peak_rss_mib, rss_mib, Daemon};
 use drawn_store::{build_store_with_copies, record_id};
 use lookalike::api::proto::{groups_response::Item, GroupsRequest};
 
 /// Every `COPY_EVERY`-th record is a copy of the one before.
 const COPY_EVERY: usize = 10;
 
-/// Peak resident memory of a process, MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
-        .unwrap_or_else(|_| "100000,1000000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let sizes = bench_sizes("100000,1000000");
     println!(
         "\n## Groups over the whole database (drawn features, every {COPY_EVERY}th a near-copy)\n"
     );

@@ -296,14 +296,8 @@ async fn groups(sets: Photos<'_>, seed: u64, args: &EvalArgs) -> Result<Report> 
             })
             .collect();
         copies += requests.len();
-        let mut answers = client
-            .insert_stream(stream::iter(requests))
-            .await?
-            .into_inner();
-        while let Some(a) = answers.message().await? {
-            if let Some(e) = a.error {
-                bail!("cannot store the copy {}: {}", a.id, e.message);
-            }
+        if let Some((id, why)) = stream_all(&mut client, requests).await?.first() {
+            bail!("cannot store the copy {id}: {why}");
         }
     }
     eprintln!(
@@ -514,16 +508,28 @@ async fn insert_all(
             })
         })
         .collect::<Result<_>>()?;
+    for (id, why) in stream_all(client, requests).await? {
+        eprintln!("skipping {id}: {why}");
+    }
+    Ok(())
+}
+
+/// Streams `requests` into the daemon; the items it refused, as (id, why).
+async fn stream_all(
+    client: &mut LookalikeClient<Channel>,
+    requests: Vec<InsertRequest>,
+) -> Result<Vec<(String, String)>> {
     let mut answers = client
         .insert_stream(stream::iter(requests))
         .await?
         .into_inner();
+    let mut refused = Vec::new();
     while let Some(a) = answers.message().await? {
         if let Some(e) = a.error {
-            eprintln!("skipping {}: {}", a.id, e.message);
+            refused.push((a.id, e.message));
         }
     }
-    Ok(())
+    Ok(refused)
 }
 
 async fn top_ids(

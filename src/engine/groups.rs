@@ -236,11 +236,12 @@ impl Shared {
     ) -> Result<Option<(Vec<Node>, Vec<Vec<(u64, f32)>>)>> {
         let index = self.current_index();
         let total = self.store.len() as u64;
+        // Groups take similar members only at the request's floor (the
+        // server's --similar-similarity is for Query and Compare).
+        let duplicate = self.config.duplicate_similarity;
         let floor = options
             .similar_floor
-            .unwrap_or(1.0)
-            .min(self.config.duplicate_similarity)
-            .min(self.config.similar_similarity);
+            .map_or(duplicate, |f| f.min(duplicate));
         // Candidates a Siamese verdict may call duplicates sit below the
         // cosine floor at times: keep every neighbour when there is a
         // Siamese model, else only those the cosine rule could accept.

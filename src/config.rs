@@ -29,7 +29,10 @@ pub mod defaults {
     pub const THREADS: usize = 0;
     pub const BATCH_BUDGET_MS: f64 = 2.0;
     pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
-    pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+    /// 64 Mi pixels: a 64-megapixel phone photo (9248x6936) fits.
+    pub const MAX_IMAGE_PIXELS: u64 = 1 << 26;
+    /// What decodes in flight may allocate together, in MiB.
+    pub const DECODE_MEMORY_MIB: u32 = 1024;
     pub const PCA_MIN_IMAGES: usize = 1000;
     pub const PCA_COMPONENTS: usize = 100;
     pub const PCA_REFIT_GROWTH: f64 = 2.0;
@@ -133,6 +136,8 @@ pub mod bounds {
     /// Below 1 KiB not even a header fits.
     pub const MAX_MESSAGE_BYTES: Bounds<usize> = Bounds::closed(1 << 10, 1 << 30);
     pub const MAX_IMAGE_PIXELS: Bounds<u64> = Bounds::closed(1, 1 << 32);
+    /// Below 16 MiB even a small photo could not be decoded.
+    pub const DECODE_MEMORY_MIB: Bounds<u32> = Bounds::closed(16, 1 << 20);
     pub const PCA_MIN_IMAGES: Bounds<usize> = Bounds::closed(2, usize::MAX);
     pub const PCA_COMPONENTS: Bounds<usize> = Bounds::closed(1, 4096);
     pub const PCA_REFIT_GROWTH: Bounds<f64> = Bounds::above(1.0, f64::MAX);
@@ -350,6 +355,12 @@ pub struct Config {
         value_parser = bounds::MAX_IMAGE_PIXELS.parser(), help_heading = "Limits")]
     pub max_image_pixels: u64,
 
+    /// Memory all decodes in flight may use together, in MiB; a request
+    /// waits (up to 30 s) for room, and one that alone needs more is refused.
+    #[arg(long, env = "LOOKALIKE_DECODE_MEMORY_MIB", default_value_t = defaults::DECODE_MEMORY_MIB,
+        value_parser = bounds::DECODE_MEMORY_MIB.parser(), help_heading = "Limits")]
+    pub decode_memory_mib: u32,
+
     /// Largest k a Query may ask for.
     #[arg(long, env = "LOOKALIKE_MAX_K", default_value_t = defaults::MAX_K,
         value_parser = bounds::MAX_K.parser(), help_heading = "Limits")]
@@ -397,6 +408,7 @@ impl Config {
             rebuild_tombstone_fraction: defaults::REBUILD_TOMBSTONE_FRACTION,
             max_message_bytes: defaults::MAX_MESSAGE_BYTES,
             max_image_pixels: defaults::MAX_IMAGE_PIXELS,
+            decode_memory_mib: defaults::DECODE_MEMORY_MIB,
             max_k: defaults::MAX_K,
             max_duplicates: defaults::MAX_DUPLICATES,
         }
@@ -461,6 +473,7 @@ impl Config {
         )?;
         bounds::MAX_MESSAGE_BYTES.check("--max-message-bytes", self.max_message_bytes)?;
         bounds::MAX_IMAGE_PIXELS.check("--max-image-pixels", self.max_image_pixels)?;
+        bounds::DECODE_MEMORY_MIB.check("--decode-memory-mib", self.decode_memory_mib)?;
         bounds::MAX_K.check("--max-k", self.max_k)?;
         bounds::MAX_DUPLICATES.check("--max-duplicates", self.max_duplicates)?;
         bounds::SHUTDOWN_TIMEOUT_SECS.check("--shutdown-timeout", self.shutdown_timeout_secs)?;

@@ -25,6 +25,10 @@ pub enum Error {
     /// The image is larger than the configured limits.
     #[error("image too large: {0}")]
     TooLarge(String),
+    /// The daemon is at a capacity limit right now (the decode memory
+    /// budget); the same request may succeed later.
+    #[error("busy: {0}")]
+    Busy(String),
     /// No stored image has this id.
     #[error("no image with id '{}'", shorten(.0))]
     NotFound(String),

@@ -8,6 +8,10 @@
 //!   layer lock, and deadlocked against a queued insert within seconds;
 //! - the store alone: 8 threads writing and flushing sled, whose 0.34.7
 //!   release could deadlock under such a load (vendor/sled/PATCHES.md);
+//! - the decode memory budget: many small PNGs that each declare many
+//!   megapixels, sent at once, must keep the daemon's peak memory within
+//!   `--decode-memory-mib` of where it was (`BOMBS`, `BOMB_SIDE` and
+//!   `BOMB_BUDGET_MIB` size it; the defaults keep it short);
 //! - the real daemon: concurrent InsertStreams of distinct real photos with
 //!   queries and deletes mixed in, across PCA refits and search-copy
 //!   refreshes, then a clean stop (SIGTERM must still work) and a restart
@@ -24,7 +28,8 @@ use std::{
     time::Duration,
 };
 
-use common::{env_usize, stress, watchdog::Watchdog, Daemon};
+use common::{data, env_usize, peak_rss_mib, photos, read, stress, watchdog::Watchdog, Daemon};
+use lookalike::api::proto::QueryRequest;
 use lookalike::index::{GraphParams, Index};
 use lookalike::pca::Projection;
 use lookalike::vector::dot;
@@ -219,5 +224,100 @@ async fn daemon_never_hangs_under_bulk_insert_streams_queries_and_deletes() {
     watchdog.watch_process(daemon.pid());
     let mut client = daemon.client().await;
     stress::check_after(&mut client, &outcome).await;
+    daemon.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_decode_bombs_stay_within_the_decode_memory_budget() {
+    let bombs = env_usize("BOMBS", 16);
+    let side = env_usize("BOMB_SIDE", 4000) as u32;
+    let budget = env_usize("BOMB_BUDGET_MIB", 256);
+    // A few KB on the wire, side x side pixels decoded.
+    let mut bomb = Vec::new();
+    image::GrayImage::new(side, side)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bomb),
+            image::ImageFormat::Png,
+        )
+        .expect("encode png");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pixels = (u64::from(side) * u64::from(side)).to_string();
+    let budget_flag = budget.to_string();
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--max-image-pixels",
+            &pixels,
+            "--decode-memory-mib",
+            &budget_flag,
+        ],
+    )
+    .await;
+    let watchdog = Watchdog::start("decode bombs", STALL);
+    watchdog.watch_process(daemon.pid());
+    let query = |image: Vec<u8>| QueryRequest {
+        image: data(image),
+        k: 1,
+        min_similarity: None,
+        omit_metadata: false,
+    };
+    // Warm up (model, batcher, first forward pass) before the baseline.
+    let mut client = daemon.client().await;
+    client
+        .query(query(read(&photos()[0].1)))
+        .await
+        .expect("query with a photo");
+    let before = peak_rss_mib(daemon.pid());
+
+    let progress = watchdog.counter("bomb queries");
+    let calls = (0..bombs).map(|_| {
+        let mut client = client.clone();
+        let request = query(bomb.clone());
+        let progress = progress.clone();
+        async move {
+            let result = client.query(request).await;
+            progress.tick();
+            result.map(|_| ())
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    progress.finish();
+    let after = peak_rss_mib(daemon.pid());
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    for status in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("busy"), "{status:?}");
+    }
+    eprintln!(
+        "{bombs} queries with a {}-byte {side}x{side} PNG at once: {ok} answered, \
+         peak RSS {before:.0} MiB before, {after:.0} MiB after (budget {budget} MiB)",
+        bomb.len()
+    );
+    assert!(ok > 0, "no bomb was decoded at all");
+    assert!(
+        after - before <= budget as f64,
+        "peak memory grew {:.0} MiB, over the {budget} MiB decode budget",
+        after - before
+    );
+
+    // One image that alone needs more than the whole budget is refused.
+    let small_dir = tempfile::tempdir().expect("tempdir");
+    let daemon_small = Daemon::start(
+        small_dir.path(),
+        &["--max-image-pixels", &pixels, "--decode-memory-mib", "16"],
+    )
+    .await;
+    let status = daemon_small
+        .client()
+        .await
+        .query(query(bomb))
+        .await
+        .expect_err("over the budget");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("decode memory budget of 16 MiB"),
+        "{status:?}"
+    );
+    daemon_small.stop();
     daemon.stop();
 }

@@ -11,7 +11,7 @@ pub fn code(error: &Error) -> Code {
     }
     match error {
         Error::InvalidArgument(_) | Error::BadImage(_) => Code::InvalidArgument,
-        Error::TooLarge(_) => Code::ResourceExhausted,
+        Error::TooLarge(_) | Error::Busy(_) => Code::ResourceExhausted,
         Error::NotFound(_) => Code::NotFound,
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::Unavailable(_) => Code::Unavailable,
@@ -33,7 +33,7 @@ pub fn to_status(error: Error) -> Status {
     let code = code(&error);
     let message = error.chain();
     if matches!(code, Code::Internal | Code::ResourceExhausted)
-        && !matches!(error, Error::TooLarge(_))
+        && !matches!(error, Error::TooLarge(_) | Error::Busy(_))
     {
         tracing::error!(error = %message, "request failed");
     }

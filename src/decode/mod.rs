@@ -9,6 +9,7 @@
 //! Large JPEGs take a shortcut: [`jpeg_eighth`] reads them at 1/8 scale
 //! from the entropy-coded data when that still leaves enough pixels.
 
+mod budget;
 mod facts;
 // Public only to the fuzz targets (cargo-fuzz builds with `--cfg fuzzing`).
 #[cfg(fuzzing)]
@@ -17,6 +18,7 @@ pub mod jpeg_eighth;
 mod jpeg_eighth;
 mod resize;
 
+pub use budget::{DecodeBudget, Reservation};
 pub use facts::{thumbnail, thumbnail_at, ImageFacts};
 pub use resize::{resize_target, to_input};
 
@@ -68,6 +70,41 @@ pub fn for_network(
         facts: ImageFacts::of(bytes, width, height, &image),
         thumbnail,
     })
+}
+
+/// What decoding `bytes` for a network of `size` x `size` input will
+/// allocate at most, in bytes, read from the header alone (the pixel limit
+/// applies, as in [`for_network`]); and the image in words ("a 4000x3000
+/// PNG") for messages. For the decode memory budget ([`DecodeBudget`]).
+///
+/// Deliberately an upper bound, not a guess: the decoder's own buffer
+/// (`bytes_per_pixel` of its colour type; 1-bit PNGs come out 1 byte per
+/// pixel), the RGB copy and the rotated copy an EXIF orientation makes
+/// (3 bytes each); a JPEG may keep 16-bit DCT coefficients for every
+/// component of every pixel (progressive files) whatever scale it is read
+/// at: 6 bytes per pixel more.
+pub fn cost(bytes: &[u8], max_pixels: u64) -> Result<(u64, String)> {
+    let probe = probe(bytes, max_pixels)?;
+    let pixels = u64::from(probe.width) * u64::from(probe.height);
+    let per_pixel = u64::from(probe.bytes_per_pixel) + 3 + 3;
+    let coefficients = if probe.format == image::ImageFormat::Jpeg {
+        6
+    } else {
+        0
+    };
+    let format = probe
+        .format
+        .extensions_str()
+        .first()
+        .copied()
+        .unwrap_or("image");
+    let what = format!(
+        "a {}x{} {}",
+        probe.width,
+        probe.height,
+        format.to_uppercase()
+    );
+    Ok((pixels * (per_pixel + coefficients) + (1 << 20), what))
 }
 
 /// Like [`decode`], but a JPEG may be decoded at a reduced scale (1/2, 1/4
@@ -131,6 +168,8 @@ struct Probe {
     format: image::ImageFormat,
     width: u32,
     height: u32,
+    /// Of the decoder's own colour type.
+    bytes_per_pixel: u8,
     orientation: image::metadata::Orientation,
 }
 
@@ -154,6 +193,7 @@ fn probe(bytes: &[u8], max_pixels: u64) -> Result<Probe> {
     })?;
     let mut decoder = reader.into_decoder().map_err(bad_image)?;
     let (width, height) = decoder.dimensions();
+    let bytes_per_pixel = decoder.color_type().bytes_per_pixel();
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -172,6 +212,7 @@ fn probe(bytes: &[u8], max_pixels: u64) -> Result<Probe> {
         format,
         width,
         height,
+        bytes_per_pixel,
         orientation,
     })
 }

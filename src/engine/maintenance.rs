@@ -21,7 +21,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::{blocking, load_projection, Engine, Shared, META_PCA};
 use crate::error::{Error, Result};
-use crate::index::{GraphParams, Index};
+use crate::index::{sums::FileSums, GraphParams, Index};
 use crate::pca::Projection;
 
 /// Folder under the data dir holding the graph saved at shutdown.
@@ -39,6 +39,10 @@ struct Stamp {
     pca_fitted_on: usize,
     pca_dimensions: usize,
     tombstones: Vec<u64>,
+    /// Length and CRC-32 of every file of the graph; a graph without them
+    /// (saved by lookalike before 2026-12-05) is rebuilt.
+    #[serde(default)]
+    files: FileSums,
 }
 
 /// Records added to a new index per batch while building it.
@@ -160,13 +164,16 @@ impl Shared {
         let Some(projection) = index.projection() else {
             return Ok(false);
         };
-        index.dump(dir)?;
+        let Some(files) = index.dump(dir)? else {
+            return Ok(false);
+        };
         let stamp = Stamp {
             last_seq: self.store.last_seq()?,
             count: self.store.len(),
             pca_fitted_on: projection.fitted_on(),
             pca_dimensions: projection.out_dim(),
             tombstones: index.tombstone_list(),
+            files,
         };
         let json = serde_json::to_vec(&stamp).map_err(|e| Error::Internal(e.to_string()))?;
         let stamp_path = dir.join(STAMP);
@@ -197,6 +204,7 @@ impl Shared {
             }
             let index = Index::load_graph(
                 &dir,
+                &stamp.files,
                 projection.clone(),
                 self.graph_params(),
                 stamp.tombstones,

@@ -144,6 +144,8 @@ struct Shared {
     siamese: Option<Arc<Siamese>>,
     /// Runs forward passes, batching concurrent requests.
     batcher: Batcher,
+    /// Bounds the memory of every decode in flight together.
+    decode_budget: decode::DecodeBudget,
     /// The current index. Searches clone the `Arc` and let go at once.
     /// Writers (insert, delete) hold the read lock from their store write to
     /// their index update, so that whoever takes the write lock (a rebuild
@@ -198,6 +200,7 @@ impl Engine {
             siamese.clone(),
             Duration::from_micros((config.batch_budget_ms * 1000.0) as u64),
         )?;
+        let decode_memory_mib = config.decode_memory_mib;
         Ok(Engine {
             shared: Arc::new(Shared {
                 config,
@@ -205,6 +208,7 @@ impl Engine {
                 embedder,
                 siamese,
                 batcher,
+                decode_budget: decode::DecodeBudget::new(decode_memory_mib),
                 index: RwLock::new(Arc::new(Index::exact())),
                 writes: RwLock::new(()),
                 closed: AtomicBool::new(false),
@@ -233,9 +237,26 @@ impl Engine {
 
     /// [`Engine::embed`], plus what the decoder saw and, with `thumbnail`
     /// (and thumbnails on), a thumbnail.
+    ///
+    /// The decode first takes room in the decode memory budget for what its
+    /// header says it will allocate (see [`decode::cost`]).
     pub async fn embed_image(&self, bytes: Vec<u8>, thumbnail: bool) -> Result<EmbeddedImage> {
+        let bytes = Arc::new(bytes);
+        let (cost, what) = {
+            let bytes = bytes.clone();
+            let max_pixels = self.shared.config.max_image_pixels;
+            blocking(move || decode::cost(&bytes, max_pixels)).await?
+        };
+        let reservation = match self.shared.decode_budget.reserve(cost, &what).await {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::counter!("lookalike_decode_budget_refusals_total").increment(1);
+                return Err(e);
+            }
+        };
         let shared = self.shared.clone();
         let decoded = blocking(move || {
+            let _reservation = reservation;
             let started = std::time::Instant::now();
             let size = shared.embedder.kind().input_size();
             let config = &shared.config;

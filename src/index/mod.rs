@@ -45,6 +45,7 @@
 
 mod codes;
 mod flat;
+pub mod sums;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -63,6 +64,7 @@ use crate::pca::Projection;
 use crate::vector::dot;
 use codes::Codes;
 use flat::FlatGraph;
+use sums::FileSums;
 
 /// File name stem of a dumped graph (`graph.hnsw.graph`, `graph.hnsw.data`).
 const DUMP_BASENAME: &str = "graph";
@@ -169,32 +171,57 @@ impl Index {
     }
 
     /// Writes a graph index's graph and vectors into `dir` (hnsw_rs's dump
-    /// format), and its re-rank codes. Returns false for an exact index,
-    /// which has nothing to save.
-    pub fn dump(&self, dir: &Path) -> Result<bool> {
+    /// format), and its re-rank codes; returns the files' checksums, which
+    /// [`Index::load_graph`] needs. `None` for an exact index, which has
+    /// nothing to save.
+    pub fn dump(&self, dir: &Path) -> Result<Option<FileSums>> {
         let Mode::Graph { graph, codes, .. } = &self.mode else {
-            return Ok(false);
+            return Ok(None);
         };
-        graph
+        let basename = graph
             .file_dump(dir, DUMP_BASENAME)
             .map_err(|e| Error::file("dump the graph to", dir)(Cause::from(e)))?;
         read(codes).save(&dir.join(CODES_FILE))?;
-        Ok(true)
+        let graph_file = format!("{basename}.hnsw.graph");
+        let data_file = format!("{basename}.hnsw.data");
+        sums::of_files(dir, &[&graph_file, &data_file, CODES_FILE]).map(Some)
     }
 
-    /// Reads a graph written by [`Index::dump`].
+    /// Reads a graph written by [`Index::dump`] once every file matches
+    /// its checksum in `sums`. A damaged file is an error, never a panic
+    /// or a wrong answer.
     pub fn load_graph(
         dir: &Path,
+        sums: &FileSums,
         projection: Arc<Projection>,
         params: GraphParams,
         tombstones: Vec<u64>,
     ) -> Result<Self> {
+        if sums.len() < 3 {
+            return Err(Error::Internal(format!(
+                "the saved index in '{}' lists {} checksummed files, not 3 (written by an \
+                 older lookalike?)",
+                dir.display(),
+                sums.len()
+            )));
+        }
+        sums::verify(dir, sums)?;
         // The loaded graph borrows from its reader for its whole life; the
         // index lives until the next rebuild, so the reader (small) is leaked.
-        let reader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, DUMP_BASENAME)));
-        let graph: Hnsw<'static, f32, DistDot> = reader
-            .load_hnsw()
-            .map_err(|e| Error::file("load the graph from", dir)(Cause::from(e)))?;
+        // hnsw_rs panics on some malformed files; the checksums make that
+        // unlikely, and a panic is still turned into an error here.
+        let graph = std::panic::catch_unwind(|| {
+            let reader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, DUMP_BASENAME)));
+            reader.load_hnsw::<f32, DistDot>()
+        })
+        .map_err(|_| {
+            Error::Internal(format!(
+                "hnsw_rs panicked loading the graph in '{}'",
+                dir.display()
+            ))
+        })?;
+        let graph: Hnsw<'static, f32, DistDot> =
+            graph.map_err(|e| Error::file("load the graph from", dir)(Cause::from(e)))?;
         let codes = Codes::load(&dir.join(CODES_FILE))?;
         Ok(Self::over(
             projection,
@@ -698,14 +725,39 @@ mod tests {
 
         // Dumped and loaded back, it answers the same.
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(index.dump(dir.path()).expect("dump"));
+        let sums = index.dump(dir.path()).expect("dump").expect("a graph");
         let projection = index.projection().expect("graph").clone();
-        let loaded = Index::load_graph(dir.path(), projection, PARAMS, index.tombstone_list())
-            .expect("load");
+        let load = |sums: &FileSums| {
+            Index::load_graph(
+                dir.path(),
+                sums,
+                projection.clone(),
+                PARAMS,
+                index.tombstone_list(),
+            )
+        };
+        let loaded = load(&sums).expect("load");
         assert_eq!(loaded.size(), 400);
         assert_eq!(loaded.tombstones(), 1);
         for (_, v) in pts.iter().take(20) {
             assert_eq!(loaded.search(v, 5, None), index.search(v, 5, None));
         }
+
+        // Damaged or unlisted files are refused before hnsw_rs reads them.
+        assert!(load(&FileSums::new()).is_err());
+        for name in sums.keys() {
+            let path = dir.path().join(name);
+            let whole = std::fs::read(&path).expect("read");
+            std::fs::write(&path, &whole[..whole.len() / 2]).expect("truncate");
+            let err = load(&sums).err().expect("a truncated file is refused");
+            assert!(err.to_string().contains("damaged"), "{err}");
+            let mut garbage = whole.clone();
+            let middle = garbage.len() / 2;
+            garbage[middle] ^= 0x5a;
+            std::fs::write(&path, &garbage).expect("overwrite");
+            assert!(load(&sums).is_err(), "a changed byte in {name} is refused");
+            std::fs::write(&path, &whole).expect("restore");
+        }
+        load(&sums).expect("whole again");
     }
 }

@@ -2,7 +2,10 @@
 //! `cargo bench --bench daemon`.
 //!
 //! Inserts real photos (the committed set plus seeded transformed variants,
-//! so every image is distinct) at concurrency 1, 8 and 32, then measures
+//! so every image is distinct) at concurrency 1, 8 and 32, then through
+//! InsertStream (1 stream, then 8 at once), against the network's
+//! forward-only rate on the same images in this process first (the peer:
+//! what ingest could reach if storing cost nothing), then measures
 //! Query-by-id and Query-by-image latency at each concurrency, and the
 //! daemon's resident memory. The PCA + HNSW index is on (the threshold is
 //! set below the image count) so queries take the production path.
@@ -22,6 +25,7 @@ use std::{
 use common::{data, photos, query_by_id, read, rss_mib, Client, Daemon};
 use futures_util::{stream, StreamExt};
 use lookalike::api::proto::{InsertRequest, QueryRequest, StatsRequest};
+use lookalike::embed::{Embedder, ModelKind};
 use lookalike::lab::augment;
 
 fn env(name: &str, default: usize) -> usize {
@@ -87,12 +91,77 @@ where
     (rate, latencies)
 }
 
+/// Images per second through the network alone (Lite0, batch 16, 2
+/// threads, inputs decoded beforehand), for 5 s.
+fn forward_only_rate(images: &[Vec<u8>]) -> f64 {
+    let embedder = Embedder::load(ModelKind::EfficientNetLite0, None, 2).expect("load");
+    let size = embedder.kind().input_size();
+    let inputs: Vec<Vec<f32>> = images
+        .iter()
+        .take(64)
+        .map(|b| lookalike::decode::network_input(b, 1 << 26, size).expect("decode"))
+        .collect();
+    embedder.embed_inputs(&inputs[..16]);
+    let started = Instant::now();
+    let mut done = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        for batch in inputs.chunks(16) {
+            embedder.embed_inputs(batch);
+            done += batch.len();
+        }
+    }
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Stores `per_stream` images per stream over `streams` InsertStreams at
+/// once; returns images acknowledged per second.
+async fn insert_streams(
+    clients: &[Client],
+    images: &[Vec<u8>],
+    round: usize,
+    streams: usize,
+) -> f64 {
+    let per_stream = images.len() / streams;
+    let started = Instant::now();
+    let tasks = (0..streams).map(|s| {
+        let mut client = clients[s % clients.len()].clone();
+        let items: Vec<InsertRequest> = (0..per_stream)
+            .map(|i| InsertRequest {
+                id: format!("img-{round}-{}", s * per_stream + i),
+                image: images[s * per_stream + i].clone(),
+                ..Default::default()
+            })
+            .collect();
+        async move {
+            let mut responses = client
+                .insert_stream(stream::iter(items))
+                .await
+                .expect("insert stream")
+                .into_inner();
+            let mut acknowledged = 0;
+            while let Some(r) = responses.message().await.expect("stream response") {
+                assert!(r.error.is_none(), "{:?}", r.error);
+                acknowledged += 1;
+            }
+            acknowledged
+        }
+    });
+    let acknowledged: usize = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .sum();
+    assert_eq!(acknowledged, per_stream * streams);
+    acknowledged as f64 / started.elapsed().as_secs_f64()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let per_round = env("BENCH_IMAGES", 240);
     let queries = env("BENCH_QUERIES", 400);
     let levels = [1usize, 8, 32];
-    let all = Arc::new(images(per_round * levels.len()));
+    let stream_levels = [1usize, 8];
+    let all = Arc::new(images(per_round * (levels.len() + stream_levels.len())));
+    let forward = forward_only_rate(&all);
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(
         dir.path(),
@@ -134,6 +203,21 @@ async fn main() {
             "| Insert | {c} | {rate:.1} | {:.2} | {:.2} |",
             percentile(&lat, 0.5),
             percentile(&lat, 0.99)
+        );
+    }
+    for (k, &streams) in stream_levels.iter().enumerate() {
+        let round = levels.len() + k;
+        let rate = insert_streams(
+            &clients,
+            &all[round * per_round..(round + 1) * per_round],
+            round,
+            streams,
+        )
+        .await;
+        println!(
+            "| InsertStream | {streams} stream{} | {rate:.1} ({:.2}x forward only) | | |",
+            if streams == 1 { "" } else { "s" },
+            rate / forward
         );
     }
     // Let the background PCA fit and graph build finish.
@@ -191,7 +275,11 @@ async fn main() {
         );
     }
     println!(
-        "\nstored {stored} images; index: {} (PCA-{}, {} points); daemon RSS {:.0} MiB",
+        "\nForward only (the network alone, in this process before the daemon started, \
+         Lite0, batch 16, 2 threads): {forward:.1} images/s"
+    );
+    println!(
+        "stored {stored} images; index: {} (PCA-{}, {} points); daemon RSS {:.0} MiB",
         if stats.pca_fitted { "HNSW" } else { "exact" },
         stats.pca_dimensions,
         stats.index_size,

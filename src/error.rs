@@ -66,6 +66,13 @@ pub enum Error {
         #[source]
         source: sled::Error,
     },
+    /// One stored record cannot be read back: quarantined (skipped by
+    /// searches, groups and rebuilds) until it is deleted or re-inserted.
+    #[error(
+        "record seq {seq} is damaged ({what}); searches skip it: `lookalike check` lists \
+         every damaged record, and deleting or re-inserting its id replaces it"
+    )]
+    Damaged { seq: u64, what: String },
     /// What is on disk is not what lookalike wrote (a corrupt record, a
     /// saved graph that does not parse).
     #[error("storage error: {0}")]

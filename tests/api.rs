@@ -380,6 +380,39 @@ async fn insert_stream_compare_upsert_and_health() {
         .await
         .expect_err("same content");
     assert_eq!(second.code(), Code::AlreadyExists);
+
+    // A stream's items stored together (one group commit) are answered as
+    // if stored one by one: a copy finds the original sent before it, never
+    // the other way round, and an id sent twice is stored once.
+    let ((n5, p5), (n6, p6)) = (&set[5], &set[6]);
+    let again = format!("{n5}-again");
+    let reqs = vec![
+        insert_req(n5, read(p5)),
+        insert_req(&again, read(p5)),
+        insert_req(n6, read(p6)),
+        insert_req(n6, read(p6)),
+    ];
+    let mut answers = c
+        .insert_stream(tokio_stream::iter(reqs))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(a) = answers.message().await.expect("stream item") {
+        got.push(a);
+    }
+    let duplicates =
+        |i: usize| -> Vec<String> { got[i].duplicates.iter().map(|m| m.id.clone()).collect() };
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got[..3].iter().all(|a| a.error.is_none()), "{got:?}");
+    assert!(!duplicates(0).contains(&again), "{:?}", got[0]);
+    assert!(duplicates(1).contains(n5), "{:?}", got[1]);
+    assert_eq!(
+        got[3].error.as_ref().map(|e| e.code),
+        Some(Code::AlreadyExists as i32),
+        "{:?}",
+        got[3]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,12 @@
-//! Faults an operator meets, through the real daemon: a saved index that
-//! is truncated, overwritten with garbage or from an older lookalike is
-//! never used (it would panic hnsw_rs's loader or give silently wrong
-//! answers); the daemon logs why, rebuilds from the store and gives the
-//! same answers as before.
+//! Faults an operator meets, through the real daemon:
+//! - a saved index that is truncated, overwritten with garbage or from an
+//!   older lookalike is never used (it would panic hnsw_rs's loader or give
+//!   silently wrong answers); the daemon logs why, rebuilds from the store
+//!   and gives the same answers as before;
+//! - damaged records in the store are quarantined: logged, counted in
+//!   Stats, skipped by every query and rebuild (never failing a query for
+//!   another image), DATA_LOSS on Get, removable by Delete, and listed by
+//!   `lookalike check` offline.
 
 mod common;
 
@@ -10,7 +14,8 @@ use std::{path::Path, time::Duration};
 
 use common::{by_id, photos, read, Client, LoggedServe};
 use lookalike::api::proto::{
-    lookalike_client::LookalikeClient, InsertRequest, QueryRequest, StatsRequest,
+    lookalike_client::LookalikeClient, DeleteRequest, GetRequest, InsertRequest, QueryRequest,
+    StatsRequest,
 };
 use lookalike::lab::augment;
 
@@ -57,6 +62,15 @@ async fn answers(c: &mut Client, ids: &[String]) -> Vec<String> {
     out
 }
 
+/// Whether two runs' best matches agree for at least 95 % of the ids: the
+/// graph searched after a restart (a flat copy of it) or a rebuild may
+/// rank a near tie the other way; a wrong graph or wrong codes would not
+/// come close. (Whether a damaged file was used is told by the log.)
+fn agree(a: &[String], b: &[String]) -> bool {
+    let same = a.iter().zip(b).filter(|(x, y)| x == y).count();
+    a.len() == b.len() && same * 20 >= a.len() * 19
+}
+
 /// Overwrites `len` bytes in the middle of `path` with a fixed pattern
 /// (same length: only a checksum can tell).
 fn scribble(path: &Path, len: usize) {
@@ -74,11 +88,9 @@ fn truncate_half(path: &Path) {
     std::fs::write(path, &bytes[..bytes.len() / 2]).expect("write");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_saved_index_is_rebuilt_never_used() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let serve = LoggedServe::start("127.0.0.1:0", dir.path(), &GRAPH, "info");
-    let mut c = connect(&serve.addr).await;
+/// Stores every committed photo and a grey copy of each; waits for the
+/// graph; returns the ids (photo, its copy, next photo, ...).
+async fn store_photos_and_grey_copies(c: &mut Client) -> Vec<String> {
     let mut ids = Vec::new();
     for (name, path) in photos() {
         let bytes = read(&path);
@@ -104,18 +116,32 @@ async fn a_damaged_saved_index_is_rebuilt_never_used() {
         assert!(std::time::Instant::now() < deadline, "no graph: {s:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_saved_index_is_rebuilt_never_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serve = LoggedServe::start("127.0.0.1:0", dir.path(), &GRAPH, "info");
+    let mut c = connect(&serve.addr).await;
+    let ids = store_photos_and_grey_copies(&mut c).await;
     let before = answers(&mut c, &ids).await;
-    // Each photo's best match is its grey copy and the other way round.
-    for pair in ids.chunks(2).zip(before.chunks(2)) {
-        assert_eq!(pair.0, [pair.1[1].clone(), pair.1[0].clone()]);
-    }
+    // Nearly every photo's best match is its grey copy and the other way
+    // round (the answers compared below mean something).
+    let partners = ids
+        .chunks(2)
+        .zip(before.chunks(2))
+        .filter(|(id, best)| id[0] == best[1] && id[1] == best[0])
+        .count();
+    assert!(partners * 10 >= ids.len() / 2 * 9, "{before:?}");
     serve.stop();
     let index = dir.path().join("index");
 
     // An intact saved graph is used as it is.
     let serve = LoggedServe::start("127.0.0.1:0", dir.path(), &GRAPH, "info");
     let mut c = connect(&serve.addr).await;
-    assert_eq!(answers(&mut c, &ids).await, before);
+    let after = answers(&mut c, &ids).await;
+    assert!(agree(&after, &before), "{after:?}\n{before:?}");
     let log = serve.stop();
     assert!(
         !log.contains("rebuilding"),
@@ -166,10 +192,104 @@ async fn a_damaged_saved_index_is_rebuilt_never_used() {
         let mut c = connect(&serve.addr).await;
         let after = answers(&mut c, &ids).await;
         let log = serve.stop();
-        assert_eq!(after, before, "different answers after {what}");
+        assert!(agree(&after, &before), "different answers after {what}");
         assert!(
             log.contains("rebuilding from the store") && log.contains(reason),
             "{what}: the log does not say why the graph was rebuilt:\n{log}"
         );
     }
+}
+
+/// Cuts the stored records of `ids` in half, straight in sled (the daemon
+/// stopped), as a bad disk sector would leave them.
+fn damage_records(data_dir: &Path, ids: &[&str]) {
+    let db = sled::open(data_dir.join("sled")).expect("open sled");
+    let (records, id_tree) = (
+        db.open_tree("records").expect("records"),
+        db.open_tree("ids").expect("ids"),
+    );
+    for id in ids {
+        let seq = id_tree
+            .get(id.as_bytes())
+            .expect("read id")
+            .expect("stored id");
+        let value = records.get(&seq).expect("read record").expect("a record");
+        records
+            .insert(&seq, &value[..value.len() / 2])
+            .expect("write");
+    }
+    db.flush().expect("flush");
+}
+
+fn check(data_dir: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(["check", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run lookalike check")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_records_are_quarantined_never_fail_other_queries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serve = LoggedServe::start("127.0.0.1:0", dir.path(), &GRAPH, "info");
+    let mut c = connect(&serve.addr).await;
+    let ids = store_photos_and_grey_copies(&mut c).await;
+    serve.stop();
+    let clean = check(dir.path());
+    assert!(clean.status.success(), "{clean:?}");
+
+    let damaged = ["animal-cow", "coffee-grey", "tool-pliers"];
+    damage_records(dir.path(), &damaged);
+    let found = check(dir.path());
+    let out = String::from_utf8_lossy(&found.stdout);
+    assert!(!found.status.success(), "check missed the damage: {out}");
+    assert_eq!(out.matches("damaged  seq").count(), 3, "{out}");
+
+    // Twice: with the saved graph (damage found as records are read), and
+    // with the graph rebuilt from the store (found at start).
+    for rebuilt in [false, true] {
+        if rebuilt {
+            std::fs::remove_dir_all(dir.path().join("index")).expect("drop the saved graph");
+        }
+        let serve = LoggedServe::start("127.0.0.1:0", dir.path(), &GRAPH, "info");
+        let mut c = connect(&serve.addr).await;
+        let healthy: Vec<String> = ids
+            .iter()
+            .filter(|id| !damaged.contains(&id.as_str()))
+            .cloned()
+            .collect();
+        // Every query for another image answers, and never with a damaged one.
+        let best = answers(&mut c, &healthy).await;
+        assert!(
+            best.iter().all(|id| !damaged.contains(&id.as_str())),
+            "{best:?}"
+        );
+        let s = c.stats(StatsRequest {}).await.expect("stats").into_inner();
+        assert_eq!(s.damaged_records, 3, "rebuilt {rebuilt}: {s:?}");
+        let get = c
+            .get(GetRequest {
+                id: damaged[0].into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("a damaged record");
+        assert_eq!(get.code(), tonic::Code::DataLoss, "{get:?}");
+        assert!(get.message().contains("damaged"), "{get:?}");
+        let log = serve.stop();
+        assert!(log.contains("damaged record quarantined"), "{log}");
+    }
+
+    // Deleting (or re-inserting) a damaged id clears it.
+    let serve = LoggedServe::start("127.0.0.1:0", dir.path(), &GRAPH, "info");
+    let mut c = connect(&serve.addr).await;
+    answers(&mut c, &ids[..1]).await; // once the index is loaded
+    for id in damaged {
+        c.delete(DeleteRequest { id: id.into() })
+            .await
+            .expect("delete a damaged record");
+    }
+    serve.stop();
+    let after = check(dir.path());
+    assert!(after.status.success(), "{after:?}");
 }

@@ -10,7 +10,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::proto::{self, image_ref::Source, lookalike_server::Lookalike};
 use super::status::{code, to_status};
 use crate::engine::{
-    Engine, GroupEvent, GroupOptions, ImageSource, ListOptions, Listed, Match, NewImage, Tier,
+    Engine, GroupEvent, GroupOptions, ImageSource, ListOptions, Listed, Match, NewImage, Prepared,
+    Tier,
 };
 use crate::error::Error;
 use crate::store::Decision;
@@ -18,6 +19,8 @@ use crate::telemetry;
 
 /// Images of one InsertStream embedded concurrently while earlier ones commit.
 const STREAM_PIPELINE: usize = 4;
+/// Most items of one InsertStream stored by one group commit (one flush).
+const MAX_COMMIT_GROUP: usize = 32;
 /// Responses an InsertStream buffers for a slow reader before it stops
 /// reading requests (backpressure).
 const STREAM_BUFFER: usize = 16;
@@ -440,6 +443,7 @@ impl Lookalike for Service {
                 pca_min_images: s.pca_min_images,
                 duplicate_distance: s.duplicate_distance,
                 duplicate_similarity: s.duplicate_similarity,
+                damaged_records: s.damaged_records,
             }))
         }
         .await;
@@ -492,57 +496,121 @@ where
 /// arrival order, and answers each; a bad item gets an `error`, a broken
 /// stream ends the call with its status. Once the daemon is stopping, the
 /// stream commits nothing more and ends with UNAVAILABLE, idle or not.
+/// An InsertStream item once decoded and embedded: its id and the
+/// prepared insert, or the stream's own error (which ends it).
+type PreparedItem = Result<(String, Result<Prepared, Error>), Status>;
+
+/// Where an item of a group commit gets its answer from.
+enum Answer {
+    /// Its outcome in the group commit.
+    Committed(String),
+    /// It failed before the commit (bad image, bad id, ...).
+    Failed(String, Error),
+    /// The stream failed here (e.g. a malformed message): ends it.
+    Ended(Status),
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn run_insert_stream(
     engine: Engine,
     inbound: Streaming<proto::InsertRequest>,
     tx: mpsc::Sender<Result<proto::InsertResponse, Status>>,
     mut stopping: watch::Receiver<bool>,
 ) -> Code {
-    let prepared = inbound
-        .map(|item| {
-            let engine = engine.clone();
-            async move {
-                let req = item?;
-                let id = req.id.clone();
-                Ok::<_, Status>((id, engine.prepare(new_image(req)).await))
+    // Decoding and embedding run in a task of their own, so that the next
+    // images are embedded while earlier ones are being stored.
+    let (ready_tx, mut ready) = mpsc::channel::<PreparedItem>(STREAM_PIPELINE);
+    let _preparer = {
+        let engine = engine.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let prepared = inbound
+                .map(|item| {
+                    let engine = engine.clone();
+                    async move {
+                        let req = item?;
+                        let id = req.id.clone();
+                        Ok((id, engine.prepare(new_image(req)).await))
+                    }
+                })
+                .buffered(STREAM_PIPELINE);
+            tokio::pin!(prepared);
+            while let Some(item) = prepared.next().await {
+                if ready_tx.send(item).await.is_err() {
+                    return;
+                }
             }
-        })
-        .buffered(STREAM_PIPELINE);
-    tokio::pin!(prepared);
+        }))
+    };
     loop {
-        let item = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = stopping.wait_for(|stop| *stop) => None,
-            item = prepared.next() => match item {
+            item = ready.recv() => match item {
                 Some(item) => Some(item),
                 None => return Code::Ok,
             },
         };
         // Checked again after the item is ready: a stop that came while it
         // was being embedded wins, so nothing is stored after the signal.
-        let Some(item) = item.filter(|_| !*stopping.borrow()) else {
+        let Some(first) = first.filter(|_| !*stopping.borrow()) else {
             let _ = tx.send(Err(stopping_status())).await;
             return Code::Unavailable;
         };
-        let response = match item {
-            Ok((id, Ok(p))) => match engine.commit(p).await {
-                Ok(outcome) => Ok(proto::InsertResponse {
-                    id: outcome.id,
-                    duplicates: outcome.duplicates.into_iter().map(to_match).collect(),
-                    error: None,
-                    replaced: outcome.replaced,
-                }),
-                Err(e) => Ok(item_error(id, e)),
-            },
-            Ok((id, Err(e))) => Ok(item_error(id, e)),
-            Err(status) => Err(status),
-        };
-        let ended = response.as_ref().err().map(Status::code);
-        if tx.send(response).await.is_err() {
-            return Code::Cancelled;
+        // Every item already embedded joins this commit (one flush for
+        // all), up to a stream error, which ends the stream.
+        let mut items = vec![first];
+        while items.len() < MAX_COMMIT_GROUP && items.last().is_some_and(Result::is_ok) {
+            match ready.try_recv() {
+                Ok(item) => items.push(item),
+                Err(_) => break,
+            }
         }
-        if let Some(code) = ended {
-            return code;
+        let mut group = Vec::with_capacity(items.len());
+        let answers: Vec<Answer> = items
+            .into_iter()
+            .map(|item| match item {
+                Ok((id, Ok(prepared))) => {
+                    group.push(prepared);
+                    Answer::Committed(id)
+                }
+                Ok((id, Err(e))) => Answer::Failed(id, e),
+                Err(status) => Answer::Ended(status),
+            })
+            .collect();
+        let mut outcomes = engine.commit_group(group).await.into_iter();
+        for answer in answers {
+            let response = match answer {
+                Answer::Committed(id) => match outcomes.next() {
+                    Some(Ok(outcome)) => Ok(proto::InsertResponse {
+                        id: outcome.id,
+                        duplicates: outcome.duplicates.into_iter().map(to_match).collect(),
+                        error: None,
+                        replaced: outcome.replaced,
+                    }),
+                    Some(Err(e)) => Ok(item_error(id, e)),
+                    None => Ok(item_error(
+                        id,
+                        Error::Internal("the group commit gave no outcome".into()),
+                    )),
+                },
+                Answer::Failed(id, e) => Ok(item_error(id, e)),
+                Answer::Ended(status) => Err(status),
+            };
+            let ended = response.as_ref().err().map(Status::code);
+            if tx.send(response).await.is_err() {
+                return Code::Cancelled;
+            }
+            if let Some(code) = ended {
+                return code;
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ pub fn code(error: &Error) -> Code {
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::Unavailable(_) => Code::Unavailable,
         Error::ModelMismatch(_) => Code::FailedPrecondition,
+        Error::Damaged { .. } => Code::DataLoss,
         // Start-up only: never sent to a client.
         Error::Bind { .. } => Code::Unavailable,
         Error::File { .. }

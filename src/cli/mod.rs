@@ -193,6 +193,13 @@ pub enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Verify a data folder offline (stop the daemon first): read every
+    /// record and id back and list what is damaged; exits 1 if anything is.
+    Check {
+        /// The daemon's data folder.
+        #[arg(long, default_value = lookalike::config::defaults::DATA_DIR)]
+        data_dir: PathBuf,
+    },
     /// Exits 0 if the daemon's health is SERVING, 1 otherwise (for
     /// container health checks and scripts).
     Health {
@@ -215,6 +222,7 @@ pub async fn run(command: Command) -> Result<()> {
         #[cfg(feature = "lab")]
         Command::TrainSiamese(t) => tokio::task::spawn_blocking(move || siamese::train(t)).await?,
         Command::Health { connection } => health(connection).await,
+        Command::Check { data_dir } => check(data_dir).await,
         Command::Restore { file, data_dir } => {
             let manifest = tokio::task::spawn_blocking(move || {
                 lookalike::engine::restore(&file, &data_dir)
@@ -274,10 +282,51 @@ impl Command {
             Command::Review(a) => Some(&a.connection),
             Command::Reviews(a) => Some(&a.connection),
             Command::Report(a) => Some(&a.connection),
-            Command::Restore { .. } => None,
+            Command::Restore { .. } | Command::Check { .. } => None,
             #[cfg(feature = "lab")]
             Command::Eval(_) | Command::TrainSiamese(_) => None,
         }
+    }
+}
+
+/// `lookalike check`: prints what `SledStore::check` found; an error
+/// (exit 1) when anything is damaged.
+async fn check(data_dir: PathBuf) -> Result<()> {
+    let report = tokio::task::spawn_blocking(move || {
+        let store = lookalike::store::SledStore::open(&data_dir.join("sled"))?;
+        store.check()
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!(e.chain()))?;
+    println!("records  {}", report.records);
+    println!("ids      {}", report.ids);
+    for (seq, why) in &report.damaged {
+        println!("damaged  seq {seq}: {why}");
+    }
+    for id in &report.orphan_ids {
+        println!("orphan   id {id:?}: its record is missing");
+    }
+    for id in &report.mismatched_ids {
+        println!("mismatch id {id:?}: its record names another id");
+    }
+    if let Some(why) = &report.unreadable {
+        println!("unreadable: sled could not read further ({why}); the rest is unchecked");
+    }
+    if report.is_clean() {
+        println!("ok: every record and id reads back");
+        Ok(())
+    } else {
+        bail!(
+            "{} damaged records, {} ids without a record, {} ids pointing at another id{}",
+            report.damaged.len(),
+            report.orphan_ids.len(),
+            report.mismatched_ids.len(),
+            if report.unreadable.is_some() {
+                ", and an unreadable rest"
+            } else {
+                ""
+            }
+        )
     }
 }
 
@@ -448,7 +497,9 @@ async fn run_remote(command: Command) -> Result<()> {
         }
         #[cfg(feature = "lab")]
         Command::Eval(_) | Command::TrainSiamese(_) => unreachable!("handled in run"),
-        Command::Health { .. } | Command::Restore { .. } => unreachable!("handled in run"),
+        Command::Health { .. } | Command::Restore { .. } | Command::Check { .. } => {
+            unreachable!("handled in run")
+        }
         Command::Snapshot { out, .. } => snapshot(&mut client, &out).await,
         Command::Stats { .. } => {
             let s = client.stats(StatsRequest {}).await?.into_inner();

@@ -19,6 +19,7 @@ impl Engine {
                     .ok_or_else(|| Error::NotFound(id.clone()))?;
                 shared.store.flush()?;
                 index.remove(seq);
+                shared.forget_damaged(seq);
             }
             shared.maintenance.notify_one();
             Ok(())

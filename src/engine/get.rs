@@ -63,6 +63,13 @@ impl Engine {
                 if !wanted(i) {
                     continue;
                 }
+                let record = match record {
+                    Err(e) => match shared.skip_damaged(e) {
+                        Ok(()) => continue,
+                        Err(e) => Err(e),
+                    },
+                    ok => ok,
+                };
                 let item = record.and_then(|record| {
                     let thumbnail = match options.thumbnails {
                         true => shared.store.thumbnail(record.seq)?,

@@ -267,7 +267,10 @@ impl Shared {
         loop {
             batch.clear();
             for record in records.by_ref().take(SCAN_BATCH) {
-                batch.push(record?);
+                match record {
+                    Ok(record) => batch.push(record),
+                    Err(e) => self.skip_damaged(e)?,
+                }
             }
             if batch.is_empty() {
                 break;

@@ -2,19 +2,21 @@
 //! the stored images the duplicate verdict calls copies of the new one.
 //!
 //! Split in two for bulk ingest: [`Engine::prepare`] (CPU-bound: decode and
-//! embed) runs for several images at once, [`Engine::commit`] (the store
-//! write and the index update, under the index slot's read lock) in order.
+//! embed) runs for several images at once, [`Engine::commit_group`] (the
+//! store writes and the index updates, under the index slot's read lock)
+//! stores the ones ready, in order, with one flush to disk for them all: a
+//! group commit, so an InsertStream pays one fsync per group, not per image.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use super::Match;
-use super::{blocking, Engine, Resolved, Shared};
 use super::{Embedded, EmbeddedImage};
+use super::{Engine, Resolved, Shared};
 use crate::error::{Error, Result};
-use crate::store::{ImageFacts, Record};
+use crate::store::{ImageFacts, Inserted, Record};
 use sha2::{Digest, Sha256};
 
 /// Longest accepted id, in bytes.
@@ -95,57 +97,127 @@ impl Engine {
 
     /// The storing half of an insert: durable once this returns.
     pub async fn commit(&self, prepared: Prepared) -> Result<InsertOutcome> {
-        let shared = self.shared.clone();
-        blocking(move || shared.insert_features(prepared)).await
+        let mut outcomes = self.commit_group(vec![prepared]).await;
+        outcomes
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("a commit gave no outcome".into())))
+    }
+
+    /// Stores `group` in order, with one flush to disk for all of it; one
+    /// outcome per image, each durable once returned, as if committed one
+    /// by one in this order (an image's duplicates never include one later
+    /// in the group).
+    pub async fn commit_group(&self, group: Vec<Prepared>) -> Vec<Result<InsertOutcome>> {
+        let (shared, n) = (self.shared.clone(), group.len());
+        match tokio::task::spawn_blocking(move || shared.insert_group(group)).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => (0..n)
+                .map(|_| Err(Error::Internal(format!("worker failed: {e}"))))
+                .collect(),
+        }
     }
 }
 
 impl Shared {
-    pub(super) fn insert_features(&self, prepared: Prepared) -> Result<InsertOutcome> {
-        let Embedded { features, siamese } = prepared.embedded;
-        let record = Record {
-            id: prepared.id,
-            seq: 0,
-            features,
-            siamese,
-            metadata: prepared.metadata,
-            inserted_at_ms: now_ms(),
-            facts: Some(prepared.facts),
-        };
-        let upsert = prepared.upsert;
-        let inserted = {
-            let index = self.write_slot()?;
-            let thumbnail = prepared.thumbnail.as_deref();
-            let inserted = self.store.insert(&record, upsert, thumbnail)?;
-            self.store.flush()?;
-            if let Some(old) = inserted.replaced {
-                index.remove(old);
+    fn insert_group(&self, group: Vec<Prepared>) -> Vec<Result<InsertOutcome>> {
+        let n = group.len();
+        let inserted_at_ms = now_ms();
+        let mut stored: Vec<Result<(Record, Inserted)>> = Vec::with_capacity(n);
+        {
+            let index = match self.write_slot() {
+                Ok(index) => index,
+                Err(e) => {
+                    let message = e.to_string();
+                    return (0..n)
+                        .map(|_| Err(Error::Unavailable(message.clone())))
+                        .collect();
+                }
+            };
+            for prepared in group {
+                let Embedded { features, siamese } = prepared.embedded;
+                let record = Record {
+                    id: prepared.id,
+                    seq: 0,
+                    features,
+                    siamese,
+                    metadata: prepared.metadata,
+                    inserted_at_ms,
+                    facts: Some(prepared.facts),
+                };
+                let thumbnail = prepared.thumbnail.as_deref();
+                let result = self.store.insert(&record, prepared.upsert, thumbnail);
+                stored.push(result.map(|inserted| (record, inserted)));
             }
-            index.add(inserted.seq, &record.features);
-            inserted
-        };
+            self.flush_group(&mut stored);
+            for (record, inserted) in stored.iter().flatten() {
+                if let Some(old) = inserted.replaced {
+                    index.remove(old);
+                    self.forget_damaged(old);
+                }
+                index.add(inserted.seq, &record.features);
+            }
+        }
         self.maintenance.notify_one();
-        let id = record.id.clone();
-        let mut record = record;
-        record.seq = inserted.seq;
-        let duplicates = self.duplicates_of(Resolved::stored(record))?;
-        Ok(InsertOutcome {
-            id,
-            duplicates,
-            replaced: inserted.replaced.is_some(),
-        })
+        let mut later: HashSet<String> = stored
+            .iter()
+            .flatten()
+            .map(|(record, _)| record.id.clone())
+            .collect();
+        stored
+            .into_iter()
+            .map(|result| {
+                let (mut record, inserted) = result?;
+                later.remove(&record.id);
+                let id = record.id.clone();
+                record.seq = inserted.seq;
+                let duplicates = self.duplicates_of(Resolved::stored(record), &later)?;
+                Ok(InsertOutcome {
+                    id,
+                    duplicates,
+                    replaced: inserted.replaced.is_some(),
+                })
+            })
+            .collect()
+    }
+
+    /// One flush for every write of a group that succeeded. If it fails,
+    /// each of them flushes again on its own, so each gets an error of its
+    /// own (a full disk stays RESOURCE_EXHAUSTED) or is durable after all.
+    fn flush_group(&self, stored: &mut [Result<(Record, Inserted)>]) {
+        if !stored.iter().any(Result::is_ok) {
+            return;
+        }
+        let Err(first) = self.store.flush() else {
+            return;
+        };
+        let mut first = Some(first);
+        for slot in stored.iter_mut().filter(|s| s.is_ok()) {
+            let failed = match first.take() {
+                Some(e) => Some(e),
+                None => self.store.flush().err(),
+            };
+            if let Some(e) = failed {
+                *slot = Err(e);
+            }
+        }
     }
 
     /// The stored images the duplicate verdict says `record` duplicates:
     /// a shortlist of nearest neighbours by cosine, judged pair by pair.
-    pub(super) fn duplicates_of(&self, query: Resolved) -> Result<Vec<Match>> {
+    /// Images with an id in `skip` are left out (stored after `query` in
+    /// the same group commit).
+    pub(super) fn duplicates_of(
+        &self,
+        query: Resolved,
+        skip: &HashSet<String>,
+    ) -> Result<Vec<Match>> {
         let max = self.config.max_duplicates;
         let shortlist = match self.siamese {
             Some(_) => max.saturating_mul(4).max(DUPLICATE_CANDIDATES),
             None => max,
         };
         let mut found = self.nearest(&query, shortlist, -1.0)?;
-        found.retain(|m| m.duplicate);
+        found.retain(|m| m.duplicate && !skip.contains(&m.id));
         found.truncate(max);
         Ok(found)
     }

@@ -302,7 +302,13 @@ impl Shared {
         let mut sample: Vec<Vec<f32>> = Vec::with_capacity(cap.min(self.store.len()));
         let mut seen = 0usize;
         for record in self.store.scan_after(0) {
-            let features = record?.features;
+            let features = match record {
+                Ok(record) => record.features,
+                Err(e) => {
+                    self.skip_damaged(e)?;
+                    continue;
+                }
+            };
             seen += 1;
             if sample.len() < cap {
                 sample.push(features);
@@ -358,7 +364,16 @@ impl Shared {
         let (mut upto, mut added) = (after, 0);
         let mut batch = Vec::with_capacity(BUILD_BATCH);
         for record in self.store.scan_after(after) {
-            let record = record?;
+            let record = match record {
+                Ok(record) => record,
+                Err(e) => {
+                    if let Error::Damaged { seq, .. } = &e {
+                        upto = upto.max(*seq);
+                    }
+                    self.skip_damaged(e)?;
+                    continue;
+                }
+            };
             upto = upto.max(record.seq);
             batch.push((record.seq, record.features));
             if batch.len() == BUILD_BATCH {

@@ -175,6 +175,10 @@ struct Shared {
     shutdown: AtomicBool,
     /// The maintenance task, awaited at shutdown.
     maintenance_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Seqs of stored records found damaged (unreadable) so far: skipped by
+    /// searches, groups, lists and rebuilds, logged once each, counted in
+    /// Stats. A leaf lock: nothing is taken while it is held.
+    damaged: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl Engine {
@@ -216,6 +220,7 @@ impl Engine {
                 maintenance: Notify::new(),
                 shutdown: AtomicBool::new(false),
                 maintenance_task: std::sync::Mutex::new(None),
+                damaged: std::sync::Mutex::new(Default::default()),
             }),
         })
     }
@@ -366,6 +371,34 @@ impl Shared {
 
     fn current_index(&self) -> Arc<Index> {
         self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `Ok` when `error` is a damaged record, which is quarantined (logged
+    /// the first time, counted) so the caller can skip it; any other error
+    /// is given back.
+    fn skip_damaged(&self, error: Error) -> Result<()> {
+        let Error::Damaged { seq, .. } = &error else {
+            return Err(error);
+        };
+        let mut damaged = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
+        if damaged.insert(*seq) {
+            tracing::error!(error = %error, "damaged record quarantined");
+            metrics::gauge!("lookalike_damaged_records").set(damaged.len() as f64);
+        }
+        Ok(())
+    }
+
+    /// A damaged record deleted or replaced: no longer counted.
+    fn forget_damaged(&self, seq: u64) {
+        let mut damaged = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
+        if damaged.remove(&seq) {
+            metrics::gauge!("lookalike_damaged_records").set(damaged.len() as f64);
+        }
+    }
+
+    /// How many damaged records have been found so far.
+    fn damaged_count(&self) -> usize {
+        self.damaged.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// The index slot's read lock, for a write to the store and the index

@@ -82,8 +82,13 @@ impl Shared {
         let hits = index.rescore(&query.features, hits, exact_scored(k));
         let mut matches = Vec::with_capacity(hits.len());
         for hit in hits {
-            let Some(record) = self.store.get_by_seq(hit.seq)? else {
-                continue;
+            let record = match self.store.get_by_seq(hit.seq) {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.skip_damaged(e)?;
+                    continue;
+                }
             };
             let similarity = dot(&query.features, &record.features).clamp(-1.0, 1.0);
             if similarity >= min_similarity {

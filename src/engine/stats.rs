@@ -14,6 +14,8 @@ pub struct Stats {
     pub pca_min_images: u64,
     pub duplicate_distance: Option<f32>,
     pub duplicate_similarity: f32,
+    /// Stored records found unreadable so far (quarantined).
+    pub damaged_records: u64,
 }
 
 impl Engine {
@@ -34,6 +36,7 @@ impl Engine {
             pca_min_images: self.shared.config.pca_min_images as u64,
             duplicate_distance: self.shared.distance_threshold(),
             duplicate_similarity: self.shared.config.duplicate_similarity,
+            damaged_records: self.shared.damaged_count() as u64,
         }
     }
 }

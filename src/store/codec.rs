@@ -115,7 +115,10 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn corrupt(&self, what: &str) -> Error {
-        Error::Storage(format!("record seq {} is corrupt: {what}", self.seq))
+        Error::Damaged {
+            seq: self.seq,
+            what: what.to_string(),
+        }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {

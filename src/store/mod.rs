@@ -23,6 +23,34 @@ pub use crate::decode::ImageFacts;
 pub use reviews::{Decision, Review};
 pub use sled_store::SledStore;
 
+/// What [`SledStore::check`] found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Records read.
+    pub records: u64,
+    /// Ids read.
+    pub ids: u64,
+    /// Records that cannot be decoded: seq and why.
+    pub damaged: Vec<(u64, String)>,
+    /// Ids whose record is missing.
+    pub orphan_ids: Vec<String>,
+    /// Ids whose record names another id.
+    pub mismatched_ids: Vec<String>,
+    /// sled itself failed to read further (what it said); what follows
+    /// was not checked.
+    pub unreadable: Option<String>,
+}
+
+impl CheckReport {
+    /// Whether nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.damaged.is_empty()
+            && self.orphan_ids.is_empty()
+            && self.mismatched_ids.is_empty()
+            && self.unreadable.is_none()
+    }
+}
+
 /// A record in the store's own encoding (for snapshots).
 pub fn encode_record(record: &Record) -> Vec<u8> {
     codec::encode(record)

@@ -23,7 +23,7 @@ use sled::{
 };
 
 use super::reviews::{self, Decision, Review};
-use super::{codec, Inserted, Record, Store};
+use super::{codec, CheckReport, Inserted, Record, Store};
 use crate::error::{Error, Result};
 
 pub struct SledStore {
@@ -125,6 +125,50 @@ impl SledStore {
         Ok(keys)
     }
 
+    /// Reads every record and every id, offline (`lookalike check`):
+    /// which records cannot be read back, and where the two trees disagree.
+    pub fn check(&self) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        let mut id_of_seq = std::collections::HashMap::new();
+        for item in self.records.iter() {
+            let (key, value) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    // sled cannot go on past what it cannot read.
+                    report.unreadable = Some(e.to_string());
+                    break;
+                }
+            };
+            let seq = seq_from(&key)?;
+            report.records += 1;
+            match codec::decode(seq, &value) {
+                Ok(record) => {
+                    id_of_seq.insert(seq, record.id);
+                }
+                Err(e) => report.damaged.push((seq, e.to_string())),
+            }
+        }
+        for item in self.ids.iter() {
+            let (id, seq) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    report.unreadable.get_or_insert(e.to_string());
+                    break;
+                }
+            };
+            report.ids += 1;
+            let id = String::from_utf8_lossy(&id).into_owned();
+            let seq = seq_from(&seq)?;
+            match id_of_seq.get(&seq) {
+                Some(stored) if *stored == id => {}
+                Some(_) => report.mismatched_ids.push(id),
+                None if report.damaged.iter().any(|(s, _)| *s == seq) => {}
+                None => report.orphan_ids.push(id),
+            }
+        }
+        Ok(report)
+    }
+
     /// New seqs start above `seq` (the highest restored one).
     pub fn start_seqs_after(&self, seq: u64) -> Result<()> {
         let base = seq.max(self.seq_base.load(Ordering::SeqCst));
@@ -162,12 +206,13 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(e) => {
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
                 return Err(Error::file(
                     "open the database (another lookalike may hold its lock) at",
                     dir,
-                )(e))
+                )(sled::Error::Io(e)))
             }
+            Err(e) => return Err(Error::file("open the database at", dir)(e)),
         }
     }
 }
@@ -249,11 +294,15 @@ impl Store for SledStore {
     }
 
     fn get_by_seq(&self, seq: u64) -> Result<Option<Record>> {
-        match self
-            .records
-            .get(seq_key(seq))
-            .map_err(Error::store("reading a record"))?
-        {
+        let read = self.records.get(seq_key(seq)).map_err(|e| match e {
+            // sled's own checksum of what it read failed.
+            sled::Error::Corruption { .. } => Error::Damaged {
+                seq,
+                what: e.to_string(),
+            },
+            e => Error::store("reading a record")(e),
+        });
+        match read? {
             Some(bytes) => Ok(Some(codec::decode(seq, &bytes)?)),
             None => Ok(None),
         }

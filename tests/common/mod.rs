@@ -243,3 +243,14 @@ impl LoggedServe {
         log
     }
 }
+
+/// A test that fails before [`LoggedServe::stop`] must not leave the daemon
+/// running.
+impl Drop for LoggedServe {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

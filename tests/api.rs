@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use common::{by_id, data, photos, read, Daemon};
 use lookalike::api::proto::{
     image_ref::Source, CompareRequest, DeleteRequest, GetRequest, ImageRef, InsertRequest,
-    QueryRequest, StatsRequest,
+    InsertResponse, QueryRequest, StatsRequest,
 };
 use lookalike::lab::augment;
 use tonic::Code;
@@ -36,6 +36,20 @@ fn insert_req(id: &str, image: Vec<u8>) -> InsertRequest {
         metadata: HashMap::new(),
         upsert: false,
     }
+}
+
+/// Every answer of one InsertStream of `reqs`.
+async fn stream_all(c: &mut common::Client, reqs: Vec<InsertRequest>) -> Vec<InsertResponse> {
+    let mut answers = c
+        .insert_stream(tokio_stream::iter(reqs))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(a) = answers.message().await.expect("stream item") {
+        got.push(a);
+    }
+    got
 }
 
 fn query_req(image: Option<ImageRef>, k: u32) -> QueryRequest {
@@ -258,15 +272,7 @@ async fn insert_stream_compare_upsert_and_health() {
         .collect();
     reqs.insert(2, insert_req("broken", b"not an image".to_vec()));
     let expected: Vec<String> = reqs.iter().map(|r| r.id.clone()).collect();
-    let mut answers = c
-        .insert_stream(tokio_stream::iter(reqs))
-        .await
-        .expect("stream")
-        .into_inner();
-    let mut got = Vec::new();
-    while let Some(a) = answers.message().await.expect("stream item") {
-        got.push(a);
-    }
+    let got = stream_all(&mut c, reqs).await;
     assert_eq!(
         got.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
         expected
@@ -392,15 +398,7 @@ async fn insert_stream_compare_upsert_and_health() {
         insert_req(n6, read(p6)),
         insert_req(n6, read(p6)),
     ];
-    let mut answers = c
-        .insert_stream(tokio_stream::iter(reqs))
-        .await
-        .expect("stream")
-        .into_inner();
-    let mut got = Vec::new();
-    while let Some(a) = answers.message().await.expect("stream item") {
-        got.push(a);
-    }
+    let got = stream_all(&mut c, reqs).await;
     let duplicates =
         |i: usize| -> Vec<String> { got[i].duplicates.iter().map(|m| m.id.clone()).collect() };
     assert_eq!(got.len(), 4, "{got:?}");

@@ -21,6 +21,13 @@ use lookalike::lab::augment;
 
 const GRAPH: [&str; 2] = ["--pca-min-images", "20"];
 
+/// A daemon on `data_dir` (graph from 20 images, log at info) and a client.
+async fn start(data_dir: &Path) -> (LoggedServe, Client) {
+    let serve = LoggedServe::start("127.0.0.1:0", data_dir, &GRAPH, "info");
+    let client = connect(&serve.addr).await;
+    (serve, client)
+}
+
 async fn connect(addr: &str) -> Client {
     LookalikeClient::connect(format!("http://{addr}"))
         .await
@@ -122,8 +129,7 @@ async fn store_photos_and_grey_copies(c: &mut Client) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_saved_index_is_rebuilt_never_used() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let serve = LoggedServe::start("127.0.0.1:0", dir.path(), &GRAPH, "info");
-    let mut c = connect(&serve.addr).await;
+    let (serve, mut c) = start(dir.path()).await;
     let ids = store_photos_and_grey_copies(&mut c).await;
     let before = answers(&mut c, &ids).await;
     // Nearly every photo's best match is its grey copy and the other way
@@ -138,8 +144,7 @@ async fn a_damaged_saved_index_is_rebuilt_never_used() {
     let index = dir.path().join("index");
 
     // An intact saved graph is used as it is.
-    let serve = LoggedServe::start("127.0.0.1:0", dir.path(), &GRAPH, "info");
-    let mut c = connect(&serve.addr).await;
+    let (serve, mut c) = start(dir.path()).await;
     let after = answers(&mut c, &ids).await;
     assert!(agree(&after, &before), "{after:?}\n{before:?}");
     let log = serve.stop();
@@ -188,8 +193,7 @@ async fn a_damaged_saved_index_is_rebuilt_never_used() {
             "no saved index to damage"
         );
         damage(&index);
-        let serve = LoggedServe::start("127.0.0.1:0", dir.path(), &GRAPH, "info");
-        let mut c = connect(&serve.addr).await;
+        let (serve, mut c) = start(dir.path()).await;
         let after = answers(&mut c, &ids).await;
         let log = serve.stop();
         assert!(agree(&after, &before), "different answers after {what}");
@@ -232,8 +236,7 @@ fn check(data_dir: &Path) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_records_are_quarantined_never_fail_other_queries() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let serve = LoggedServe::start("127.0.0.1:0", dir.path(), &GRAPH, "info");
-    let mut c = connect(&serve.addr).await;
+    let (serve, mut c) = start(dir.path()).await;
     let ids = store_photos_and_grey_copies(&mut c).await;
     serve.stop();
     let clean = check(dir.path());
@@ -252,8 +255,7 @@ async fn damaged_records_are_quarantined_never_fail_other_queries() {
         if rebuilt {
             std::fs::remove_dir_all(dir.path().join("index")).expect("drop the saved graph");
         }
-        let serve = LoggedServe::start("127.0.0.1:0", dir.path(), &GRAPH, "info");
-        let mut c = connect(&serve.addr).await;
+        let (serve, mut c) = start(dir.path()).await;
         let healthy: Vec<String> = ids
             .iter()
             .filter(|id| !damaged.contains(&id.as_str()))
@@ -281,8 +283,7 @@ async fn damaged_records_are_quarantined_never_fail_other_queries() {
     }
 
     // Deleting (or re-inserting) a damaged id clears it.
-    let serve = LoggedServe::start("127.0.0.1:0", dir.path(), &GRAPH, "info");
-    let mut c = connect(&serve.addr).await;
+    let (serve, mut c) = start(dir.path()).await;
     answers(&mut c, &ids[..1]).await; // once the index is loaded
     for id in damaged {
         c.delete(DeleteRequest { id: id.into() })

@@ -3,9 +3,9 @@
 //! A saved graph is a cache of the store, so a damaged one must never be
 //! used: hnsw_rs's loader panics on a truncated file, and garbage in the
 //! re-rank codes would give silently wrong answers. [`Index::dump`] records
-//! each file's length and CRC-32 (crc32fast, about 10 GB/s with its SIMD
-//! path, so checking a million images' files costs well under a second), and
-//! [`Index::load_graph`] refuses files that do not match before reading
+//! each file's length and CRC-32 (crc32fast, SIMD; one more pass over bytes
+//! that hnsw_rs's loader parses anyway), and [`Index::load_graph`] refuses
+//! files that do not match before reading
 //! them; the engine then rebuilds from the store.
 //!
 //! [`Index::dump`]: super::Index::dump

@@ -492,10 +492,6 @@ where
     rx
 }
 
-/// Embeds up to [`STREAM_PIPELINE`] requests at once, commits them in
-/// arrival order, and answers each; a bad item gets an `error`, a broken
-/// stream ends the call with its status. Once the daemon is stopping, the
-/// stream commits nothing more and ends with UNAVAILABLE, idle or not.
 /// An InsertStream item once decoded and embedded: its id and the
 /// prepared insert, or the stream's own error (which ends it).
 type PreparedItem = Result<(String, Result<Prepared, Error>), Status>;
@@ -519,6 +515,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Embeds up to [`STREAM_PIPELINE`] requests at once, commits those ready
+/// together in arrival order (a group commit), and answers each; a bad item
+/// gets an `error`, a broken stream ends the call with its status. Once the
+/// daemon is stopping, the stream commits nothing more and ends with
+/// UNAVAILABLE, idle or not.
 async fn run_insert_stream(
     engine: Engine,
     inbound: Streaming<proto::InsertRequest>,
@@ -528,7 +529,7 @@ async fn run_insert_stream(
     // Decoding and embedding run in a task of their own, so that the next
     // images are embedded while earlier ones are being stored.
     let (ready_tx, mut ready) = mpsc::channel::<PreparedItem>(STREAM_PIPELINE);
-    let _preparer = {
+    let mut preparer = {
         let engine = engine.clone();
         AbortOnDrop(tokio::spawn(async move {
             let prepared = inbound
@@ -553,10 +554,26 @@ async fn run_insert_stream(
         let first = tokio::select! {
             biased;
             _ = stopping.wait_for(|stop| *stop) => None,
-            item = ready.recv() => match item {
-                Some(item) => Some(item),
-                None => return Code::Ok,
-            },
+            item = ready.recv() => Some(item),
+        };
+        let first = match first {
+            Some(Some(item)) => Some(item),
+            // Every item answered, unless the preparer died.
+            Some(None) => {
+                return match (&mut preparer.0).await {
+                    Err(e) if e.is_panic() => {
+                        tracing::error!("an InsertStream's preparer panicked");
+                        let status = Status::internal(
+                            "lookalike failed preparing this stream's next item; items not yet \
+                             answered were not stored",
+                        );
+                        let _ = tx.send(Err(status)).await;
+                        Code::Internal
+                    }
+                    _ => Code::Ok,
+                };
+            }
+            None => None,
         };
         // Checked again after the item is ready: a stop that came while it
         // was being embedded wins, so nothing is stored after the signal.

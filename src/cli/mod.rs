@@ -292,8 +292,15 @@ impl Command {
 /// `lookalike check`: prints what `SledStore::check` found; an error
 /// (exit 1) when anything is damaged.
 async fn check(data_dir: PathBuf) -> Result<()> {
+    let sled = data_dir.join("sled");
+    if !sled.is_dir() {
+        bail!(
+            "{} holds no lookalike database (no sled folder); give the daemon's --data-dir",
+            data_dir.display()
+        );
+    }
     let report = tokio::task::spawn_blocking(move || {
-        let store = lookalike::store::SledStore::open(&data_dir.join("sled"))?;
+        let store = lookalike::store::SledStore::open(&sled)?;
         store.check()
     })
     .await?

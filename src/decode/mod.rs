@@ -77,18 +77,20 @@ pub fn for_network(
 /// applies, as in [`for_network`]); and the image in words ("a 4000x3000
 /// PNG") for messages. For the decode memory budget ([`DecodeBudget`]).
 ///
-/// Deliberately an upper bound, not a guess: the decoder's own buffer
-/// (`bytes_per_pixel` of its colour type; 1-bit PNGs come out 1 byte per
-/// pixel), the RGB copy and the rotated copy an EXIF orientation makes
-/// (3 bytes each); a JPEG may keep 16-bit DCT coefficients for every
-/// component of every pixel (progressive files) whatever scale it is read
-/// at: 6 bytes per pixel more.
+/// Deliberately an upper bound, not a guess: what the decoder may allocate
+/// (`Probe::decoder_allowance`, which the decode enforces: a GIF frame
+/// larger than its declared screen cannot allocate past it), the RGB copy
+/// and the rotated copy an EXIF orientation makes (3 bytes per pixel each);
+/// a JPEG may keep 16-bit DCT coefficients for every component of every
+/// pixel (progressive files) whatever scale it is read at: 6 bytes per
+/// pixel more.
 pub fn cost(bytes: &[u8], max_pixels: u64) -> Result<(u64, String)> {
     let probe = probe(bytes, max_pixels)?;
     let pixels = u64::from(probe.width) * u64::from(probe.height);
-    let per_pixel = u64::from(probe.bytes_per_pixel) + 3 + 3;
+    // The RGB copy and the rotated copy.
+    let copies = pixels * 6;
     let coefficients = if probe.format == image::ImageFormat::Jpeg {
-        6
+        pixels * 6
     } else {
         0
     };
@@ -104,7 +106,7 @@ pub fn cost(bytes: &[u8], max_pixels: u64) -> Result<(u64, String)> {
         probe.height,
         format.to_uppercase()
     );
-    Ok((pixels * (per_pixel + coefficients) + (1 << 20), what))
+    Ok((probe.decoder_allowance() + copies + coefficients, what))
 }
 
 /// Like [`decode`], but a JPEG may be decoded at a reduced scale (1/2, 1/4
@@ -177,6 +179,14 @@ impl Probe {
     fn short_side(&self) -> u32 {
         self.width.min(self.height)
     }
+
+    /// What a full decode may allocate: its output in the decoder's own
+    /// colour type, as much again for the decoder's working buffers, and
+    /// 1 MiB. Enforced as the `image` crate's `max_alloc`.
+    fn decoder_allowance(&self) -> u64 {
+        let pixels = u64::from(self.width) * u64::from(self.height);
+        pixels * u64::from(self.bytes_per_pixel) * 2 + (1 << 20)
+    }
 }
 
 fn probe(bytes: &[u8], max_pixels: u64) -> Result<Probe> {
@@ -236,8 +246,7 @@ fn decode_full(bytes: &[u8], probe: &Probe) -> Result<RgbImage> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(probe.width);
     limits.max_image_height = Some(probe.height);
-    let pixels = u64::from(probe.width) * u64::from(probe.height);
-    limits.max_alloc = Some(pixels.saturating_mul(16).max(64 << 20));
+    limits.max_alloc = Some(probe.decoder_allowance());
     reader.limits(limits);
     Ok(reader.decode().map_err(bad_image)?.into_rgb8())
 }

@@ -8,7 +8,7 @@
 //! group commit, so an InsertStream pays one fsync per group, not per image.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -66,20 +66,16 @@ impl Engine {
         self.commit(prepared).await
     }
 
-    /// The inserts between their embedding and their acknowledgement.
-    fn in_flight() -> metrics::Gauge {
-        metrics::gauge!("lookalike_inserts_in_flight")
-    }
-
     /// The CPU-bound half of an insert: validates and embeds. Bulk ingest
     /// runs several of these at once and commits them in order.
     pub async fn prepare(&self, image: NewImage) -> Result<Prepared> {
         self.check_ready()?;
         let id = image_id(&image)?;
         check_metadata(&image.metadata)?;
-        Self::in_flight().increment(1.0);
-        let embedded = self.embed_image(image.image, true).await;
-        Self::in_flight().decrement(1.0);
+        let embedded = {
+            let _counted = InFlight::new();
+            self.embed_image(image.image, true).await
+        };
         let EmbeddedImage {
             embedded,
             facts,
@@ -148,7 +144,9 @@ impl Shared {
                 let result = self.store.insert(&record, prepared.upsert, thumbnail);
                 stored.push(result.map(|inserted| (record, inserted)));
             }
-            self.flush_group(&mut stored);
+            // Every record sled accepted goes into the index, even if the
+            // flush below fails for it: the index mirrors the store, and
+            // sled may yet write it.
             for (record, inserted) in stored.iter().flatten() {
                 if let Some(old) = inserted.replaced {
                     index.remove(old);
@@ -156,21 +154,26 @@ impl Shared {
                 }
                 index.add(inserted.seq, &record.features);
             }
+            self.flush_group(&mut stored);
         }
         self.maintenance.notify_one();
-        let mut later: HashSet<String> = stored
+        // Judged as of its own commit: records stored later in the group
+        // (higher seqs) are no candidates, and the search looks that many
+        // further so they crowd nothing out.
+        let later = stored
             .iter()
-            .flatten()
-            .map(|(record, _)| record.id.clone())
-            .collect();
+            .filter(|s| s.is_ok())
+            .count()
+            .saturating_sub(1);
         stored
             .into_iter()
             .map(|result| {
                 let (mut record, inserted) = result?;
-                later.remove(&record.id);
                 let id = record.id.clone();
                 record.seq = inserted.seq;
-                let duplicates = self.duplicates_of(Resolved::stored(record), &later)?;
+                let mut subject = Resolved::stored(record);
+                subject.upto = Some(inserted.seq);
+                let duplicates = self.duplicates_of(subject, later)?;
                 Ok(InsertOutcome {
                     id,
                     duplicates,
@@ -204,22 +207,35 @@ impl Shared {
 
     /// The stored images the duplicate verdict says `record` duplicates:
     /// a shortlist of nearest neighbours by cosine, judged pair by pair.
-    /// Images with an id in `skip` are left out (stored after `query` in
-    /// the same group commit).
-    pub(super) fn duplicates_of(
-        &self,
-        query: Resolved,
-        skip: &HashSet<String>,
-    ) -> Result<Vec<Match>> {
+    /// `extra` more candidates are searched for, as many as may be left out
+    /// for being stored after `query` in the same group commit.
+    pub(super) fn duplicates_of(&self, query: Resolved, extra: usize) -> Result<Vec<Match>> {
         let max = self.config.max_duplicates;
         let shortlist = match self.siamese {
             Some(_) => max.saturating_mul(4).max(DUPLICATE_CANDIDATES),
             None => max,
         };
-        let mut found = self.nearest(&query, shortlist, -1.0)?;
-        found.retain(|m| m.duplicate && !skip.contains(&m.id));
+        let mut found = self.nearest(&query, shortlist + extra, -1.0)?;
+        found.retain(|m| m.duplicate);
         found.truncate(max);
         Ok(found)
+    }
+}
+
+/// Counts an insert being embedded in `lookalike_inserts_in_flight`, also
+/// when the request is dropped midway (a client that leaves).
+struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        metrics::gauge!("lookalike_inserts_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("lookalike_inserts_in_flight").decrement(1.0);
     }
 }
 
@@ -262,4 +278,83 @@ pub(super) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn photo(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(path).expect("read photo")
+    }
+
+    fn image(id: &str, bytes: &[u8], upsert: bool) -> NewImage {
+        NewImage {
+            id: id.into(),
+            image: bytes.to_vec(),
+            upsert,
+            ..Default::default()
+        }
+    }
+
+    async fn commit_group(engine: &Engine, images: Vec<NewImage>) -> Vec<InsertOutcome> {
+        let mut group = Vec::new();
+        for image in images {
+            group.push(engine.prepare(image).await.expect("prepare"));
+        }
+        engine
+            .commit_group(group)
+            .await
+            .into_iter()
+            .map(|r| r.expect("commit"))
+            .collect()
+    }
+
+    fn ids(outcome: &InsertOutcome) -> Vec<&str> {
+        outcome.duplicates.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    /// A group commit answers as one-by-one commits would: an image's
+    /// duplicates are those stored before it, never later ones of its
+    /// group, not even its own id upserted again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_commit_answers_as_one_by_one_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(Config::with_data_dir(dir.path())).expect("open");
+        engine.load_index().await.expect("index");
+        let (cow, duck) = (photo("animal-cow.jpg"), photo("bird-duck.jpg"));
+
+        let out = commit_group(
+            &engine,
+            vec![
+                image("a", &cow, false),
+                image("b", &duck, false),
+                image("a-copy", &cow, false),
+                image("a-copy-2", &cow, false),
+            ],
+        )
+        .await;
+        assert!(ids(&out[0]).is_empty(), "{:?}", out[0]);
+        assert!(ids(&out[1]).is_empty(), "{:?}", out[1]);
+        assert_eq!(ids(&out[2]), ["a"], "{:?}", out[2]);
+        let mut third = ids(&out[3]);
+        third.sort();
+        assert_eq!(third, ["a", "a-copy"], "{:?}", out[3]);
+
+        // The same id upserted twice in one group: neither answer names the
+        // id itself, and the second replaces the first.
+        let out = commit_group(
+            &engine,
+            vec![image("x", &duck, true), image("x", &duck, true)],
+        )
+        .await;
+        assert!(!out[0].replaced && out[1].replaced, "{out:?}");
+        for o in &out {
+            assert!(!ids(o).contains(&"x"), "{o:?}");
+            assert!(ids(o).contains(&"b"), "{o:?}");
+        }
+        assert_eq!(engine.stats().count, 5);
+    }
 }

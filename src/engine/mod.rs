@@ -77,6 +77,9 @@ struct Resolved {
     id: Option<String>,
     /// What the decoder saw (absent for records stored before it was kept).
     facts: Option<ImageFacts>,
+    /// Only records stored up to this seq are candidates (an insert's
+    /// duplicates, judged as of its own commit).
+    upto: Option<u64>,
 }
 
 impl Resolved {
@@ -330,6 +333,7 @@ impl Engine {
                     exclude: None,
                     id: None,
                     facts: Some(image.facts),
+                    upto: None,
                 })
             }
             ImageSource::Id(id) => {
@@ -353,6 +357,7 @@ impl Resolved {
             exclude: Some(record.seq),
             id: Some(record.id),
             facts: record.facts,
+            upto: None,
         }
     }
 }

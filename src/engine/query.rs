@@ -78,7 +78,10 @@ impl Shared {
             Some(_) => k.saturating_mul(self.config.rerank_factor).max(k + 8),
             None => k,
         };
-        let hits: Vec<Hit> = index.search(&query.features, candidates, exclude);
+        let mut hits: Vec<Hit> = index.search(&query.features, candidates, exclude);
+        if let Some(upto) = subject.upto {
+            hits.retain(|h| h.seq <= upto);
+        }
         let hits = index.rescore(&query.features, hits, exact_scored(k));
         let mut matches = Vec::with_capacity(hits.len());
         for hit in hits {

@@ -104,6 +104,9 @@ impl Engine {
     /// by one in this order (an image's duplicates never include one later
     /// in the group).
     pub async fn commit_group(&self, group: Vec<Prepared>) -> Vec<Result<InsertOutcome>> {
+        if group.is_empty() {
+            return Vec::new();
+        }
         let (shared, n) = (self.shared.clone(), group.len());
         match tokio::task::spawn_blocking(move || shared.insert_group(group)).await {
             Ok(outcomes) => outcomes,

@@ -385,19 +385,26 @@ impl Shared {
         let Error::Damaged { seq, .. } = &error else {
             return Err(error);
         };
-        let mut damaged = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
-        if damaged.insert(*seq) {
+        let count = {
+            let mut damaged = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
+            damaged.insert(*seq).then_some(damaged.len())
+        };
+        // Logged with the lock released: it is a leaf.
+        if let Some(count) = count {
             tracing::error!(error = %error, "damaged record quarantined");
-            metrics::gauge!("lookalike_damaged_records").set(damaged.len() as f64);
+            metrics::gauge!("lookalike_damaged_records").set(count as f64);
         }
         Ok(())
     }
 
     /// A damaged record deleted or replaced: no longer counted.
     fn forget_damaged(&self, seq: u64) {
-        let mut damaged = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
-        if damaged.remove(&seq) {
-            metrics::gauge!("lookalike_damaged_records").set(damaged.len() as f64);
+        let count = {
+            let mut damaged = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
+            damaged.remove(&seq).then_some(damaged.len())
+        };
+        if let Some(count) = count {
+            metrics::gauge!("lookalike_damaged_records").set(count as f64);
         }
     }
 

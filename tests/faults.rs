@@ -6,13 +6,16 @@
 //! - damaged records in the store are quarantined: logged, counted in
 //!   Stats, skipped by every query and rebuild (never failing a query for
 //!   another image), DATA_LOSS on Get, removable by Delete, and listed by
-//!   `lookalike check` offline.
+//!   `lookalike check` offline;
+//! - a full disk refuses writes with RESOURCE_EXHAUSTED while reads go on,
+//!   an insert reported as failed is never stored, and writes resume by
+//!   themselves once space is back, with nothing acknowledged lost.
 
 mod common;
 
 use std::{path::Path, time::Duration};
 
-use common::{by_id, photos, read, Client, LoggedServe};
+use common::{by_id, data, photos, read, Client, Daemon, LoggedServe};
 use lookalike::api::proto::{
     lookalike_client::LookalikeClient, DeleteRequest, GetRequest, InsertRequest, QueryRequest,
     StatsRequest,
@@ -296,4 +299,223 @@ async fn damaged_records_are_quarantined_never_fail_other_queries() {
     serve.stop();
     let after = check(dir.path());
     assert!(after.status.success(), "{after:?}");
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    /// `None` (after saying so) where this process may not mount.
+    fn mount(mib: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("NOT RUN: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)");
+            return None;
+        }
+        Some(SmallDisk(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Fills the disk with one file until it is full; that file.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).expect("create filler");
+        let chunk = vec![7u8; 64 << 10];
+        while file.write_all(&chunk).is_ok() {}
+        while file.write_all(&chunk[..512]).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+async fn insert(c: &mut Client, id: &str, image: Vec<u8>) -> Result<(), tonic::Status> {
+    c.insert(InsertRequest {
+        id: id.into(),
+        image,
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
+    let Some(disk) = SmallDisk::mount(48) else {
+        return;
+    };
+    let data_dir = disk.path().join("data");
+    let daemon = Daemon::start(&data_dir, &[]).await;
+    let mut c = daemon.client().await;
+    let photos: Vec<(String, Vec<u8>)> = photos()
+        .into_iter()
+        .map(|(name, path)| (name, read(&path)))
+        .collect();
+    assert!(photos.len() >= 12, "too few test photos");
+    let (first, rest) = photos.split_at(photos.len() / 2);
+    let mut acked = Vec::new();
+    for (id, image) in first {
+        insert(&mut c, id, image.clone()).await.expect("insert");
+        acked.push(id.clone());
+    }
+
+    // Full: every write is RESOURCE_EXHAUSTED and says why.
+    let filler = disk.fill();
+    let mut refused = Vec::new();
+    for (id, image) in rest {
+        match insert(&mut c, id, image.clone()).await {
+            Ok(()) => acked.push(id.clone()),
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                assert!(
+                    s.message().contains("No space left") || s.message().contains("is full"),
+                    "{s:?}"
+                );
+                refused.push(id.clone());
+            }
+        }
+    }
+    assert!(
+        refused.len() + 1 >= rest.len(),
+        "a full disk took more than one insert: {refused:?}"
+    );
+    let delete = c
+        .delete(DeleteRequest {
+            id: acked[0].clone(),
+        })
+        .await;
+    assert_eq!(
+        delete.expect_err("delete on a full disk").code(),
+        tonic::Code::ResourceExhausted
+    );
+    // Reads go on; what was refused is not served.
+    for id in &acked {
+        c.get(GetRequest {
+            id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("get");
+        let r = c
+            .query(QueryRequest {
+                image: by_id(id),
+                k: 3,
+                min_similarity: None,
+                omit_metadata: true,
+            })
+            .await
+            .expect("query by id")
+            .into_inner();
+        assert!(r.matches.iter().all(|m| !refused.contains(&m.id)), "{r:?}");
+    }
+    let (probe, bytes) = &rest[0];
+    let r = c
+        .query(QueryRequest {
+            image: data(bytes.clone()),
+            k: 3,
+            min_similarity: None,
+            omit_metadata: true,
+        })
+        .await
+        .expect("query by image")
+        .into_inner();
+    assert!(
+        r.matches.iter().all(|m| !refused.contains(&m.id)),
+        "{probe}: {r:?}"
+    );
+    for id in &refused {
+        let got = c
+            .get(GetRequest {
+                id: id.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(
+            got.expect_err("refused insert").code(),
+            tonic::Code::NotFound
+        );
+    }
+
+    // Space back: writes resume by themselves, within seconds.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let (id, image) = rest
+        .iter()
+        .find(|(id, _)| refused.contains(id))
+        .expect("a refused insert");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match insert(&mut c, id, image.clone()).await {
+            Ok(()) => break,
+            Err(s) => {
+                assert!(
+                    matches!(
+                        s.code(),
+                        tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                    ),
+                    "{s:?}"
+                );
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never recovered: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    acked.push(id.clone());
+    // The other refused inserts were never stored: storing them works.
+    for (id, image) in rest {
+        if refused.contains(id) && !acked.contains(id) {
+            insert(&mut c, id, image.clone())
+                .await
+                .expect("insert after recovery");
+            acked.push(id.clone());
+        }
+    }
+    let gone = acked.remove(0);
+    c.delete(DeleteRequest { id: gone.clone() })
+        .await
+        .expect("delete after recovery");
+    let stats = c.stats(StatsRequest {}).await.expect("stats").into_inner();
+    assert_eq!(stats.count as usize, acked.len(), "{stats:?}");
+
+    // Nothing acknowledged is lost, even on kill -9.
+    daemon.kill9();
+    let daemon = Daemon::start(&data_dir, &[]).await;
+    let mut c = daemon.client().await;
+    for id in &acked {
+        c.get(GetRequest {
+            id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{id} lost: {s:?}"));
+    }
+    let got = c
+        .get(GetRequest {
+            id: gone,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(got.expect_err("deleted").code(), tonic::Code::NotFound);
+    let stats = c.stats(StatsRequest {}).await.expect("stats").into_inner();
+    assert_eq!(stats.count as usize, acked.len(), "{stats:?}");
+    daemon.stop();
 }

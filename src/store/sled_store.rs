@@ -6,14 +6,23 @@
 //! delete touches every tree it changes in one transaction, so they never
 //! disagree after a crash.
 //!
-//! Lock: `review_lock` is held by a review and by a delete around their
-//! transactions (a delete lists the decisions naming its id first, and no
-//! new one may appear meanwhile); it is taken under the engine's locks and
-//! above sled's, and nothing is called under it but sled.
+//! A write that fails with an I/O error (a full disk) leaves sled failing
+//! every later write for good, so the store reopens the database in place
+//! on the next write once the disk has room ([`SledStore::heal`]): writes
+//! recover by themselves, reads go on meanwhile.
+//!
+//! Locks, in order, all under the engine's locks and above sled's:
+//! `healing` (a reopen), `open` (read: held only to clone the open
+//! database's handle; write: by a reopen, across sled's open),
+//! `review_lock` (held by a review and by a delete around their
+//! transactions: a delete lists the decisions naming its id first, and no
+//! new one may appear meanwhile), `unflushed` (alone, or by a reopen under
+//! `open`). Nothing is called under them but sled.
 
 use std::{
-    path::Path,
-    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    sync::{Arc, Mutex, MutexGuard, RwLock},
     time::{Duration, Instant},
 };
 
@@ -27,17 +36,25 @@ use super::{codec, CheckReport, Inserted, Record, Store};
 use crate::error::{Error, Result};
 
 pub struct SledStore {
-    db: sled::Db,
-    records: sled::Tree,
-    ids: sled::Tree,
-    thumbs: sled::Tree,
-    reviews: sled::Tree,
-    meta: sled::Tree,
+    /// The database folder, to reopen it in place.
+    dir: PathBuf,
+    /// The open database. Replaced whole when [`SledStore::heal`] reopens
+    /// it; `None` only while a reopen that failed is retried.
+    open: RwLock<Option<Arc<Trees>>>,
+    /// A write or flush failed with an I/O error (a full disk, most often).
+    /// sled keeps that error for good: every later write fails with it,
+    /// even once space is back. So the next write reopens the database
+    /// first, which recovers what is on disk.
+    failed: AtomicBool,
+    /// One reopen at a time, and when the last one was tried.
+    healing: Mutex<Option<Instant>>,
+    /// Inserts not yet covered by a flush that succeeded (see [`Unflushed`]).
+    unflushed: Mutex<Unflushed>,
     /// Pairs with a decision (each stored under two keys), so that the
     /// common case, no decisions at all, costs no lookup.
     review_pairs: AtomicUsize,
     /// See the module doc.
-    review_lock: std::sync::Mutex<()>,
+    review_lock: Mutex<()>,
     /// sled's own `len` walks the whole tree; this is kept in step instead.
     count: AtomicUsize,
     /// Added to sled's id counter to make a seq: a database restored from
@@ -46,12 +63,48 @@ pub struct SledStore {
     seq_base: AtomicU64,
 }
 
+/// One open sled database and its trees.
+struct Trees {
+    db: sled::Db,
+    records: sled::Tree,
+    ids: sled::Tree,
+    thumbs: sled::Tree,
+    reviews: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// Inserts whose outcome a failed flush left unknown: the caller was told
+/// the insert failed, yet part of sled's log may have reached the disk
+/// before the error. After a reopen each one found stored is removed
+/// again, so that an insert reported as failed is never stored (and its
+/// retry is not refused as a duplicate). An upsert that replaced a record
+/// is left as it is: the old version is gone either way, and retrying the
+/// upsert gives the same result.
+#[derive(Default)]
+struct Unflushed {
+    /// Bumped by every flush as it starts.
+    epoch: u64,
+    /// (epoch when stored, seq, id) of plain inserts since a good flush.
+    inserts: Vec<(u64, u64, String)>,
+}
+
 /// Meta key of [`SledStore::seq_base`], little-endian.
 const SEQ_BASE: &str = "seq_base";
 
-impl SledStore {
-    /// Opens (or creates) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<Self> {
+/// Free space the data folder's disk needs before a reopen is tried after a
+/// full disk: sled writes as it recovers, and a reopen that fails leaves
+/// no database to read from until the next one.
+const REOPEN_MIN_FREE: u64 = 16 << 20;
+
+/// Time between reopen attempts while they fail (or space stays short).
+const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long a reopen waits for reads and scans in flight on the old
+/// database to finish before it gives up until the next write.
+const REOPEN_DRAIN: Duration = Duration::from_secs(2);
+
+impl Trees {
+    fn open(dir: &Path) -> Result<Self> {
         let db = open_db(dir)?;
         let tree = |name| {
             db.open_tree(name)
@@ -59,62 +112,215 @@ impl SledStore {
         };
         let (records, ids, meta) = (tree("records")?, tree("ids")?, tree("meta")?);
         let (thumbs, reviews) = (tree("thumbs")?, tree("reviews")?);
-        let review_pairs = AtomicUsize::new(reviews.len() / 2);
-        let count = AtomicUsize::new(ids.len());
-        let seq_base = match meta
-            .get(SEQ_BASE)
-            .map_err(Error::store("reading metadata"))?
-        {
-            Some(bytes) => u64::from_le_bytes(
-                bytes
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| Error::Storage("the seq base is corrupt".into()))?,
-            ),
-            None => 0,
-        };
-        Ok(SledStore {
+        Ok(Trees {
             db,
             records,
             ids,
             thumbs,
             reviews,
             meta,
-            review_pairs,
-            review_lock: std::sync::Mutex::new(()),
-            count,
-            seq_base: AtomicU64::new(seq_base),
         })
+    }
+
+    fn seq_base(&self) -> Result<u64> {
+        match self
+            .meta
+            .get(SEQ_BASE)
+            .map_err(Error::store("reading metadata"))?
+        {
+            Some(bytes) => {
+                Ok(u64::from_le_bytes(bytes.as_ref().try_into().map_err(
+                    |_| Error::Storage("the seq base is corrupt".into()),
+                )?))
+            }
+            None => Ok(0),
+        }
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let trees = Trees::open(dir)?;
+        let review_pairs = AtomicUsize::new(trees.reviews.len() / 2);
+        let count = AtomicUsize::new(trees.ids.len());
+        let seq_base = AtomicU64::new(trees.seq_base()?);
+        Ok(SledStore {
+            dir: dir.to_path_buf(),
+            open: RwLock::new(Some(Arc::new(trees))),
+            failed: AtomicBool::new(false),
+            healing: Mutex::new(None),
+            unflushed: Mutex::new(Unflushed::default()),
+            review_pairs,
+            review_lock: Mutex::new(()),
+            count,
+            seq_base,
+        })
+    }
+
+    /// The open database, for one operation.
+    fn trees(&self) -> Result<Arc<Trees>> {
+        let open = self.open.read().unwrap_or_else(|e| e.into_inner());
+        open.clone().ok_or_else(|| {
+            Error::Unavailable(
+                "the database is being reopened after a failed write; retry in a moment".into(),
+            )
+        })
+    }
+
+    /// Runs a write: reopens the database first when an earlier write
+    /// failed, and notes an I/O failure of this one.
+    fn write<T>(&self, f: impl FnOnce(&Trees) -> Result<T>) -> Result<T> {
+        if self.failed.load(Ordering::SeqCst) {
+            self.heal()?;
+        }
+        let trees = self.trees()?;
+        let result = f(&trees);
+        if let Err(Error::Store {
+            source: sled::Error::Io(_),
+            ..
+        }) = &result
+        {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    /// Reopens the database in place after a write failed, once the disk
+    /// has room again: sled recovers what reached the disk, inserts the
+    /// caller was told had failed are removed again ([`Unflushed`]), and
+    /// the counts are read afresh. Fails (RESOURCE_EXHAUSTED for a disk
+    /// still full, UNAVAILABLE otherwise) while it cannot yet; the next
+    /// write tries again, at most once per [`REOPEN_BACKOFF`].
+    ///
+    /// Locks: `healing`, then `open` for writing (blocking new reads for
+    /// the reopen's length); nothing else is taken under them but sled.
+    fn heal(&self) -> Result<()> {
+        let mut last_try = self.healing.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.failed.load(Ordering::SeqCst) {
+            return Ok(()); // another write healed it meanwhile
+        }
+        // A statvfs: cheap enough for every write while the disk is full.
+        let free = fs2::available_space(&self.dir).unwrap_or(0);
+        if free < REOPEN_MIN_FREE {
+            return Err(Error::Store {
+                doing: "writing",
+                source: sled::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!(
+                        "the disk of {} is full ({} MiB free); writes resume by themselves \
+                         once {} MiB are free",
+                        self.dir.display(),
+                        free >> 20,
+                        REOPEN_MIN_FREE >> 20
+                    ),
+                )),
+            });
+        }
+        if last_try.is_some_and(|t| t.elapsed() < REOPEN_BACKOFF) {
+            return Err(Error::Unavailable(
+                "an earlier write failed and the database is being reopened; retry in a moment"
+                    .into(),
+            ));
+        }
+        *last_try = Some(Instant::now());
+        let mut open = self.open.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = open.as_ref() {
+            // Reads and scans in flight hold the old database (and its file
+            // lock); new ones wait on `open`.
+            let drained = Instant::now();
+            while Arc::strong_count(old) > 1 {
+                if drained.elapsed() > REOPEN_DRAIN {
+                    return Err(Error::Unavailable(
+                        "the database is waiting for reads in flight to finish before it \
+                         reopens after a failed write; retry in a moment"
+                            .into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        *open = None;
+        let trees = Arc::new(Trees::open(&self.dir)?);
+        *open = Some(trees.clone());
+        self.count.store(trees.ids.len(), Ordering::SeqCst);
+        self.review_pairs
+            .store(trees.reviews.len() / 2, Ordering::SeqCst);
+        self.seq_base.store(trees.seq_base()?, Ordering::SeqCst);
+        // Still failed if this fails: the next write tries again.
+        self.undo_unflushed(&trees)?;
+        self.failed.store(false, Ordering::SeqCst);
+        tracing::warn!(
+            dir = %self.dir.display(),
+            "the database was reopened after a failed write; writes work again"
+        );
+        Ok(())
+    }
+
+    /// Removes every insert whose flush failed and that reached the disk
+    /// anyway (see [`Unflushed`]), durably.
+    fn undo_unflushed(&self, trees: &Trees) -> Result<()> {
+        let mut unflushed = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut undone = 0;
+        for (_, seq, id) in &unflushed.inserts {
+            let key = seq_key(*seq);
+            let removed = (&trees.records, &trees.ids, &trees.thumbs)
+                .transaction(|(records, ids, thumbs)| {
+                    if ids.get(id.as_bytes())?.as_deref() != Some(&key[..]) {
+                        return Ok(false);
+                    }
+                    ids.remove(id.as_bytes())?;
+                    records.remove(&key)?;
+                    thumbs.remove(&key)?;
+                    Ok(true)
+                })
+                .map_err(tx_error("removing an insert that was reported as failed"))?;
+            undone += usize::from(removed);
+        }
+        if undone > 0 {
+            trees.db.flush().map_err(Error::store("flushing to disk"))?;
+            tracing::warn!(
+                undone,
+                "removed inserts that reached the disk although their flush failed (their \
+                 callers were told they failed)"
+            );
+        }
+        unflushed.inserts.clear();
+        Ok(())
     }
 
     /// Stores a record under its own seq (restoring a snapshot into an
     /// empty store); [`SledStore::start_seqs_after`] must follow.
     pub fn restore_record(&self, record: &Record) -> Result<()> {
         let value = codec::encode(record);
-        self.ids
-            .insert(record.id.as_bytes(), &seq_key(record.seq))
-            .and_then(|_| self.records.insert(seq_key(record.seq), value))
-            .map_err(Error::store("restoring a record"))?;
+        self.write(|t| {
+            t.ids
+                .insert(record.id.as_bytes(), &seq_key(record.seq))
+                .and_then(|_| t.records.insert(seq_key(record.seq), value))
+                .map_err(Error::store("restoring a record"))
+        })?;
         self.count.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
     /// Stores a thumbnail under its record's seq (restoring a snapshot).
     pub fn restore_thumbnail(&self, seq: u64, thumbnail: &[u8]) -> Result<()> {
-        self.thumbs
-            .insert(seq_key(seq), thumbnail)
-            .map_err(Error::store("restoring a thumbnail"))?;
+        self.write(|t| {
+            t.thumbs
+                .insert(seq_key(seq), thumbnail)
+                .map_err(Error::store("restoring a thumbnail"))
+        })?;
         Ok(())
     }
 
-    fn review_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn review_guard(&self) -> MutexGuard<'_, ()> {
         self.review_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every key (both orders) of the decisions naming `id`.
-    fn review_keys_of(&self, id: &str) -> Result<Vec<Vec<u8>>> {
+    fn review_keys_of(t: &Trees, id: &str) -> Result<Vec<Vec<u8>>> {
         let mut keys = Vec::new();
-        for item in self.reviews.scan_prefix(reviews::prefix(id)) {
+        for item in t.reviews.scan_prefix(reviews::prefix(id)) {
             let (key, _) = item.map_err(Error::store("reading review decisions"))?;
             let (_, other) = reviews::split(&key)?;
             keys.push(key.to_vec());
@@ -130,7 +336,8 @@ impl SledStore {
     pub fn check(&self) -> Result<CheckReport> {
         let mut report = CheckReport::default();
         let mut id_of_seq = std::collections::HashMap::new();
-        for item in self.records.iter() {
+        let t = self.trees()?;
+        for item in t.records.iter() {
             let (key, value) = match item {
                 Ok(kv) => kv,
                 Err(e) => {
@@ -148,7 +355,7 @@ impl SledStore {
                 Err(e) => report.damaged.push((seq, e.to_string())),
             }
         }
-        for item in self.ids.iter() {
+        for item in t.ids.iter() {
             let (id, seq) = match item {
                 Ok(kv) => kv,
                 Err(e) => {
@@ -172,11 +379,41 @@ impl SledStore {
     /// New seqs start above `seq` (the highest restored one).
     pub fn start_seqs_after(&self, seq: u64) -> Result<()> {
         let base = seq.max(self.seq_base.load(Ordering::SeqCst));
-        self.meta
-            .insert(SEQ_BASE, &base.to_le_bytes())
-            .map_err(Error::store("writing metadata"))?;
+        self.write(|t| {
+            t.meta
+                .insert(SEQ_BASE, &base.to_le_bytes())
+                .map_err(Error::store("writing metadata"))
+        })?;
         self.seq_base.store(base, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Whether `seq` is an insert whose caller was told it failed (a flush
+    /// failed after it): sled still holds it in memory until the reopen,
+    /// but it is not served.
+    fn reported_failed(&self, seq: u64) -> bool {
+        let unflushed = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
+        unflushed.inserts.iter().any(|(_, s, _)| *s == seq)
+    }
+
+    /// A scan of one tree that keeps its database open while it runs
+    /// (a reopen waits for it); one error item if none is open.
+    fn scan<T: Send + 'static>(
+        &self,
+        iter: impl FnOnce(&Trees) -> sled::Iter,
+        item: impl Fn((sled::IVec, sled::IVec)) -> Result<T> + Send + 'static,
+        doing: &'static str,
+    ) -> Box<dyn Iterator<Item = Result<T>> + Send + 'static> {
+        match self.trees() {
+            Ok(trees) => {
+                let items = iter(&trees);
+                Box::new(items.map(move |kv| {
+                    let _open = &trees;
+                    item(kv.map_err(Error::store(doing))?)
+                }))
+            }
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
     }
 }
 
@@ -239,69 +476,80 @@ fn tx_error(doing: &'static str) -> impl FnOnce(TransactionError<Error>) -> Erro
 
 impl Store for SledStore {
     fn next_seq(&self) -> Result<u64> {
-        // generate_id is unique and increasing across restarts.
-        Ok(self
-            .db
-            .generate_id()
-            .map_err(Error::store("allocating a seq"))?
-            + 1
-            + self.seq_base.load(Ordering::SeqCst))
+        // generate_id is unique and increasing across restarts (and
+        // reopens).
+        let id = self.write(|t| t.db.generate_id().map_err(Error::store("allocating a seq")))?;
+        Ok(id + 1 + self.seq_base.load(Ordering::SeqCst))
     }
 
     fn insert(&self, record: &Record, upsert: bool, thumbnail: Option<&[u8]>) -> Result<Inserted> {
         let seq = self.next_seq()?;
         let value = codec::encode(record);
-        let replaced = (&self.records, &self.ids, &self.thumbs)
-            .transaction(|(records, ids, thumbs)| {
-                let old = ids.get(record.id.as_bytes())?;
-                if old.is_some() && !upsert {
-                    return Err(ConflictableTransactionError::Abort(Error::AlreadyExists(
-                        record.id.clone(),
-                    )));
-                }
-                let old = match old {
-                    Some(bytes) => {
-                        let old = seq_from(&bytes).map_err(ConflictableTransactionError::Abort)?;
-                        records.remove(&seq_key(old))?;
-                        thumbs.remove(&seq_key(old))?;
-                        Some(old)
+        let replaced = self.write(|t| {
+            (&t.records, &t.ids, &t.thumbs)
+                .transaction(|(records, ids, thumbs)| {
+                    let old = ids.get(record.id.as_bytes())?;
+                    if old.is_some() && !upsert {
+                        return Err(ConflictableTransactionError::Abort(Error::AlreadyExists(
+                            record.id.clone(),
+                        )));
                     }
-                    None => None,
-                };
-                ids.insert(record.id.as_bytes(), &seq_key(seq))?;
-                records.insert(&seq_key(seq), value.as_slice())?;
-                if let Some(thumbnail) = thumbnail {
-                    thumbs.insert(&seq_key(seq), thumbnail)?;
-                }
-                Ok(old)
-            })
-            .map_err(tx_error("storing a record"))?;
+                    let old = match old {
+                        Some(bytes) => {
+                            let old =
+                                seq_from(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                            records.remove(&seq_key(old))?;
+                            thumbs.remove(&seq_key(old))?;
+                            Some(old)
+                        }
+                        None => None,
+                    };
+                    ids.insert(record.id.as_bytes(), &seq_key(seq))?;
+                    records.insert(&seq_key(seq), value.as_slice())?;
+                    if let Some(thumbnail) = thumbnail {
+                        thumbs.insert(&seq_key(seq), thumbnail)?;
+                    }
+                    Ok(old)
+                })
+                .map_err(tx_error("storing a record"))
+        })?;
         if replaced.is_none() {
             self.count.fetch_add(1, Ordering::SeqCst);
+            let mut unflushed = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
+            let epoch = unflushed.epoch;
+            unflushed.inserts.push((epoch, seq, record.id.clone()));
         }
         Ok(Inserted { seq, replaced })
     }
 
     fn get(&self, id: &str) -> Result<Option<Record>> {
-        match self
+        let seq = self
+            .trees()?
             .ids
             .get(id.as_bytes())
-            .map_err(Error::store("looking up an id"))?
-        {
+            .map_err(Error::store("looking up an id"))?;
+        match seq {
             Some(seq) => self.get_by_seq(seq_from(&seq)?),
             None => Ok(None),
         }
     }
 
     fn get_by_seq(&self, seq: u64) -> Result<Option<Record>> {
-        let read = self.records.get(seq_key(seq)).map_err(|e| match e {
-            // sled's own checksum of what it read failed.
-            sled::Error::Corruption { .. } => Error::Damaged {
-                seq,
-                what: e.to_string(),
-            },
-            e => Error::store("reading a record")(e),
-        });
+        if self.failed.load(Ordering::SeqCst) && self.reported_failed(seq) {
+            return Ok(None);
+        }
+        let read = self
+            .trees()?
+            .records
+            .get(seq_key(seq))
+            .map_err(|e| match e {
+                // sled's own checksum of what it read failed.
+                sled::Error::Corruption { .. } => Error::Damaged {
+                    seq,
+                    what: e.to_string(),
+                },
+                e => Error::store("reading a record")(e),
+            });
         match read? {
             Some(bytes) => Ok(Some(codec::decode(seq, &bytes)?)),
             None => Ok(None),
@@ -310,6 +558,7 @@ impl Store for SledStore {
 
     fn thumbnail(&self, seq: u64) -> Result<Option<Vec<u8>>> {
         Ok(self
+            .trees()?
             .thumbs
             .get(seq_key(seq))
             .map_err(Error::store("reading a thumbnail"))?
@@ -317,24 +566,28 @@ impl Store for SledStore {
     }
 
     fn delete(&self, id: &str) -> Result<Option<u64>> {
-        let _reviews = self.review_guard();
-        let review_keys = self.review_keys_of(id)?;
-        let removed = (&self.records, &self.ids, &self.thumbs, &self.reviews)
-            .transaction(
-                |(records, ids, thumbs, reviews)| match ids.remove(id.as_bytes())? {
-                    Some(bytes) => {
-                        let seq = seq_from(&bytes).map_err(ConflictableTransactionError::Abort)?;
-                        records.remove(&seq_key(seq))?;
-                        thumbs.remove(&seq_key(seq))?;
-                        for key in &review_keys {
-                            reviews.remove(key.as_slice())?;
+        let (removed, review_keys) = self.write(|t| {
+            let _reviews = self.review_guard();
+            let review_keys = Self::review_keys_of(t, id)?;
+            let removed = (&t.records, &t.ids, &t.thumbs, &t.reviews)
+                .transaction(
+                    |(records, ids, thumbs, reviews)| match ids.remove(id.as_bytes())? {
+                        Some(bytes) => {
+                            let seq =
+                                seq_from(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                            records.remove(&seq_key(seq))?;
+                            thumbs.remove(&seq_key(seq))?;
+                            for key in &review_keys {
+                                reviews.remove(key.as_slice())?;
+                            }
+                            Ok(Some(seq))
                         }
-                        Ok(Some(seq))
-                    }
-                    None => Ok(None),
-                },
-            )
-            .map_err(tx_error("deleting a record"))?;
+                        None => Ok(None),
+                    },
+                )
+                .map_err(tx_error("deleting a record"))?;
+            Ok((removed, review_keys))
+        })?;
         if removed.is_some() {
             self.count.fetch_sub(1, Ordering::SeqCst);
             let pairs = review_keys.len().div_ceil(2);
@@ -350,31 +603,33 @@ impl Store for SledStore {
         decision: Option<Decision>,
         at_ms: i64,
     ) -> Result<Option<Decision>> {
-        let _reviews = self.review_guard();
         let (ab, ba) = (reviews::key(a, b), reviews::key(b, a));
-        let previous = (&self.ids, &self.reviews)
-            .transaction(|(ids, reviews)| {
-                for id in [a, b] {
-                    if ids.get(id.as_bytes())?.is_none() {
-                        return Err(ConflictableTransactionError::Abort(Error::NotFound(
-                            id.to_string(),
-                        )));
+        let previous = self.write(|t| {
+            let _reviews = self.review_guard();
+            (&t.ids, &t.reviews)
+                .transaction(|(ids, reviews)| {
+                    for id in [a, b] {
+                        if ids.get(id.as_bytes())?.is_none() {
+                            return Err(ConflictableTransactionError::Abort(Error::NotFound(
+                                id.to_string(),
+                            )));
+                        }
                     }
-                }
-                let previous = match decision {
-                    Some(d) => {
-                        let v = reviews::value(d, at_ms);
-                        reviews.insert(ba.as_slice(), &v)?;
-                        reviews.insert(ab.as_slice(), &v)?
-                    }
-                    None => {
-                        reviews.remove(ba.as_slice())?;
-                        reviews.remove(ab.as_slice())?
-                    }
-                };
-                Ok(previous)
-            })
-            .map_err(tx_error("storing a review decision"))?;
+                    let previous = match decision {
+                        Some(d) => {
+                            let v = reviews::value(d, at_ms);
+                            reviews.insert(ba.as_slice(), &v)?;
+                            reviews.insert(ab.as_slice(), &v)?
+                        }
+                        None => {
+                            reviews.remove(ba.as_slice())?;
+                            reviews.remove(ab.as_slice())?
+                        }
+                    };
+                    Ok(previous)
+                })
+                .map_err(tx_error("storing a review decision"))
+        })?;
         let previous = previous
             .map(|v| reviews::parse_value(&v).map(|(d, _)| d))
             .transpose()?;
@@ -394,7 +649,8 @@ impl Store for SledStore {
         if self.review_pairs.load(Ordering::SeqCst) == 0 {
             return Ok(None);
         }
-        self.reviews
+        self.trees()?
+            .reviews
             .get(reviews::key(a, b))
             .map_err(Error::store("reading a review decision"))?
             .map(|v| reviews::parse_value(&v).map(|(d, _)| d))
@@ -402,9 +658,10 @@ impl Store for SledStore {
     }
 
     fn reviews(&self, id: Option<&str>) -> Result<Vec<Review>> {
+        let t = self.trees()?;
         let items = match id {
-            Some(id) => self.reviews.scan_prefix(reviews::prefix(id)),
-            None => self.reviews.iter(),
+            Some(id) => t.reviews.scan_prefix(reviews::prefix(id)),
+            None => t.reviews.iter(),
         };
         let mut out = Vec::new();
         for item in items {
@@ -430,18 +687,21 @@ impl Store for SledStore {
     }
 
     fn thumbnails(&self) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send + '_> {
-        Box::new(self.thumbs.iter().map(|item| {
-            let (k, v) = item.map_err(Error::store("scanning the thumbnails"))?;
-            Ok((seq_from(&k)?, v.to_vec()))
-        }))
+        self.scan(
+            |t| t.thumbs.iter(),
+            |(k, v)| Ok((seq_from(&k)?, v.to_vec())),
+            "scanning the thumbnails",
+        )
     }
 
     fn restore_review(&self, review: &Review) -> Result<()> {
         let v = reviews::value(review.decision, review.decided_at_ms);
-        self.reviews
-            .insert(reviews::key(&review.a, &review.b), &v)
-            .and_then(|_| self.reviews.insert(reviews::key(&review.b, &review.a), &v))
-            .map_err(Error::store("restoring a review decision"))?;
+        self.write(|t| {
+            t.reviews
+                .insert(reviews::key(&review.a, &review.b), &v)
+                .and_then(|_| t.reviews.insert(reviews::key(&review.b, &review.a), &v))
+                .map_err(Error::store("restoring a review decision"))
+        })?;
         self.review_pairs.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -452,6 +712,7 @@ impl Store for SledStore {
 
     fn last_seq(&self) -> Result<u64> {
         match self
+            .trees()?
             .records
             .last()
             .map_err(Error::store("reading the last record"))?
@@ -463,14 +724,16 @@ impl Store for SledStore {
 
     fn scan_after(&self, after: u64) -> Box<dyn Iterator<Item = Result<Record>> + Send + '_> {
         let start = seq_key(after.saturating_add(1));
-        Box::new(self.records.range(start..).map(|item| {
-            let (key, value) = item.map_err(Error::store("scanning the records"))?;
-            codec::decode(seq_from(&key)?, &value)
-        }))
+        self.scan(
+            |t| t.records.range(start..),
+            |(key, value)| codec::decode(seq_from(&key)?, &value),
+            "scanning the records",
+        )
     }
 
     fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
+            .trees()?
             .meta
             .get(key.as_bytes())
             .map_err(Error::store("reading metadata"))?
@@ -478,14 +741,17 @@ impl Store for SledStore {
     }
 
     fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.meta
-            .insert(key.as_bytes(), value)
-            .map_err(Error::store("writing metadata"))?;
+        self.write(|t| {
+            t.meta
+                .insert(key.as_bytes(), value)
+                .map_err(Error::store("writing metadata"))
+        })?;
         Ok(())
     }
 
     fn meta_all(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        self.meta
+        self.trees()?
+            .meta
             .iter()
             // The seq base belongs to this database, not to its copies.
             .filter(|item| !matches!(item, Ok((k, _)) if k.as_ref() == SEQ_BASE.as_bytes()))
@@ -497,13 +763,21 @@ impl Store for SledStore {
     }
 
     fn size_on_disk(&self) -> Result<u64> {
-        self.db
+        self.trees()?
+            .db
             .size_on_disk()
             .map_err(Error::store("measuring its size on disk"))
     }
 
     fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(Error::store("flushing to disk"))?;
+        let upto = {
+            let mut unflushed = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
+            unflushed.epoch += 1;
+            unflushed.epoch - 1
+        };
+        self.write(|t| t.db.flush().map_err(Error::store("flushing to disk")))?;
+        let mut unflushed = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
+        unflushed.inserts.retain(|(epoch, _, _)| *epoch > upto);
         Ok(())
     }
 }

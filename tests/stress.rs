@@ -28,7 +28,9 @@ use std::{
     time::Duration,
 };
 
-use common::{data, env_usize, peak_rss_mib, photos, read, stress, watchdog::Watchdog, Daemon};
+use common::{
+    crash, data, env_usize, peak_rss_mib, photos, read, stress, watchdog::Watchdog, Daemon,
+};
 use lookalike::api::proto::QueryRequest;
 use lookalike::index::{GraphParams, Index};
 use lookalike::pca::Projection;
@@ -225,6 +227,27 @@ async fn daemon_never_hangs_under_bulk_insert_streams_queries_and_deletes() {
     let mut client = daemon.client().await;
     stress::check_after(&mut client, &outcome).await;
     daemon.stop();
+}
+
+/// kill -9 at random moments of a bulk InsertStream: no acknowledged insert
+/// is ever lost, and Stats and the index agree with the store after every
+/// restart (`tests/common/crash.rs`; full size: `cargo bench --bench
+/// crash`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_an_insert_stream_loses_no_acknowledged_insert() {
+    let plan = crash::Plan {
+        images: env_usize("CRASH_IMAGES", 800),
+        kills: env_usize("CRASH_KILLS", 10),
+        stall: STALL,
+        // A graph from 100 images on: later restarts rebuild it.
+        flags: &["--pca-min-images", "100"],
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let watchdog = Watchdog::start("kill -9 during InsertStream", plan.stall);
+    let outcome = crash::run(dir.path(), plan, &watchdog).await;
+    eprintln!("{outcome:?}");
+    assert_eq!(outcome.restarts.len(), plan.kills);
+    assert_eq!(outcome.acked + outcome.stored_unacked, plan.images);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod crash;
 pub mod stress;
 pub mod watchdog;
 

@@ -60,7 +60,7 @@ pub struct Outcome {
 }
 
 /// Base photos, shrunk so that each variant is quick to make.
-fn bases() -> Vec<RgbImage> {
+pub fn bases() -> Vec<RgbImage> {
     photos()
         .iter()
         .map(|(_, p)| {
@@ -75,7 +75,7 @@ fn bases() -> Vec<RgbImage> {
 
 /// Image `i` of a run: a seeded random crop, colour shift and flip of one
 /// of the committed photos, as JPEG; distinct for every `i`.
-fn variant(bases: &[RgbImage], i: usize) -> Vec<u8> {
+pub fn variant(bases: &[RgbImage], i: usize) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(0x57e5 ^ i as u64);
     let base = &bases[i % bases.len()];
     let img = augment::crop(
@@ -99,7 +99,7 @@ fn variant(bases: &[RgbImage], i: usize) -> Vec<u8> {
     augment::encode_jpeg(&img, 85).expect("encode a variant")
 }
 
-fn id_of(i: usize) -> String {
+pub fn id_of(i: usize) -> String {
     format!("stress-{i:06}")
 }
 

@@ -4,10 +4,11 @@
 //! Each run starts a private daemon (this binary, `serve`, on a free
 //! loopback port over a temporary database), inserts the photos, queries it
 //! and reports. `near-dup` queries with the seeded transformed copies of
-//! `lookalike::lab::eval::plan`; `classes` queries each photo by id and scores
-//! neighbours of the same class (one sub-folder per class); `groups`
-//! stores the photos with all their copies and scores the daemon's
-//! whole-database groups against the known copy sets.
+//! `lookalike::lab::eval::plan` (`--hard`: its harder families); `classes`
+//! queries each photo by id and scores neighbours of the same class (one
+//! sub-folder per class); `groups` stores the photos with all their copies
+//! and scores the daemon's whole-database groups against the known copy
+//! sets.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -50,6 +51,16 @@ pub enum EvalCommand {
         /// grouping by family.
         #[arg(long)]
         by_label: bool,
+        /// Query with the harder families instead: crops keeping 25 % and
+        /// 15 % of the area, crop + rotation + colour, the photo inside a
+        /// screenshot, a sticker over it, a perspective view, blur + noise,
+        /// rotation by 30-45 degrees, and a combination.
+        #[arg(long)]
+        hard: bool,
+        /// Also write every copy queried with to this folder (JPEG, named
+        /// photo-label), to see what each family does.
+        #[arg(long)]
+        save_copies: Option<PathBuf>,
         #[command(flatten)]
         common: EvalArgs,
     },
@@ -110,9 +121,18 @@ pub async fn run(command: EvalCommand) -> Result<()> {
             distractors,
             seed,
             by_label,
+            hard,
+            save_copies,
             common,
         } => (
-            near_dup(&images, &distractors, seed, by_label, &common).await?,
+            near_dup(
+                &images,
+                &distractors,
+                seed,
+                (by_label, hard, save_copies.as_deref()),
+                &common,
+            )
+            .await?,
             common.json,
         ),
         EvalCommand::Classes { images, k, common } => {
@@ -148,7 +168,7 @@ async fn near_dup(
     images: &[PathBuf],
     distractors: &[PathBuf],
     seed: u64,
-    by_label: bool,
+    (by_label, hard, save_copies): (bool, bool, Option<&Path>),
     args: &EvalArgs,
 ) -> Result<Report> {
     let originals = super::collect_images(images)?;
@@ -177,7 +197,19 @@ async fn near_dup(
         let img = image::load_from_memory(&std::fs::read(path)?)
             .with_context(|| format!("cannot decode {}", path.display()))?
             .into_rgb8();
-        for v in plan::variants(&img, seed.wrapping_mul(1_000_003).wrapping_add(i as u64))? {
+        let seed = seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+        let copies = match hard {
+            true => plan::hard_variants(&img, seed)?,
+            false => plan::variants(&img, seed)?,
+        };
+        for v in copies {
+            if let Some(dir) = save_copies {
+                let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+                let file = dir.join(format!("{stem}-{}.jpg", v.label));
+                std::fs::create_dir_all(dir)
+                    .and_then(|()| std::fs::write(&file, &v.bytes))
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+            }
             queries.push((path.display().to_string(), v));
         }
     }
@@ -216,7 +248,10 @@ async fn near_dup(
     Ok(Report {
         kind: "near-dup family".into(),
         columns: ["recall@1".into(), "recall@10".into(), "mAP".into()],
-        rows: tally.rows(&plan::FAMILIES),
+        rows: match hard {
+            true => tally.rows(&plan::HARD_FAMILIES),
+            false => tally.rows(&plan::FAMILIES),
+        },
         notes,
     })
 }

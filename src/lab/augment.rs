@@ -2,7 +2,9 @@
 //!
 //! Used by the tests and by evaluation to make transformed copies of real
 //! photos: crops, rescales, JPEG re-encoding, rotation, flips, colour
-//! shifts, greyscale, a text caption. Each transform is a plain function of the image and its
+//! shifts, greyscale, a text caption, and the harder copies a user meets:
+//! the photo inside a screenshot, a sticker over it, a perspective view,
+//! blur with noise. Each transform is a plain function of the image and its
 //! parameters, so a copy can be described and reproduced exactly.
 
 use std::io::Cursor;
@@ -237,6 +239,136 @@ fn glyph(ch: char) -> [u8; 7] {
     }
 }
 
+/// The photo as a screenshot shows it: scaled onto a larger light canvas
+/// so that it covers `area` of it (0 < area < 1), under a dark title bar
+/// with a title, above a caption line, at a seeded-free fixed layout
+/// (`left` in 0..1 places it horizontally).
+pub fn screenshot(image: &RgbImage, area: f32, left: f32, title: &str) -> RgbImage {
+    let (w, h) = image.dimensions();
+    // Canvas of the photo's aspect, scaled up so the photo covers `area`.
+    let grow = 1.0 / area.clamp(0.05, 1.0).sqrt();
+    let (cw, ch) = ((w as f32 * grow) as u32, (h as f32 * grow) as u32);
+    let mut canvas = RgbImage::from_pixel(cw, ch, Rgb([236, 236, 240]));
+    let bar = (ch / 14).max(8);
+    for y in 0..bar {
+        for x in 0..cw {
+            canvas.put_pixel(x, y, Rgb([45, 48, 56]));
+        }
+    }
+    let scale = (bar / 10).max(1);
+    let canvas = overlay_text(
+        &canvas,
+        title,
+        bar / 2,
+        (bar - 7 * scale) / 2,
+        scale,
+        [230; 3],
+    );
+    let mut canvas = canvas;
+    let free_x = cw - w;
+    let x0 = (free_x as f32 * left.clamp(0.0, 1.0)) as u32;
+    let y0 = bar + (ch - h - bar) / 3;
+    imageops::replace(&mut canvas, image, x0 as i64, y0 as i64);
+    let text_y = (y0 + h + scale * 3).min(ch.saturating_sub(8 * scale));
+    overlay_text(&canvas, "PHOTO 1 OF 12", x0, text_y, scale, [20; 3])
+}
+
+/// An opaque sticker (a filled disc or square in `colour`, with a white
+/// ring) covering `area` of the image, centred at (`cx`, `cy`) in 0..1.
+pub fn sticker(
+    image: &RgbImage,
+    area: f32,
+    cx: f32,
+    cy: f32,
+    round: bool,
+    colour: [u8; 3],
+) -> RgbImage {
+    let mut out = image.clone();
+    let (w, h) = out.dimensions();
+    let total = (w * h) as f32 * area.clamp(0.0, 1.0);
+    // Side of the square, or radius of the disc, covering `total`.
+    let half = if round {
+        (total / std::f32::consts::PI).sqrt()
+    } else {
+        total.sqrt() / 2.0
+    };
+    let (x, y) = (cx.clamp(0.0, 1.0) * w as f32, cy.clamp(0.0, 1.0) * h as f32);
+    let ring = (half * 0.12).max(1.0);
+    for py in 0..h {
+        for px in 0..w {
+            let (dx, dy) = (px as f32 + 0.5 - x, py as f32 + 0.5 - y);
+            let d = if round {
+                (dx * dx + dy * dy).sqrt()
+            } else {
+                dx.abs().max(dy.abs())
+            };
+            if d <= half {
+                let c = if d > half - ring { [255; 3] } else { colour };
+                out.put_pixel(px, py, Rgb(c));
+            }
+        }
+    }
+    out
+}
+
+/// A perspective (keystone) view: the side `edge` (0 top, 1 right, 2
+/// bottom, 3 left) shrunk to `1 - shrink` of its length about its middle,
+/// the opposite side kept, as a photo of a screen or print taken at an
+/// angle; the uncovered corners are mid-grey.
+pub fn perspective(image: &RgbImage, edge: u8, shrink: f32) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let (wf, hf) = (w as f32, h as f32);
+    let shrink = shrink.clamp(0.0, 0.9);
+    RgbImage::from_fn(w, h, |x, y| {
+        let (u, v) = ((x as f32 + 0.5) / wf, (y as f32 + 0.5) / hf);
+        // Across the shrunk side `t` runs 0 (shrunk side) to 1 (kept side).
+        // The view's width is linear in `t` (its sides are straight), and
+        // the homography that keeps rows horizontal maps `t` to `t / width`
+        // in the photo; along the row, the photo is squeezed by `width`.
+        let (t, s) = match edge % 4 {
+            0 => (v, u),
+            1 => (1.0 - u, v),
+            2 => (1.0 - v, u),
+            _ => (u, v),
+        };
+        let width = 1.0 - shrink * (1.0 - t);
+        let s = 0.5 + (s - 0.5) / width;
+        let t = t / width;
+        if !(0.0..=1.0).contains(&s) || !(0.0..=1.0).contains(&t) {
+            return Rgb([128; 3]);
+        }
+        let (su, sv) = match edge % 4 {
+            0 => (s, t),
+            1 => (1.0 - t, s),
+            2 => (s, 1.0 - t),
+            _ => (t, s),
+        };
+        bilinear(image, su * wf - 0.5, sv * hf - 0.5)
+    })
+}
+
+/// Gaussian blur of `sigma` pixels, then seeded Gaussian-like noise of
+/// standard deviation `noise` (0-255 scale) on every channel.
+pub fn blur_noise(image: &RgbImage, sigma: f32, noise: f32, seed: u64) -> RgbImage {
+    let mut out = imageops::blur(image, sigma);
+    let mut state = seed | 1;
+    let mut uniform = move || {
+        // xorshift64*: reproducible without a generator crate here.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32
+    };
+    for p in out.pixels_mut() {
+        for c in p.0.iter_mut() {
+            // Sum of 4 uniforms: close to a Gaussian of variance 4/12.
+            let g = (uniform() + uniform() + uniform() + uniform() - 2.0) * 3f32.sqrt();
+            *c = (*c as f32 + g * noise).clamp(0.0, 255.0) as u8;
+        }
+    }
+    out
+}
+
 fn map_pixels(image: &RgbImage, f: impl Fn([u8; 3]) -> [u8; 3]) -> RgbImage {
     let mut out = image.clone();
     for p in out.pixels_mut() {
@@ -278,5 +410,35 @@ mod tests {
         assert_eq!(t.get_pixel(2, 2).0, [255, 255, 255]);
         assert_eq!(t.get_pixel(3, 2).0, img.get_pixel(3, 2).0.map(|v| v / 3));
         assert_eq!(t.get_pixel(60, 50), img.get_pixel(60, 50));
+    }
+
+    #[test]
+    fn the_harder_copies_cover_what_they_say() {
+        let img = RgbImage::from_fn(400, 300, |x, y| Rgb([(x % 251) as u8, (y % 241) as u8, 7]));
+        // The photo covers 60 % of the screenshot, pixel for pixel.
+        let shot = screenshot(&img, 0.6, 0.5, "TITLE");
+        let share = (400 * 300) as f32 / (shot.width() * shot.height()) as f32;
+        assert!((share - 0.6).abs() < 0.02, "{share}");
+        let kept = shot.pixels().filter(|p| p[2] == 7 && p[0] != p[1]).count() as f32;
+        assert!(kept > 0.9 * (400 * 300) as f32, "{kept}");
+        // A sticker covers the stated area (square: exactly; disc: about).
+        for round in [false, true] {
+            let s = sticker(&img, 0.25, 0.5, 0.5, round, [1, 2, 3]);
+            let covered = s.pixels().zip(img.pixels()).filter(|(a, b)| a != b).count() as f32;
+            let share = covered / (400 * 300) as f32;
+            assert!((share - 0.25).abs() < 0.02, "round {round}: {share}");
+        }
+        // A perspective view keeps the far side whole and squeezes the near
+        // one; with no shrink it is the photo.
+        assert_eq!(perspective(&img, 0, 0.0), img);
+        let p = perspective(&img, 0, 0.3);
+        assert_eq!(p.get_pixel(0, 0).0, [128; 3], "a corner is uncovered");
+        assert_eq!(p.get_pixel(0, 299), img.get_pixel(0, 299), "the kept side");
+        // Blur and noise change every region but keep the mean.
+        let b = blur_noise(&img, 2.0, 12.0, 5);
+        let mean = |i: &RgbImage| i.pixels().map(|p| p[0] as f64).sum::<f64>() / (400.0 * 300.0);
+        assert!((mean(&b) - mean(&img)).abs() < 2.0);
+        assert_ne!(b, img);
+        assert_eq!(b, blur_noise(&img, 2.0, 12.0, 5), "seeded");
     }
 }

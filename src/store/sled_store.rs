@@ -158,10 +158,16 @@ impl SledStore {
         })
     }
 
-    /// The open database, for one operation.
+    /// The open database, for one operation. None is open only after a
+    /// reopen failed; then this tries again (at most once per
+    /// [`REOPEN_BACKOFF`]), so that reads recover even with no write.
     fn trees(&self) -> Result<Arc<Trees>> {
-        let open = self.open.read().unwrap_or_else(|e| e.into_inner());
-        open.clone().ok_or_else(|| {
+        let current = || self.open.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(trees) = current() {
+            return Ok(trees);
+        }
+        self.heal()?;
+        current().ok_or_else(|| {
             Error::Unavailable(
                 "the database is being reopened after a failed write; retry in a moment".into(),
             )

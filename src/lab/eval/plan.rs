@@ -133,6 +133,107 @@ pub fn variants(image: &RgbImage, seed: u64) -> Result<Vec<Variant>> {
     Ok(out)
 }
 
+/// The harder families, in report order (`lookalike eval near-dup
+/// --hard`): the copies a single global vector struggles with.
+///
+/// | family | copies |
+/// |---|---|
+/// | crop-area | keep 25 % and 15 % of the area, random position |
+/// | crop-turn-colour | keep 30 % of the area, rotate 10-15 degrees, hue and brightness shift |
+/// | screenshot | on a canvas with a title bar and a caption, the photo 60 % of it |
+/// | sticker | an opaque disc or square over 20-30 % of it |
+/// | perspective | one side shrunk by 20-30 %, as a photo taken at an angle |
+/// | blur-noise | Gaussian blur (sigma 2-3) and noise (sd 10-16) |
+/// | rotate-heavy | 30 and 45 degrees, cropped to the rotated content |
+/// | combo-hard | crop 50 % of the area + sticker 15 % + screenshot 70 % + JPEG 40 |
+pub const HARD_FAMILIES: [&str; 8] = [
+    "crop-area",
+    "crop-turn-colour",
+    "screenshot",
+    "sticker",
+    "perspective",
+    "blur-noise",
+    "rotate-heavy",
+    "combo-hard",
+];
+
+/// Crop keeping `area` of the image at a random position.
+fn crop_area(image: &RgbImage, area: f32, rng: &mut StdRng) -> RgbImage {
+    let (cx, cy) = (rng.random_range(0.0..1.0), rng.random_range(0.0..1.0));
+    augment::crop(image, area.sqrt(), cx, cy)
+}
+
+fn sign(rng: &mut StdRng) -> f32 {
+    if rng.random_bool(0.5) {
+        1.0
+    } else {
+        -1.0
+    }
+}
+
+/// A sticker over `area` of the image, at a random place that keeps it
+/// inside, round or square, in a saturated colour.
+fn random_sticker(image: &RgbImage, area: f32, rng: &mut StdRng) -> RgbImage {
+    const COLOURS: [[u8; 3]; 4] = [[220, 30, 40], [250, 200, 20], [30, 110, 220], [20, 20, 20]];
+    let colour = COLOURS[rng.random_range(0..COLOURS.len())];
+    let (cx, cy) = (rng.random_range(0.3..0.7), rng.random_range(0.3..0.7));
+    augment::sticker(image, area, cx, cy, rng.random_bool(0.5), colour)
+}
+
+/// All harder copies of `image` ([`HARD_FAMILIES`]), seeded by `seed`.
+pub fn hard_variants(image: &RgbImage, seed: u64) -> Result<Vec<Variant>> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x4a5d_0000);
+    let mut out = Vec::new();
+    let mut push = |family: &'static str, label: String, img: &RgbImage, quality: u8| {
+        augment::encode_jpeg(img, quality).map(|bytes| {
+            out.push(Variant {
+                family,
+                label,
+                bytes,
+            })
+        })
+    };
+    for area in [25u32, 15] {
+        let img = crop_area(image, area as f32 / 100.0, &mut rng);
+        push("crop-area", format!("crop-area-{area}"), &img, QUALITY)?;
+    }
+    let img = crop_area(image, 0.3, &mut rng);
+    let img = augment::rotate(&img, sign(&mut rng) * rng.random_range(10.0..15.0));
+    let img = augment::hue_saturation(&img, sign(&mut rng) * rng.random_range(15.0..30.0), 1.0);
+    let img = augment::brightness_contrast(&img, rng.random_range(0.8..1.2), 1.0);
+    push("crop-turn-colour", "crop-turn-colour".into(), &img, QUALITY)?;
+    let left = rng.random_range(0.0..1.0);
+    let img = augment::screenshot(image, 0.6, left, "MY PHOTOS - GALLERY");
+    push("screenshot", "screenshot-60".into(), &img, QUALITY)?;
+    let area = rng.random_range(0.2..0.3);
+    let img = random_sticker(image, area, &mut rng);
+    push(
+        "sticker",
+        format!("sticker-{:.0}", area * 100.0),
+        &img,
+        QUALITY,
+    )?;
+    let edge = rng.random_range(0..4u8);
+    let img = augment::perspective(image, edge, rng.random_range(0.2..0.3));
+    push("perspective", "perspective".into(), &img, QUALITY)?;
+    let img = augment::blur_noise(
+        image,
+        rng.random_range(2.0..3.0),
+        rng.random_range(10.0..16.0),
+        rng.random(),
+    );
+    push("blur-noise", "blur-noise".into(), &img, QUALITY)?;
+    for deg in [30u32, 45] {
+        let img = augment::rotate(image, sign(&mut rng) * deg as f32);
+        push("rotate-heavy", format!("rotate-{deg}"), &img, QUALITY)?;
+    }
+    let img = crop_area(image, 0.5, &mut rng);
+    let img = random_sticker(&img, 0.15, &mut rng);
+    let img = augment::screenshot(&img, 0.7, rng.random_range(0.0..1.0), "SHARED WITH YOU");
+    push("combo-hard", "combo-hard".into(), &img, 40)?;
+    Ok(out)
+}
+
 /// A caption across the image, sized to about 60 % of its width.
 fn caption(image: &RgbImage, rng: &mut StdRng) -> RgbImage {
     const WORDS: [&str; 6] = [
@@ -168,6 +269,13 @@ mod tests {
             a.iter().zip(&b).all(|(x, y)| x.bytes == y.bytes),
             "same seed, same copies"
         );
+        let hard = hard_variants(&img, 7).expect("hard variants");
+        for family in HARD_FAMILIES {
+            assert!(hard.iter().any(|v| v.family == family), "{family} missing");
+        }
+        assert_eq!(hard.len(), 10);
+        let again = hard_variants(&img, 7).expect("hard variants");
+        assert!(hard.iter().zip(&again).all(|(x, y)| x.bytes == y.bytes));
         let c = variants(&img, 8).expect("variants");
         assert!(
             a.iter().zip(&c).any(|(x, y)| x.bytes != y.bytes),

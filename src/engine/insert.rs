@@ -148,8 +148,9 @@ impl Shared {
                 stored.push(result.map(|inserted| (record, inserted)));
             }
             // Every record sled accepted goes into the index, even if the
-            // flush below fails for it: the index mirrors the store, and
-            // sled may yet write it.
+            // flush below fails for it: the index mirrors the store. (If it
+            // fails, the store serves none of them, and once it is reopened
+            // maintenance rebuilds the index from what it holds.)
             for (record, inserted) in stored.iter().flatten() {
                 if let Some(old) = inserted.replaced {
                     index.remove(old);
@@ -187,8 +188,9 @@ impl Shared {
     }
 
     /// One flush for every write of a group that succeeded. If it fails,
-    /// each of them flushes again on its own, so each gets an error of its
-    /// own (a full disk stays RESOURCE_EXHAUSTED) or is durable after all.
+    /// every one of them failed: none is acknowledged, even if a later
+    /// flush succeeds (the store reopens after a failed write, and what it
+    /// had not flushed is then gone or removed again).
     fn flush_group(&self, stored: &mut [Result<(Record, Inserted)>]) {
         if !stored.iter().any(Result::is_ok) {
             return;
@@ -196,15 +198,10 @@ impl Shared {
         let Err(first) = self.store.flush() else {
             return;
         };
+        let again = flush_failure_for_others(&first);
         let mut first = Some(first);
         for slot in stored.iter_mut().filter(|s| s.is_ok()) {
-            let failed = match first.take() {
-                Some(e) => Some(e),
-                None => self.store.flush().err(),
-            };
-            if let Some(e) = failed {
-                *slot = Err(e);
-            }
+            *slot = Err(first.take().unwrap_or_else(&again));
         }
     }
 
@@ -239,6 +236,24 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         metrics::gauge!("lookalike_inserts_in_flight").decrement(1.0);
+    }
+}
+
+/// The error of a flush a group shared, for each write but the first: the
+/// same kind (a full disk stays RESOURCE_EXHAUSTED) and the same cause.
+fn flush_failure_for_others(first: &Error) -> impl Fn() -> Error {
+    let kind = match first.is_disk_full() {
+        true => std::io::ErrorKind::StorageFull,
+        false => std::io::ErrorKind::Other,
+    };
+    let mut cause: &dyn std::error::Error = first;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let cause = cause.to_string();
+    move || Error::Store {
+        doing: "flushing to disk",
+        source: sled::Error::Io(std::io::Error::new(kind, cause.clone())),
     }
 }
 

@@ -62,6 +62,9 @@ enum Job {
     Rebuild,
     /// Copy the current graph afresh for searching.
     RefreshSearchCopy,
+    /// Rebuild over the current PCA (or exact), because the store was
+    /// reopened after a failed write and may hold other than the index.
+    Resync,
 }
 
 impl Engine {
@@ -77,7 +80,8 @@ impl Engine {
                 Some(index) => (index, shared.store.last_seq()?),
                 None => shared.build(projection)?,
             };
-            shared.swap_in(index, built_upto)?;
+            let known = shared.current_index().tombstone_seqs();
+            shared.swap_in(index, built_upto, &known)?;
             tracing::info!(
                 images = shared.store.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -232,6 +236,9 @@ impl Shared {
             return None;
         }
         let index = self.current_index();
+        if self.store.reopens() != self.store_reopens_seen.load(Ordering::SeqCst) {
+            return Some(Job::Resync);
+        }
         let count = self.store.len();
         match index.projection() {
             None if count >= self.config.pca_min_images => Some(Job::Refit),
@@ -253,7 +260,23 @@ impl Shared {
 
     fn run(&self, job: Job) -> Result<()> {
         let started = Instant::now();
+        // Read before the build: a reopen during it calls for another.
+        let reopens = self.store.reopens();
         let projection = match job {
+            Job::Resync => {
+                self.store_reopens_seen.store(reopens, Ordering::SeqCst);
+                let projection = self.current_index().projection().cloned();
+                tracing::warn!("the store was reopened: rebuilding the index from it");
+                let known = self.current_index().tombstone_seqs();
+                let (index, built_upto) = self.build(projection)?;
+                self.swap_in(index, built_upto, &known)?;
+                tracing::info!(
+                    images = self.store.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "index rebuilt from the reopened store"
+                );
+                return Ok(());
+            }
             Job::Refit => {
                 let p = self.fit_projection()?;
                 metrics::counter!("lookalike_pca_fits_total").increment(1);
@@ -276,8 +299,9 @@ impl Shared {
                 return Ok(());
             }
         };
+        let known = self.current_index().tombstone_seqs();
         let (index, built_upto) = self.build(Some(projection))?;
-        self.swap_in(index, built_upto)?;
+        self.swap_in(index, built_upto, &known)?;
         let kind = if job == Job::Refit {
             "refit"
         } else {
@@ -338,7 +362,12 @@ impl Shared {
     /// tombstones, and makes it current. Catches up without the slot's
     /// lock while many records arrived during the build, then takes the
     /// write lock for the last few only, so writers wait briefly.
-    fn swap_in(&self, index: Index, mut built_upto: u64) -> Result<()> {
+    fn swap_in(
+        &self,
+        index: Index,
+        mut built_upto: u64,
+        known: &std::collections::HashSet<u64>,
+    ) -> Result<()> {
         loop {
             let (upto, added) = self.add_records_after(&index, built_upto)?;
             built_upto = upto;
@@ -352,7 +381,7 @@ impl Shared {
             return Ok(());
         }
         built_upto = self.add_records_after(&index, built_upto)?.0;
-        index.inherit_tombstones(&slot, built_upto);
+        index.inherit_tombstones(&slot, built_upto, known);
         *slot = Arc::new(index);
         Ok(())
     }

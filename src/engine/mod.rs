@@ -182,6 +182,10 @@ struct Shared {
     /// searches, groups, lists and rebuilds, logged once each, counted in
     /// Stats. A leaf lock: nothing is taken while it is held.
     damaged: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    /// The store's reopen count the index was last built against: after a
+    /// reopen (a write failed, a full disk) the store may hold less or
+    /// other than the index, so maintenance rebuilds it from the store.
+    store_reopens_seen: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -224,6 +228,7 @@ impl Engine {
                 shutdown: AtomicBool::new(false),
                 maintenance_task: std::sync::Mutex::new(None),
                 damaged: std::sync::Mutex::new(Default::default()),
+                store_reopens_seen: Default::default(),
             }),
         })
     }

@@ -325,13 +325,17 @@ impl Index {
     /// tombstones, or its exact map's removals) after this one's build had
     /// read them. Only seqs this index holds live become tombstones here;
     /// seqs the build never saw are dropped, or the tombstone count would
-    /// never fall and every rebuild would call for another.
-    pub fn inherit_tombstones(&self, old: &Index, built_upto: u64) {
+    /// never fall and every rebuild would call for another. Tombstones in
+    /// `known` (the old index's when the build began) are not carried:
+    /// their records were gone from the store before the build read it,
+    /// so a build that holds one holds a record the store has again (an
+    /// upsert that failed, undone by a reopen of the store).
+    pub fn inherit_tombstones(&self, old: &Index, built_upto: u64, known: &HashSet<u64>) {
         // Copied out first: no lock of `old` is held while taking ours.
         let removed: Vec<u64> = read(&old.tombstones)
             .iter()
             .copied()
-            .filter(|&s| s <= built_upto)
+            .filter(|&s| s <= built_upto && !known.contains(&s))
             .collect();
         for seq in removed {
             let held = match &self.mode {
@@ -342,6 +346,11 @@ impl Index {
                 self.remove(seq);
             }
         }
+    }
+
+    /// The removed points' seqs, now.
+    pub fn tombstone_seqs(&self) -> HashSet<u64> {
+        read(&self.tombstones).clone()
     }
 
     /// Points held, tombstones included.
@@ -678,7 +687,7 @@ mod tests {
         // Removed from the old index after the rebuild read them.
         old.remove(pts[100].0);
         old.remove(pts[200].0);
-        rebuilt.inherit_tombstones(&old, pts.last().expect("points").0);
+        rebuilt.inherit_tombstones(&old, pts.last().expect("points").0, &HashSet::new());
         assert_eq!(rebuilt.tombstones(), 2);
         for gone in [100, 200] {
             assert!(rebuilt
@@ -695,7 +704,7 @@ mod tests {
         assert_eq!(exact.tombstones(), 0, "an exact index reports none");
         let first = Index::graph(projection_of(&pts), PARAMS, pts.len());
         fill(&first, &pts[1..]);
-        first.inherit_tombstones(&exact, pts.last().expect("points").0);
+        first.inherit_tombstones(&exact, pts.last().expect("points").0, &HashSet::new());
         assert_eq!(first.tombstones(), 1);
         assert!(first
             .search(&pts[150].1, 10, None)

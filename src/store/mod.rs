@@ -145,4 +145,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every metadata entry (model, Siamese identity, PCA), for snapshots.
     fn meta_all(&self) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// How many times the store was reopened after a failed write. Writes
+    /// that failed may then be gone, or (an upsert) the record they
+    /// replaced back: an index built before holds other than the store.
+    fn reopens(&self) -> u64 {
+        0
+    }
 }

@@ -50,6 +50,8 @@ pub struct SledStore {
     healing: Mutex<Option<Instant>>,
     /// Inserts not yet covered by a flush that succeeded (see [`Unflushed`]).
     unflushed: Mutex<Unflushed>,
+    /// Reopens so far ([`Store::reopens`]).
+    reopens: AtomicU64,
     /// Pairs with a decision (each stored under two keys), so that the
     /// common case, no decisions at all, costs no lookup.
     review_pairs: AtomicUsize,
@@ -151,6 +153,7 @@ impl SledStore {
             failed: AtomicBool::new(false),
             healing: Mutex::new(None),
             unflushed: Mutex::new(Unflushed::default()),
+            reopens: AtomicU64::new(0),
             review_pairs,
             review_lock: Mutex::new(()),
             count,
@@ -249,6 +252,7 @@ impl SledStore {
         *open = None;
         let trees = Arc::new(Trees::open(&self.dir)?);
         *open = Some(trees.clone());
+        self.reopens.fetch_add(1, Ordering::SeqCst);
         self.count.store(trees.ids.len(), Ordering::SeqCst);
         self.review_pairs
             .store(trees.reviews.len() / 2, Ordering::SeqCst);
@@ -773,6 +777,10 @@ impl Store for SledStore {
             .db
             .size_on_disk()
             .map_err(Error::store("measuring its size on disk"))
+    }
+
+    fn reopens(&self) -> u64 {
+        self.reopens.load(Ordering::SeqCst)
     }
 
     fn flush(&self) -> Result<()> {

@@ -253,12 +253,14 @@ impl SledStore {
         let trees = Arc::new(Trees::open(&self.dir)?);
         *open = Some(trees.clone());
         self.reopens.fetch_add(1, Ordering::SeqCst);
+        // Still failed if this fails: the next write tries again.
+        let undone = self.undo_unflushed(&trees);
+        // Counted after the undo, which removes records.
         self.count.store(trees.ids.len(), Ordering::SeqCst);
         self.review_pairs
             .store(trees.reviews.len() / 2, Ordering::SeqCst);
         self.seq_base.store(trees.seq_base()?, Ordering::SeqCst);
-        // Still failed if this fails: the next write tries again.
-        self.undo_unflushed(&trees)?;
+        undone?;
         self.failed.store(false, Ordering::SeqCst);
         tracing::warn!(
             dir = %self.dir.display(),
@@ -831,6 +833,41 @@ mod tests {
             err.chain().contains("another lookalike may hold its lock"),
             "unclear error: {err}"
         );
+    }
+
+    /// An insert whose caller was told its flush failed is not served, and
+    /// the reopen that follows removes it even though it reached the disk;
+    /// the counts are read afresh; writes work again.
+    #[test]
+    fn a_reopen_removes_inserts_reported_as_failed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        store
+            .insert(&record("kept", 0.1), false, None)
+            .expect("insert");
+        store.flush().expect("flush");
+        store
+            .insert(&record("failed", 0.2), false, None)
+            .expect("insert");
+        // It reached the disk (sled flushed it), but the flush its caller
+        // waited for failed.
+        store.trees().expect("open").db.flush().expect("sled flush");
+        store.failed.store(true, Ordering::SeqCst);
+        assert!(store.get("failed").expect("get").is_none(), "served");
+        assert!(store.get("kept").expect("get").is_some());
+        store.heal().expect("reopen");
+        assert_eq!(store.reopens(), 1);
+        assert_eq!(store.len(), 1);
+        assert!(store.get("failed").expect("get").is_none());
+        store
+            .insert(&record("failed", 0.3), false, None)
+            .expect("the retry is not refused as a duplicate");
+        store.flush().expect("flush");
+        drop(store);
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.len(), 2);
+        let got = store.get("failed").expect("get").expect("the retry");
+        assert_eq!(got.features, vec![0.3, 0.7]);
     }
 
     #[test]

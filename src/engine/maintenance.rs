@@ -260,32 +260,23 @@ impl Shared {
 
     fn run(&self, job: Job) -> Result<()> {
         let started = Instant::now();
-        // Read before the build: a reopen during it calls for another.
-        let reopens = self.store.reopens();
         let projection = match job {
             Job::Resync => {
+                // Read before the build: a reopen during it calls for another.
+                let reopens = self.store.reopens();
                 self.store_reopens_seen.store(reopens, Ordering::SeqCst);
-                let projection = self.current_index().projection().cloned();
                 tracing::warn!("the store was reopened: rebuilding the index from it");
-                let known = self.current_index().tombstone_seqs();
-                let (index, built_upto) = self.build(projection)?;
-                self.swap_in(index, built_upto, &known)?;
-                tracing::info!(
-                    images = self.store.len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "index rebuilt from the reopened store"
-                );
-                return Ok(());
+                self.current_index().projection().cloned()
             }
             Job::Refit => {
                 let p = self.fit_projection()?;
                 metrics::counter!("lookalike_pca_fits_total").increment(1);
                 self.store.meta_put(META_PCA, &p.to_bytes())?;
                 self.store.flush()?;
-                Arc::new(p)
+                Some(Arc::new(p))
             }
             Job::Rebuild => match self.current_index().projection() {
-                Some(p) => p.clone(),
+                Some(p) => Some(p.clone()),
                 None => return Ok(()),
             },
             Job::RefreshSearchCopy => {
@@ -300,12 +291,12 @@ impl Shared {
             }
         };
         let known = self.current_index().tombstone_seqs();
-        let (index, built_upto) = self.build(Some(projection))?;
+        let (index, built_upto) = self.build(projection)?;
         self.swap_in(index, built_upto, &known)?;
-        let kind = if job == Job::Refit {
-            "refit"
-        } else {
-            "rebuild"
+        let kind = match job {
+            Job::Refit => "refit",
+            Job::Resync => "resync",
+            _ => "rebuild",
         };
         metrics::counter!("lookalike_index_builds_total", "job" => kind).increment(1);
         metrics::histogram!("lookalike_index_build_seconds", "job" => kind)

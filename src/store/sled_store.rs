@@ -102,8 +102,10 @@ const REOPEN_MIN_FREE: u64 = 16 << 20;
 const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How long a reopen waits for reads and scans in flight on the old
-/// database to finish before it gives up until the next write.
+/// database to finish before it gives up until the next write; of that,
+/// at most [`REOPEN_LAST_DRAIN`] with new reads held back.
 const REOPEN_DRAIN: Duration = Duration::from_secs(2);
+const REOPEN_LAST_DRAIN: Duration = Duration::from_millis(100);
 
 impl Trees {
     fn open(dir: &Path) -> Result<Self> {
@@ -233,21 +235,33 @@ impl SledStore {
             ));
         }
         *last_try = Some(Instant::now());
-        let mut open = self.open.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = open.as_ref() {
-            // Reads and scans in flight hold the old database (and its file
-            // lock); new ones wait on `open`.
-            let drained = Instant::now();
-            while Arc::strong_count(old) > 1 {
-                if drained.elapsed() > REOPEN_DRAIN {
-                    return Err(Error::Unavailable(
-                        "the database is waiting for reads in flight to finish before it \
-                         reopens after a failed write; retry in a moment"
-                            .into(),
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(5));
+        // Reads and scans in flight hold the old database (and its file
+        // lock). Wait for them first without blocking anyone (a long scan
+        // makes this give up), then briefly under the write lock for those
+        // that began meanwhile.
+        let busy =
+            |open: &Option<Arc<Trees>>| open.as_ref().is_some_and(|t| Arc::strong_count(t) > 1);
+        let waiting = || {
+            Error::Unavailable(
+                "the database is waiting for reads in flight to finish before it reopens \
+                 after a failed write; retry in a moment"
+                    .into(),
+            )
+        };
+        let started = Instant::now();
+        while busy(&self.open.read().unwrap_or_else(|e| e.into_inner())) {
+            if started.elapsed() > REOPEN_DRAIN {
+                return Err(waiting());
             }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut open = self.open.write().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
+        while busy(&open) {
+            if started.elapsed() > REOPEN_LAST_DRAIN {
+                return Err(waiting());
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
         *open = None;
         let trees = Arc::new(Trees::open(&self.dir)?);

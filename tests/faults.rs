@@ -15,7 +15,7 @@ mod common;
 
 use std::{path::Path, time::Duration};
 
-use common::{by_id, data, photos, read, Client, Daemon, LoggedServe};
+use common::{by_id, data, index_matches_store, photos, read, Client, Daemon, LoggedServe};
 use lookalike::api::proto::{
     lookalike_client::LookalikeClient, DeleteRequest, GetRequest, InsertRequest, QueryRequest,
     StatsRequest,
@@ -495,19 +495,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
         .expect("delete after recovery");
     // The index is rebuilt from the reopened store: it holds exactly what
     // the store does (no refused insert).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let stats = c.stats(StatsRequest {}).await.expect("stats").into_inner();
-        assert_eq!(stats.count as usize, acked.len(), "{stats:?}");
-        if stats.index_size - stats.index_tombstones == stats.count {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the index never matched the store: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    index_matches_store(&mut c, acked.len(), Duration::from_secs(60), || {}).await;
 
     // Nothing acknowledged is lost, even on kill -9.
     daemon.kill9();

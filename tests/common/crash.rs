@@ -1,5 +1,5 @@
 //! kill -9 during a bulk InsertStream, again and again, shared by
-//! `tests/crash.rs` (short, in CI) and `benches/crash.rs` (10,000 images,
+//! `tests/stress.rs` (short, in CI) and `benches/crash.rs` (10,000 images,
 //! 20 kills).
 //!
 //! One InsertStream sends distinct real-photo variants to a real daemon;
@@ -24,13 +24,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lookalike::api::proto::{GetRequest, InsertRequest, QueryRequest, StatsRequest};
+use lookalike::api::proto::{GetRequest, InsertRequest, QueryRequest};
 use rand::{rngs::StdRng, seq::IndexedRandom, Rng, SeedableRng};
 use tonic::Code;
 
 use super::stress::{bases, id_of, variant};
 use super::watchdog::{Progress, Watchdog};
-use super::{data, Client, Daemon};
+use super::{data, index_matches_store, Client, Daemon};
 
 /// What to run.
 #[derive(Debug, Clone, Copy)]
@@ -177,20 +177,10 @@ async fn check(
         }
         progress.tick();
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = c.stats(StatsRequest {}).await.expect("stats").into_inner();
-        assert_eq!(s.count as usize, stored.len(), "Stats disagrees: {s:?}");
-        if s.index_size - s.index_tombstones == s.count {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the index never caught up with the store: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        progress.tick();
-    }
+    index_matches_store(c, stored.len(), Duration::from_secs(120), || {
+        progress.tick()
+    })
+    .await;
     found
 }
 

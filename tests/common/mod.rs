@@ -125,6 +125,36 @@ pub fn bench_sizes(default: &str) -> Vec<usize> {
         .collect()
 }
 
+/// Waits up to `wait` until the index holds exactly what the store does
+/// (its points less its tombstones equal the count), asserting on every
+/// poll that Stats counts `stored` images; `tick` runs once per poll (a
+/// watchdog's counter).
+pub async fn index_matches_store(
+    client: &mut Client,
+    stored: usize,
+    wait: Duration,
+    mut tick: impl FnMut(),
+) {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let s = client
+            .stats(lookalike::api::proto::StatsRequest {})
+            .await
+            .expect("stats")
+            .into_inner();
+        assert_eq!(s.count as usize, stored, "Stats disagrees: {s:?}");
+        if s.index_size - s.index_tombstones == s.count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the index never matched the store: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tick();
+    }
+}
+
 /// The committed test photos, sorted by name.
 pub fn photos() -> Vec<(String, PathBuf)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");

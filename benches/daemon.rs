@@ -8,7 +8,10 @@
 //! what ingest could reach if storing cost nothing), then measures
 //! Query-by-id and Query-by-image latency at each concurrency, and the
 //! daemon's resident memory. The PCA + HNSW index is on (the threshold is
-//! set below the image count) so queries take the production path.
+//! set below the image count) so queries take the production path. All of
+//! it twice, in one run: with the keypoint check (the default) and with
+//! `--no-keypoints` (cosine only, as before the check existed), then the
+//! ratios.
 //!
 //! Environment: BENCH_IMAGES (distinct images per insert round, default 240),
 //! BENCH_QUERIES (queries per measurement, default 400).
@@ -154,20 +157,71 @@ async fn insert_streams(
     acknowledged as f64 / started.elapsed().as_secs_f64()
 }
 
+const LEVELS: [usize; 3] = [1, 8, 32];
+const STREAM_LEVELS: [usize; 2] = [1, 8];
+
+/// One measured row: (operation and concurrency, per second, p50 ms).
+type Measured = (String, f64, f64);
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let per_round = env("BENCH_IMAGES", 240);
     let queries = env("BENCH_QUERIES", 400);
-    let levels = [1usize, 8, 32];
-    let stream_levels = [1usize, 8];
-    let all = Arc::new(images(per_round * (levels.len() + stream_levels.len())));
+    let all = Arc::new(images(per_round * (LEVELS.len() + STREAM_LEVELS.len())));
     let forward = forward_only_rate(&all);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(
-        dir.path(),
-        &["--pca-min-images", &(per_round / 2).to_string()],
+    println!(
+        "\nForward only (the network alone, in this process before the daemons started, \
+         Lite0, batch 16, 2 threads): {forward:.1} images/s"
+    );
+    let with = run(
+        &all,
+        per_round,
+        queries,
+        forward,
+        &[],
+        "keypoint check on (default)",
     )
     .await;
+    let without = run(
+        &all,
+        per_round,
+        queries,
+        forward,
+        &["--no-keypoints"],
+        "--no-keypoints (cosine only: the before)",
+    )
+    .await;
+    println!("\n## The keypoint check's cost, same run\n");
+    println!("| operation | concurrency | with / without, per second | p50 ms with / without |");
+    println!("|---|---|---|---|");
+    for ((name, rate, p50), (_, rate0, p50_0)) in with.iter().zip(&without) {
+        let (op, c) = name.split_once('@').unwrap_or((name, ""));
+        println!(
+            "| {op} | {c} | {rate:.1} / {rate0:.1} = {:.2}x | {p50:.2} / {p50_0:.2} = {:.2}x |",
+            rate / rate0,
+            p50 / p50_0
+        );
+    }
+}
+
+/// Every round against a fresh daemon started with `flags`; prints its
+/// table and returns its rows.
+async fn run(
+    all: &Arc<Vec<Vec<u8>>>,
+    per_round: usize,
+    queries: usize,
+    forward: f64,
+    flags: &[&str],
+    label: &str,
+) -> Vec<Measured> {
+    let levels = LEVELS;
+    let stream_levels = STREAM_LEVELS;
+    let mut rows = Vec::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pca = (per_round / 2).to_string();
+    let mut args = vec!["--pca-min-images", &pca];
+    args.extend_from_slice(flags);
+    let daemon = Daemon::start(dir.path(), &args).await;
     let clients: Vec<Client> = {
         let mut v = Vec::new();
         for _ in 0..8 {
@@ -176,7 +230,7 @@ async fn main() {
         v
     };
     println!(
-        "\n## Daemon on loopback ({} images per insert round, {queries} queries per row)\n",
+        "\n## Daemon on loopback, {label} ({} images per insert round, {queries} queries per row)\n",
         per_round
     );
     println!("| operation | concurrency | per second | p50 ms | p99 ms |");
@@ -204,6 +258,7 @@ async fn main() {
             percentile(&lat, 0.5),
             percentile(&lat, 0.99)
         );
+        rows.push((format!("Insert@{c}"), rate, percentile(&lat, 0.5)));
     }
     for (k, &streams) in stream_levels.iter().enumerate() {
         let round = levels.len() + k;
@@ -219,6 +274,7 @@ async fn main() {
             if streams == 1 { "" } else { "s" },
             rate / forward
         );
+        rows.push((format!("InsertStream@{streams} streams"), rate, f64::NAN));
     }
     // Let the background PCA fit and graph build finish.
     let mut client = clients[0].clone();
@@ -249,6 +305,11 @@ async fn main() {
             percentile(&lat, 0.5),
             percentile(&lat, 0.99)
         );
+        rows.push((
+            format!("Query by id, k=10@{c}"),
+            rate,
+            percentile(&lat, 0.5),
+        ));
     }
     for &c in &levels {
         let all = all.clone();
@@ -273,11 +334,12 @@ async fn main() {
             percentile(&lat, 0.5),
             percentile(&lat, 0.99)
         );
+        rows.push((
+            format!("Query by image, k=10@{c}"),
+            rate,
+            percentile(&lat, 0.5),
+        ));
     }
-    println!(
-        "\nForward only (the network alone, in this process before the daemon started, \
-         Lite0, batch 16, 2 threads): {forward:.1} images/s"
-    );
     println!(
         "stored {stored} images; index: {} (PCA-{}, {} points); daemon RSS {:.0} MiB",
         if stats.pca_fitted { "HNSW" } else { "exact" },
@@ -285,4 +347,6 @@ async fn main() {
         stats.index_size,
         rss_mib(daemon.pid())
     );
+    daemon.stop();
+    rows
 }

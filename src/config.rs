@@ -287,6 +287,17 @@ pub struct Config {
         help_heading = "Duplicate verdict")]
     pub similar_similarity: f32,
 
+    /// Skip the keypoint check: no keypoints are computed or stored (about
+    /// 12 KB an image), matches are ranked by cosine alone and the verdict
+    /// is the Siamese network's. Inserts and image queries get faster;
+    /// heavy crops, screenshots and stickered copies are then often missed.
+    #[arg(
+        long,
+        env = "LOOKALIKE_NO_KEYPOINTS",
+        help_heading = "Duplicate verdict"
+    )]
+    pub no_keypoints: bool,
+
     /// Keep no thumbnails (by default a small JPEG per image is stored, a
     /// few KB, for `lookalike report` and Get).
     #[arg(long, env = "LOOKALIKE_NO_THUMBNAILS", help_heading = "Server")]
@@ -395,6 +406,7 @@ impl Config {
             duplicate_distance: None,
             duplicate_similarity: defaults::DUPLICATE_SIMILARITY,
             similar_similarity: defaults::SIMILAR_SIMILARITY,
+            no_keypoints: false,
             no_thumbnails: false,
             thumbnail_side: defaults::THUMBNAIL_SIDE,
             pca_min_images: defaults::PCA_MIN_IMAGES,

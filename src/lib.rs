@@ -21,6 +21,7 @@ pub mod files;
 pub mod index;
 #[cfg(feature = "lab")]
 pub mod lab;
+pub mod local;
 pub mod pca;
 pub mod server;
 pub mod siamese;

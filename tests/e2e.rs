@@ -153,10 +153,8 @@ async fn restart_kill9_delete_and_query_by_id() {
         before.matches.iter().all(|m| &m.id != probe),
         "query by id must exclude itself"
     );
-    assert!(before
-        .matches
-        .windows(2)
-        .all(|w| w[0].similarity >= w[1].similarity));
+    // Best first: by score (cosine plus the keypoint bonus).
+    assert!(before.matches.windows(2).all(|w| w[0].score >= w[1].score));
     assert_eq!(
         before.matches[0].metadata.get("file"),
         Some(&before.matches[0].id)

@@ -63,8 +63,9 @@ async fn ids_of(c: &mut Client, ids: &[String]) -> Vec<String> {
     present
 }
 
-/// (id, similarity) of the top 10 for each of the first photos.
-async fn answers(c: &mut Client) -> Vec<Vec<(String, f32)>> {
+/// (id, similarity, keypoint matches) of the top 10 for each of the first
+/// photos.
+async fn answers(c: &mut Client) -> Vec<Vec<(String, f32, Option<u32>)>> {
     let mut all = Vec::new();
     for (_, path) in photos().iter().take(5) {
         let matches = c
@@ -78,7 +79,12 @@ async fn answers(c: &mut Client) -> Vec<Vec<(String, f32)>> {
             .expect("query")
             .into_inner()
             .matches;
-        all.push(matches.into_iter().map(|m| (m.id, m.similarity)).collect());
+        all.push(
+            matches
+                .into_iter()
+                .map(|m| (m.id, m.similarity, m.keypoint_matches))
+                .collect(),
+        );
     }
     all
 }
@@ -249,10 +255,14 @@ async fn snapshot_under_inserts_then_restore_gives_the_same_answers() {
     let (want, got) = (answers(&mut c).await, answers(&mut cc).await);
     assert_eq!(want.len(), got.len());
     for (w, g) in want.iter().zip(&got) {
-        let ids = |v: &Vec<(String, f32)>| v.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+        let ids = |v: &Vec<(String, f32, Option<u32>)>| {
+            v.iter().map(|(id, _, _)| id.clone()).collect::<Vec<_>>()
+        };
         assert_eq!(ids(w), ids(g));
-        for ((_, a), (_, b)) in w.iter().zip(g) {
+        for ((_, a, ka), (_, b, kb)) in w.iter().zip(g) {
             assert!((a - b).abs() < 1e-6, "{w:?} vs {g:?}");
+            // The keypoints travel with the snapshot.
+            assert!(ka.is_some() && ka == kb, "{w:?} vs {g:?}");
         }
     }
     let n = |c: &mut Client| {

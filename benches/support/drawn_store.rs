@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use lookalike::engine::{META_MODEL, META_PCA};
 use lookalike::pca::Projection;
-use lookalike::store::{Record, SledStore, Store};
+use lookalike::store::{Attachments, Record, SledStore, Store};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 pub const DIM: usize = 1280;
@@ -143,7 +143,9 @@ pub fn build_store_with_copies(dir: &Path, n: usize, copy_every: usize) {
             inserted_at_ms: 0,
             facts: None,
         };
-        store.insert(&record, false, None).expect("insert");
+        store
+            .insert(&record, false, Attachments::default())
+            .expect("insert");
     }
     store.flush().expect("flush");
 }

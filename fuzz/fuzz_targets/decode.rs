@@ -1,7 +1,7 @@
 //! The whole decode path a request's bytes take (format probe, pixel limit,
 //! the 1/8-scale JPEG shortcut or the general decoders, EXIF orientation,
-//! resize and crop to the network's input): any bytes give an input of the
-//! right size or an error, never a panic.
+//! resize and crop to the network's input, the thumbnail, the keypoints):
+//! any bytes give an input of the right size or an error, never a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,8 +12,12 @@ const MAX_PIXELS: u64 = 4_000_000;
 const SIZE: u32 = 224;
 
 fuzz_target!(|bytes: &[u8]| {
-    if let Ok(input) = decode::network_input(bytes, MAX_PIXELS, SIZE) {
+    if let Ok(decoded) = decode::for_network(bytes, MAX_PIXELS, SIZE, Some(128), true) {
+        let input = decoded.input;
         assert_eq!(input.len(), (SIZE * SIZE * 3) as usize);
         assert!(input.iter().all(|v| v.is_finite()));
+        let points = decoded.keypoints.expect("keypoints were asked for");
+        let back = lookalike::local::Keypoints::from_bytes(&points.to_bytes());
+        assert_eq!(back.map(|k| k.points.len()).ok(), Some(points.points.len()));
     }
 });

@@ -257,6 +257,7 @@ impl Lookalike for Service {
                 similarity_threshold: c.similarity_threshold,
                 tier: tier(c.tier) as i32,
                 review: decision(c.review) as i32,
+                keypoint_matches: c.keypoint_matches,
             }))
         }
         .await;
@@ -680,6 +681,8 @@ fn to_match(m: Match) -> proto::Match {
         duplicate: m.duplicate,
         tier: tier(m.tier) as i32,
         review: decision(m.review) as i32,
+        keypoint_matches: m.keypoint_matches,
+        score: m.score,
     }
 }
 

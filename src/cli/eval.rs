@@ -20,7 +20,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use lookalike::api::proto::{
-    image_ref::Source, lookalike_client::LookalikeClient, ImageRef, InsertRequest, QueryRequest,
+    image_ref::Source, lookalike_client::LookalikeClient, ImageRef, InsertRequest, Match,
+    QueryRequest,
 };
 use lookalike::lab::child::ChildDaemon;
 use lookalike::lab::eval::{
@@ -214,28 +215,50 @@ async fn near_dup(
         }
     }
     let started = Instant::now();
-    let ranks: Vec<(String, Option<usize>)> = stream::iter(queries.iter())
+    let ranks: Vec<(String, Option<usize>, Option<usize>)> = stream::iter(queries.iter())
         .map(|(target, v)| {
             let mut client = client.clone();
             async move {
-                let ids = top_ids(&mut client, Source::Data(v.bytes.clone()), 10).await?;
-                let rank = ids.iter().position(|id| id == target).map(|r| r + 1);
+                let matches = top_matches(&mut client, Source::Data(v.bytes.clone()), 10).await?;
+                let rank_of =
+                    |ids: &[&String]| ids.iter().position(|id| *id == target).map(|r| r + 1);
+                let rank = rank_of(&matches.iter().map(|m| &m.id).collect::<Vec<_>>());
+                // The cosine alone: the same results ordered by similarity.
+                let mut by_cosine: Vec<&Match> = matches.iter().collect();
+                by_cosine.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+                let cosine_rank = rank_of(&by_cosine.iter().map(|m| &m.id).collect::<Vec<_>>());
                 let group = if by_label {
                     v.label.clone()
                 } else {
                     v.family.to_string()
                 };
-                Ok::<_, anyhow::Error>((group, rank))
+                Ok::<_, anyhow::Error>((group, rank, cosine_rank))
             }
         })
         .buffered(CONCURRENCY)
         .try_collect()
         .await?;
     let secs = started.elapsed().as_secs_f64();
-    let mut tally = Tally::default();
-    for (family, rank) in &ranks {
+    let (mut tally, mut cosine) = (Tally::default(), Tally::default());
+    for (family, rank, cosine_rank) in &ranks {
         tally.add_near_dup(family, *rank);
+        cosine.add_near_dup(family, *cosine_rank);
     }
+    let order: &[&str] = match hard {
+        true => &plan::HARD_FAMILIES,
+        false => &plan::FAMILIES,
+    };
+    // Each row, then the same queries ranked by the cosine alone (the
+    // keypoint check left out), as the baseline beside it.
+    let rows = tally
+        .rows(order)
+        .into_iter()
+        .zip(cosine.rows(order))
+        .flat_map(|(row, mut base)| {
+            base.group = format!("{} (cosine only)", row.group);
+            [row, base]
+        })
+        .collect();
     let mut notes = BTreeMap::new();
     notes.insert("photos".into(), originals.len().into());
     notes.insert("distractors".into(), extra.len().into());
@@ -248,10 +271,7 @@ async fn near_dup(
     Ok(Report {
         kind: "near-dup family".into(),
         columns: ["recall@1".into(), "recall@10".into(), "mAP".into()],
-        rows: match hard {
-            true => tally.rows(&plan::HARD_FAMILIES),
-            false => tally.rows(&plan::FAMILIES),
-        },
+        rows,
         notes,
     })
 }
@@ -572,6 +592,15 @@ async fn top_ids(
     source: Source,
     k: usize,
 ) -> Result<Vec<String>> {
+    let matches = top_matches(client, source, k).await?;
+    Ok(matches.into_iter().map(|m| m.id).collect())
+}
+
+async fn top_matches(
+    client: &mut LookalikeClient<Channel>,
+    source: Source,
+    k: usize,
+) -> Result<Vec<Match>> {
     let resp = client
         .query(QueryRequest {
             image: Some(ImageRef {
@@ -583,7 +612,7 @@ async fn top_ids(
         })
         .await?
         .into_inner();
-    Ok(resp.matches.into_iter().map(|m| m.id).collect())
+    Ok(resp.matches)
 }
 
 /// A daemon of our own over a temporary database; killed on drop.

@@ -253,7 +253,7 @@ fn print_comparison(c: &CompareResponse) {
     }
     if let (Some(distance), Some(threshold)) = (c.distance, c.threshold) {
         println!("distance    {distance:.4}  (Siamese, 0 = identical, 2 = opposite)");
-        println!("duplicate   {verdict}  (distance <= {threshold:.4})");
+        println!("duplicate   {verdict}  (distance <= {threshold:.4}, or 12+ keypoint matches)");
     } else {
         println!(
             "duplicate   {verdict}  (similarity >= {:.3}; no Siamese distance)",
@@ -264,6 +264,9 @@ fn print_comparison(c: &CompareResponse) {
         "similarity  {:.4}  (cosine of CNN features, 1 = identical)",
         c.similarity
     );
+    if let Some(n) = c.keypoint_matches {
+        println!("keypoints   {n}  (matches one geometry explains; 0-5 for unrelated photos)");
+    }
 }
 
 impl Command {
@@ -426,7 +429,11 @@ async fn run_remote(command: Command) -> Result<()> {
                     Some(d) => format!("  (reviewed: {d})"),
                     None => String::new(),
                 };
-                println!("{:.4}  {tier:14}  {}{reviewed}", m.similarity, m.id);
+                let keypoints = m.keypoint_matches.map_or("-".into(), |n| n.to_string());
+                println!(
+                    "{:.4}  {keypoints:>4}  {tier:14}  {}{reviewed}",
+                    m.similarity, m.id
+                );
             }
             Ok(())
         }

@@ -50,16 +50,20 @@ pub struct Decoded {
     pub facts: ImageFacts,
     /// A JPEG thumbnail, when one was asked for.
     pub thumbnail: Option<Vec<u8>>,
+    /// Its keypoints (see [`crate::local`]), from the same pixels, when
+    /// asked for.
+    pub keypoints: Option<crate::local::Keypoints>,
 }
 
-/// [`network_input`], plus the image's facts and, with `thumbnail_side`, a
-/// thumbnail that size (made from the pixels decoded for the network, so it
-/// costs no second decode).
+/// [`network_input`], plus the image's facts and, when asked for, its
+/// keypoints and (with `thumbnail_side`) a thumbnail that size (all made
+/// from the pixels decoded for the network, so they cost no second decode).
 pub fn for_network(
     bytes: &[u8],
     max_pixels: u64,
     size: u32,
     thumbnail_side: Option<u32>,
+    keypoints: bool,
 ) -> Result<Decoded> {
     let (image, (width, height)) = decode_oriented(bytes, max_pixels, resize_target(size))?;
     let thumbnail = thumbnail_side
@@ -69,6 +73,7 @@ pub fn for_network(
         input: to_input(&image, size),
         facts: ImageFacts::of(bytes, width, height, &image),
         thumbnail,
+        keypoints: keypoints.then(|| crate::local::extract(&image)),
     })
 }
 
@@ -363,7 +368,7 @@ mod tests {
     #[test]
     fn facts_tell_a_lossless_resave_and_a_thumbnail_is_small() {
         let bytes = png(300, 200);
-        let decoded = for_network(&bytes, 1 << 20, 224, Some(128)).expect("decode");
+        let decoded = for_network(&bytes, 1 << 20, 224, Some(128), true).expect("decode");
         let f = decoded.facts;
         assert_eq!(
             (f.width, f.height, f.file_bytes),
@@ -374,10 +379,12 @@ mod tests {
         let mut bmp = Vec::new();
         img.write_to(&mut Cursor::new(&mut bmp), image::ImageFormat::Bmp)
             .expect("encode bmp");
-        let g = for_network(&bmp, 1 << 20, 224, None).expect("decode").facts;
+        let g = for_network(&bmp, 1 << 20, 224, None, false)
+            .expect("decode")
+            .facts;
         assert_ne!(f.file_hash, g.file_hash);
         assert!(f.same_image(&g));
-        let other = for_network(&png(300, 201), 1 << 20, 224, None).expect("decode");
+        let other = for_network(&png(300, 201), 1 << 20, 224, None, false).expect("decode");
         assert!(!f.same_image(&other.facts));
         let thumb = decoded.thumbnail.expect("thumbnail");
         let t = image::load_from_memory(&thumb).expect("thumbnail decodes");

@@ -1,10 +1,12 @@
 //! Compare: how alike two images are (cosine of CNN features, Siamese
-//! distance) and the duplicate verdict for the pair.
+//! distance, keypoints that agree on one geometry) and the duplicate
+//! verdict for the pair.
 
 use super::verdict::{Measured, Tier};
 use super::{blocking, Engine, ImageSource};
 use crate::config::bounds;
 use crate::error::Result;
+use crate::local;
 use crate::store::Decision;
 use crate::vector::dot;
 
@@ -22,6 +24,9 @@ pub struct Comparison {
     /// The Siamese distance threshold, when a Siamese model is loaded.
     pub threshold: Option<f32>,
     pub similarity_threshold: f32,
+    /// Keypoint matches one geometry explains; `None` when either image
+    /// has no keypoints.
+    pub keypoint_matches: Option<u32>,
 }
 
 impl Engine {
@@ -42,13 +47,19 @@ impl Engine {
             let (x, y) = (&a.embedded, &b.embedded);
             let similarity = dot(&x.features, &y.features).clamp(-1.0, 1.0);
             let distance = shared.distance(x.siamese.as_deref(), y.siamese.as_deref());
+            let evidence = match (&a.keypoints, &b.keypoints) {
+                (Some(x), Some(y)) => Some(local::verify(x, y)),
+                _ => None,
+            };
             let measured = Measured {
                 similarity,
                 distance,
+                evidence,
             };
             let floor = shared.config.similar_similarity;
             let verdict = shared.judge(a.side(), b.side(), measured, max_distance, floor)?;
             Ok(Comparison {
+                keypoint_matches: evidence.map(|e| e.inliers as u32),
                 similarity,
                 distance,
                 duplicate: verdict.duplicate,

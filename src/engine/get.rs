@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 
 use super::{blocking, Engine};
 use crate::error::{Error, Result};
-use crate::store::Record;
+use crate::store::{Attachment, Record};
 
 /// What a List sends.
 #[derive(Debug, Clone, Copy, Default)]
@@ -39,7 +39,7 @@ impl Engine {
     /// The thumbnail stored with the record of this seq, if any.
     pub async fn thumbnail(&self, seq: u64) -> Result<Option<Vec<u8>>> {
         let shared = self.shared.clone();
-        blocking(move || shared.store.thumbnail(seq)).await
+        blocking(move || shared.store.attachment(Attachment::Thumbnail, seq)).await
     }
 
     /// Streams the stored records (see [`ListOptions`]) to `out`, in seq
@@ -72,7 +72,7 @@ impl Engine {
                 };
                 let item = record.and_then(|record| {
                     let thumbnail = match options.thumbnails {
-                        true => shared.store.thumbnail(record.seq)?,
+                        true => shared.store.attachment(Attachment::Thumbnail, record.seq)?,
                         false => None,
                     };
                     let projected = options.projected.then(|| match index.projection() {

@@ -16,7 +16,8 @@ use super::Match;
 use super::{Embedded, EmbeddedImage};
 use super::{Engine, Resolved, Shared};
 use crate::error::{Error, Result};
-use crate::store::{ImageFacts, Inserted, Record};
+use crate::local::Keypoints;
+use crate::store::{Attachments, ImageFacts, Inserted, Record};
 use sha2::{Digest, Sha256};
 
 /// Longest accepted id, in bytes.
@@ -47,6 +48,7 @@ pub struct Prepared {
     embedded: Embedded,
     facts: ImageFacts,
     thumbnail: Option<Vec<u8>>,
+    keypoints: Option<Keypoints>,
     metadata: BTreeMap<String, String>,
     upsert: bool,
 }
@@ -80,12 +82,14 @@ impl Engine {
             embedded,
             facts,
             thumbnail,
+            keypoints,
         } = embedded?;
         Ok(Prepared {
             id,
             embedded,
             facts,
             thumbnail,
+            keypoints,
             metadata: image.metadata,
             upsert: image.upsert,
         })
@@ -122,6 +126,7 @@ impl Shared {
         let n = group.len();
         let inserted_at_ms = now_ms();
         let mut stored: Vec<Result<(Record, Inserted)>> = Vec::with_capacity(n);
+        let mut keypoints = Vec::with_capacity(n);
         {
             let index = match self.write_slot() {
                 Ok(index) => index,
@@ -143,9 +148,14 @@ impl Shared {
                     inserted_at_ms,
                     facts: Some(prepared.facts),
                 };
-                let thumbnail = prepared.thumbnail.as_deref();
-                let result = self.store.insert(&record, prepared.upsert, thumbnail);
+                let encoded = prepared.keypoints.as_ref().map(Keypoints::to_bytes);
+                let attached = Attachments {
+                    thumbnail: prepared.thumbnail.as_deref(),
+                    keypoints: encoded.as_deref(),
+                };
+                let result = self.store.insert(&record, prepared.upsert, attached);
                 stored.push(result.map(|inserted| (record, inserted)));
+                keypoints.push(prepared.keypoints);
             }
             // Every record sled accepted goes into the index, even if the
             // flush below fails for it: the index mirrors the store. (If it
@@ -171,12 +181,14 @@ impl Shared {
             .saturating_sub(1);
         stored
             .into_iter()
-            .map(|result| {
+            .zip(keypoints)
+            .map(|(result, keypoints)| {
                 let (mut record, inserted) = result?;
                 let id = record.id.clone();
                 record.seq = inserted.seq;
                 let mut subject = Resolved::stored(record);
                 subject.upto = Some(inserted.seq);
+                subject.keypoints = keypoints;
                 let duplicates = self.duplicates_of(subject, later)?;
                 Ok(InsertOutcome {
                     id,

@@ -16,6 +16,7 @@ mod delete;
 mod get;
 mod groups;
 mod insert;
+mod local;
 mod maintenance;
 mod query;
 mod review;
@@ -48,6 +49,7 @@ use crate::decode;
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::index::Index;
+use crate::local::Keypoints;
 use crate::pca::Projection;
 use crate::siamese::Siamese;
 use crate::store::{ImageFacts, SledStore, Store};
@@ -80,6 +82,9 @@ struct Resolved {
     /// Only records stored up to this seq are candidates (an insert's
     /// duplicates, judged as of its own commit).
     upto: Option<u64>,
+    /// Its keypoints, for the geometric check of candidates (none for
+    /// records stored before keypoints were kept).
+    keypoints: Option<Keypoints>,
 }
 
 impl Resolved {
@@ -96,6 +101,8 @@ pub struct EmbeddedImage {
     pub embedded: Embedded,
     pub facts: ImageFacts,
     pub thumbnail: Option<Vec<u8>>,
+    /// `None` with `--no-keypoints`.
+    pub keypoints: Option<Keypoints>,
 }
 
 /// Owns an engine's lifetime, as mini-redis's `DbDropGuard` owns its `Db`:
@@ -274,7 +281,9 @@ impl Engine {
             let size = shared.embedder.kind().input_size();
             let config = &shared.config;
             let side = (thumbnail && !config.no_thumbnails).then_some(config.thumbnail_side);
-            let decoded = decode::for_network(&bytes, config.max_image_pixels, size, side);
+            let keypoints = !config.no_keypoints;
+            let decoded =
+                decode::for_network(&bytes, config.max_image_pixels, size, side, keypoints);
             metrics::histogram!("lookalike_decode_seconds").record(started.elapsed().as_secs_f64());
             decoded
         })
@@ -283,6 +292,7 @@ impl Engine {
             embedded: self.shared.batcher.embed(decoded.input).await?,
             facts: decoded.facts,
             thumbnail: decoded.thumbnail,
+            keypoints: decoded.keypoints,
         })
     }
 
@@ -339,6 +349,7 @@ impl Engine {
                     id: None,
                     facts: Some(image.facts),
                     upto: None,
+                    keypoints: image.keypoints,
                 })
             }
             ImageSource::Id(id) => {
@@ -346,7 +357,16 @@ impl Engine {
                     return Err(Error::InvalidArgument("image id is empty".into()));
                 }
                 let record = self.get(id).await?;
-                Ok(Resolved::stored(record))
+                let shared = self.shared.clone();
+                let seq = record.seq;
+                let keypoints = match self.shared.config.no_keypoints {
+                    true => None,
+                    false => blocking(move || shared.keypoints(seq)).await?,
+                };
+                Ok(Resolved {
+                    keypoints,
+                    ..Resolved::stored(record)
+                })
             }
         }
     }
@@ -363,6 +383,7 @@ impl Resolved {
             id: Some(record.id),
             facts: record.facts,
             upto: None,
+            keypoints: None,
         }
     }
 }

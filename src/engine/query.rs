@@ -2,9 +2,12 @@
 //!
 //! The index proposes candidates (graph search on the PCA projections, or an
 //! exact scan while the store is small), re-ranks them on its 8-bit codes of
-//! the full features, and the best few are read from the store for their
-//! exact cosine, id, metadata and duplicate verdict.
+//! the full features; the best few dozen get the keypoint check
+//! ([`super::local`]), which lifts copies the cosine underrates; the best
+//! by that rank are read from the store for their exact cosine, id,
+//! metadata and duplicate verdict.
 
+use super::local;
 use super::verdict::{Measured, Side, Tier};
 use super::{blocking, Engine, ImageSource, Resolved, Shared};
 use crate::error::{Error, Result};
@@ -27,6 +30,11 @@ pub struct Match {
     /// The user's decision about the pair, when there is one.
     pub review: Option<Decision>,
     pub metadata: BTreeMap<String, String>,
+    /// Keypoint matches one geometry explains (see [`crate::local`]);
+    /// `None` when either image has no keypoints.
+    pub keypoint_matches: Option<u32>,
+    /// What results are ordered by: the similarity plus the keypoint bonus.
+    pub score: f32,
 }
 
 impl Engine {
@@ -74,17 +82,35 @@ impl Shared {
     ) -> Result<Vec<Match>> {
         let (query, exclude) = (&subject.embedded, subject.exclude);
         let index = self.current_index();
+        let keep = match subject.keypoints {
+            Some(_) => exact_scored(k).max(local::CHECKED_CANDIDATES),
+            None => exact_scored(k),
+        };
         let candidates = match index.projection() {
             Some(_) => k.saturating_mul(self.config.rerank_factor).max(k + 8),
             None => k,
         };
-        let mut hits: Vec<Hit> = index.search(&query.features, candidates, exclude);
+        let mut hits: Vec<Hit> = index.search(&query.features, candidates.max(keep), exclude);
         if let Some(upto) = subject.upto {
             hits.retain(|h| h.seq <= upto);
         }
-        let hits = index.rescore(&query.features, hits, exact_scored(k));
-        let mut matches = Vec::with_capacity(hits.len());
-        for hit in hits {
+        let hits = index.rescore(&query.features, hits, keep);
+        let evidence = match &subject.keypoints {
+            Some(points) => {
+                let seqs: Vec<u64> = hits.iter().map(|h| h.seq).collect();
+                self.evidence(points, &seqs)?
+            }
+            None => vec![None; hits.len()],
+        };
+        let mut checked: Vec<_> = hits
+            .into_iter()
+            .zip(evidence)
+            .map(|(hit, e)| (local::rank(hit.similarity, e.as_ref()), hit, e))
+            .collect();
+        checked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        checked.truncate(exact_scored(k));
+        let mut matches = Vec::with_capacity(checked.len());
+        for (_, hit, evidence) in checked {
             let record = match self.store.get_by_seq(hit.seq) {
                 Ok(Some(record)) => record,
                 Ok(None) => continue,
@@ -103,6 +129,7 @@ impl Shared {
                 let measured = Measured {
                     similarity,
                     distance,
+                    evidence,
                 };
                 let floor = self.config.similar_similarity;
                 let verdict = self.judge(subject.side(), stored, measured, None, floor)?;
@@ -114,14 +141,12 @@ impl Shared {
                     tier: verdict.tier,
                     review: verdict.review,
                     metadata: record.metadata,
+                    keypoint_matches: evidence.map(|e| e.inliers as u32),
+                    score: local::rank(similarity, evidence.as_ref()),
                 });
             }
         }
-        matches.sort_by(|a, b| {
-            b.similarity
-                .total_cmp(&a.similarity)
-                .then_with(|| a.id.cmp(&b.id))
-        });
+        matches.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
         matches.truncate(k);
         Ok(matches)
     }

@@ -14,7 +14,8 @@
 //! The tar holds `MANIFEST.json`, `meta/KEY` per metadata entry, `records`
 //! (each record as its 8-byte seq, a 4-byte length, both little-endian, and
 //! the store's own record encoding), `thumbnails` (likewise: seq, length,
-//! JPEG), `reviews.json` (the review decisions) and `index/FILE` for the
+//! JPEG), `keypoints` (likewise: seq, length, encoded keypoints; absent
+//! from snapshots made before keypoints were kept), `reviews.json` (the review decisions) and `index/FILE` for the
 //! saved graph.
 
 use std::{
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{blocking, Engine, META_MODEL, META_SIAMESE};
 use crate::error::{Error, Result};
-use crate::store::{self, Decision, Review, SledStore, Store};
+use crate::store::{self, Attachment, Decision, Review, SledStore, Store};
 
 /// A review decision as `reviews.json` holds it.
 #[derive(Serialize, Deserialize)]
@@ -43,6 +44,7 @@ const FORMAT: u32 = 1;
 const MANIFEST: &str = "MANIFEST.json";
 const RECORDS: &str = "records";
 const THUMBNAILS: &str = "thumbnails";
+const KEYPOINTS: &str = "keypoints";
 const REVIEWS: &str = "reviews.json";
 const META_DIR: &str = "meta/";
 const INDEX_DIR: &str = "index/";
@@ -116,7 +118,18 @@ fn write_snapshot(store: &dyn Store, out: &Path, graph: Option<&Path>) -> Result
             manifest.records
         )));
     }
-    append_spooled(&mut tar, THUMBNAILS, store.thumbnails(), out)?;
+    append_spooled(
+        &mut tar,
+        THUMBNAILS,
+        store.attachments(Attachment::Thumbnail),
+        out,
+    )?;
+    append_spooled(
+        &mut tar,
+        KEYPOINTS,
+        store.attachments(Attachment::Keypoints),
+        out,
+    )?;
     let reviews: Vec<SavedReview> = store
         .reviews(None)?
         .into_iter()
@@ -262,9 +275,9 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<Manifest> {
                 record.seq = seq;
                 store.restore_record(&record)
             })?;
-        } else if name == THUMBNAILS {
+        } else if let Some(kind) = attachment_named(&name) {
             restore_items(&mut entry, &bad, |seq, bytes| {
-                store.restore_thumbnail(seq, bytes)
+                store.restore_attachment(kind, seq, bytes)
             })?;
         } else if name == REVIEWS {
             reviews = serde_json::from_reader(&mut entry)
@@ -297,6 +310,15 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<Manifest> {
 
 /// Reads the `(seq, bytes)` items of an entry written by
 /// [`append_spooled`] into `restore`; returns their count and highest seq.
+/// The attachment a tar entry holds, by its name.
+fn attachment_named(name: &str) -> Option<Attachment> {
+    match name {
+        THUMBNAILS => Some(Attachment::Thumbnail),
+        KEYPOINTS => Some(Attachment::Keypoints),
+        _ => None,
+    }
+}
+
 fn restore_items(
     entry: &mut impl Read,
     bad: &dyn Fn(String) -> Error,

@@ -5,7 +5,10 @@
 //! - **exact**: the same file (SHA-256 of its bytes) or the same pixels at
 //!   the same size (a lossless re-save);
 //! - **near-duplicate**: the model's verdict, by Siamese distance where the
-//!   backbone has a Siamese head, else by cosine similarity;
+//!   backbone has a Siamese head, else by cosine similarity; or the
+//!   keypoint check, when both images have keypoints and enough of them
+//!   agree on one geometry (a heavy crop, a screenshot, a stickered copy:
+//!   see [`super::local`]);
 //! - **similar**: not a duplicate, but at or above a cosine floor
 //!   (`--similar-similarity`, or the request's).
 //!
@@ -14,8 +17,9 @@
 //! (exact if it is the same image, else near-duplicate), NOT_DUPLICATE
 //! makes it not one (similar at most).
 
-use super::Shared;
+use super::{local, Shared};
 use crate::error::Result;
+use crate::local::Evidence;
 use crate::siamese;
 use crate::store::{Decision, ImageFacts};
 
@@ -50,6 +54,8 @@ pub struct Side<'a> {
 pub struct Measured {
     pub similarity: f32,
     pub distance: Option<f32>,
+    /// The keypoint check, when both images have keypoints.
+    pub evidence: Option<Evidence>,
 }
 
 /// The rule, apart from the store: the model's verdict `model_duplicate`,
@@ -123,7 +129,8 @@ impl Shared {
             _ => None,
         };
         let same_image = matches!((a.facts, b.facts), (Some(x), Some(y)) if x.same_image(y));
-        let model = self.is_duplicate(measured.similarity, measured.distance, max_distance);
+        let model = self.is_duplicate(measured.similarity, measured.distance, max_distance)
+            || local::verified(measured.evidence.as_ref());
         Ok(decide(
             model,
             same_image,

@@ -77,6 +77,22 @@ pub struct Record {
     pub facts: Option<ImageFacts>,
 }
 
+/// What is stored beside a record, under its seq, and goes with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Attachment {
+    /// A small JPEG (see [`crate::decode::thumbnail`]).
+    Thumbnail,
+    /// The image's keypoints (see [`crate::local::Keypoints::to_bytes`]).
+    Keypoints,
+}
+
+/// The attachments of one insert; `None` stores none of that kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attachments<'a> {
+    pub thumbnail: Option<&'a [u8]>,
+    pub keypoints: Option<&'a [u8]>,
+}
+
 /// What an insert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inserted {
@@ -88,18 +104,19 @@ pub struct Inserted {
 
 /// Durable storage of records plus small named blobs (model name, PCA).
 pub trait Store: Send + Sync + 'static {
-    /// Stores `record` (and its thumbnail, when given) under a fresh seq
-    /// (the `seq` field is ignored). Fails with `AlreadyExists` when the id
-    /// is taken and `upsert` is false. A replaced record's review decisions
-    /// stay: they are about the id.
-    fn insert(&self, record: &Record, upsert: bool, thumbnail: Option<&[u8]>) -> Result<Inserted>;
-    /// The thumbnail stored with the record of this seq.
-    fn thumbnail(&self, seq: u64) -> Result<Option<Vec<u8>>>;
+    /// Stores `record` (and what is attached to it, when given) under a
+    /// fresh seq (the `seq` field is ignored). Fails with `AlreadyExists`
+    /// when the id is taken and `upsert` is false. A replaced record's
+    /// attachments go with it; its review decisions stay: they are about
+    /// the id.
+    fn insert(&self, record: &Record, upsert: bool, attached: Attachments<'_>) -> Result<Inserted>;
+    /// What is attached to the record of this seq, of this kind.
+    fn attachment(&self, kind: Attachment, seq: u64) -> Result<Option<Vec<u8>>>;
     /// The record with this id.
     fn get(&self, id: &str) -> Result<Option<Record>>;
     /// The record with this seq (`None` once deleted or replaced).
     fn get_by_seq(&self, seq: u64) -> Result<Option<Record>>;
-    /// Removes the record with this id, its thumbnail and every review
+    /// Removes the record with this id, its attachments and every review
     /// decision that names it, in one transaction; returns its seq.
     fn delete(&self, id: &str) -> Result<Option<u64>>;
     /// Records (or, with `None`, revokes) a decision about the pair `a`,
@@ -118,8 +135,12 @@ pub trait Store: Send + Sync + 'static {
     fn reviews(&self, id: Option<&str>) -> Result<Vec<Review>>;
     /// Stores a decision as it is (restoring a snapshot into an empty store).
     fn restore_review(&self, review: &Review) -> Result<()>;
-    /// Every thumbnail with its record's seq, in seq order (for snapshots).
-    fn thumbnails(&self) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send + '_>;
+    /// Every attachment of this kind with its record's seq, in seq order
+    /// (for snapshots).
+    fn attachments(
+        &self,
+        kind: Attachment,
+    ) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send + '_>;
     /// Number of stored records.
     fn len(&self) -> usize;
     /// Whether no record is stored.

@@ -1,7 +1,8 @@
 //! [`Store`] on sled, the embedded default.
 //!
-//! Five trees: `records` (seq, big-endian so iteration is in seq order, to
+//! Six trees: `records` (seq, big-endian so iteration is in seq order, to
 //! the encoded record), `ids` (id to seq), `thumbs` (seq to thumbnail),
+//! `keypoints` (seq to the image's encoded keypoints, see [`crate::local`]),
 //! `reviews` (see [`super::reviews`]) and `meta` (named blobs). An insert or
 //! delete touches every tree it changes in one transaction, so they never
 //! disagree after a crash.
@@ -32,7 +33,7 @@ use sled::{
 };
 
 use super::reviews::{self, Decision, Review};
-use super::{codec, CheckReport, Inserted, Record, Store};
+use super::{codec, Attachment, Attachments, CheckReport, Inserted, Record, Store};
 use crate::error::{Error, Result};
 
 pub struct SledStore {
@@ -71,6 +72,7 @@ struct Trees {
     records: sled::Tree,
     ids: sled::Tree,
     thumbs: sled::Tree,
+    keypoints: sled::Tree,
     reviews: sled::Tree,
     meta: sled::Tree,
 }
@@ -116,14 +118,23 @@ impl Trees {
         };
         let (records, ids, meta) = (tree("records")?, tree("ids")?, tree("meta")?);
         let (thumbs, reviews) = (tree("thumbs")?, tree("reviews")?);
+        let keypoints = tree("keypoints")?;
         Ok(Trees {
             db,
             records,
             ids,
             thumbs,
+            keypoints,
             reviews,
             meta,
         })
+    }
+
+    fn attached(&self, kind: Attachment) -> &sled::Tree {
+        match kind {
+            Attachment::Thumbnail => &self.thumbs,
+            Attachment::Keypoints => &self.keypoints,
+        }
     }
 
     fn seq_base(&self) -> Result<u64> {
@@ -290,14 +301,15 @@ impl SledStore {
         let mut undone = 0;
         for (_, seq, id) in &unflushed.inserts {
             let key = seq_key(*seq);
-            let removed = (&trees.records, &trees.ids, &trees.thumbs)
-                .transaction(|(records, ids, thumbs)| {
+            let removed = (&trees.records, &trees.ids, &trees.thumbs, &trees.keypoints)
+                .transaction(|(records, ids, thumbs, keypoints)| {
                     if ids.get(id.as_bytes())?.as_deref() != Some(&key[..]) {
                         return Ok(false);
                     }
                     ids.remove(id.as_bytes())?;
                     records.remove(&key)?;
                     thumbs.remove(&key)?;
+                    keypoints.remove(&key)?;
                     Ok(true)
                 })
                 .map_err(tx_error("removing an insert that was reported as failed"))?;
@@ -329,12 +341,12 @@ impl SledStore {
         Ok(())
     }
 
-    /// Stores a thumbnail under its record's seq (restoring a snapshot).
-    pub fn restore_thumbnail(&self, seq: u64, thumbnail: &[u8]) -> Result<()> {
+    /// Stores an attachment under its record's seq (restoring a snapshot).
+    pub fn restore_attachment(&self, kind: Attachment, seq: u64, bytes: &[u8]) -> Result<()> {
         self.write(|t| {
-            t.thumbs
-                .insert(seq_key(seq), thumbnail)
-                .map_err(Error::store("restoring a thumbnail"))
+            t.attached(kind)
+                .insert(seq_key(seq), bytes)
+                .map_err(Error::store("restoring an attachment"))
         })?;
         Ok(())
     }
@@ -508,12 +520,12 @@ impl Store for SledStore {
         Ok(id + 1 + self.seq_base.load(Ordering::SeqCst))
     }
 
-    fn insert(&self, record: &Record, upsert: bool, thumbnail: Option<&[u8]>) -> Result<Inserted> {
+    fn insert(&self, record: &Record, upsert: bool, attached: Attachments<'_>) -> Result<Inserted> {
         let seq = self.next_seq()?;
         let value = codec::encode(record);
         let replaced = self.write(|t| {
-            (&t.records, &t.ids, &t.thumbs)
-                .transaction(|(records, ids, thumbs)| {
+            (&t.records, &t.ids, &t.thumbs, &t.keypoints)
+                .transaction(|(records, ids, thumbs, keypoints)| {
                     let old = ids.get(record.id.as_bytes())?;
                     if old.is_some() && !upsert {
                         return Err(ConflictableTransactionError::Abort(Error::AlreadyExists(
@@ -526,14 +538,18 @@ impl Store for SledStore {
                                 seq_from(&bytes).map_err(ConflictableTransactionError::Abort)?;
                             records.remove(&seq_key(old))?;
                             thumbs.remove(&seq_key(old))?;
+                            keypoints.remove(&seq_key(old))?;
                             Some(old)
                         }
                         None => None,
                     };
                     ids.insert(record.id.as_bytes(), &seq_key(seq))?;
                     records.insert(&seq_key(seq), value.as_slice())?;
-                    if let Some(thumbnail) = thumbnail {
+                    if let Some(thumbnail) = attached.thumbnail {
                         thumbs.insert(&seq_key(seq), thumbnail)?;
+                    }
+                    if let Some(points) = attached.keypoints {
+                        keypoints.insert(&seq_key(seq), points)?;
                     }
                     Ok(old)
                 })
@@ -582,12 +598,12 @@ impl Store for SledStore {
         }
     }
 
-    fn thumbnail(&self, seq: u64) -> Result<Option<Vec<u8>>> {
+    fn attachment(&self, kind: Attachment, seq: u64) -> Result<Option<Vec<u8>>> {
         Ok(self
             .trees()?
-            .thumbs
+            .attached(kind)
             .get(seq_key(seq))
-            .map_err(Error::store("reading a thumbnail"))?
+            .map_err(Error::store("reading an attachment"))?
             .map(|v| v.to_vec()))
     }
 
@@ -595,22 +611,23 @@ impl Store for SledStore {
         let (removed, review_keys) = self.write(|t| {
             let _reviews = self.review_guard();
             let review_keys = Self::review_keys_of(t, id)?;
-            let removed = (&t.records, &t.ids, &t.thumbs, &t.reviews)
-                .transaction(
-                    |(records, ids, thumbs, reviews)| match ids.remove(id.as_bytes())? {
+            let removed = (&t.records, &t.ids, &t.thumbs, &t.keypoints, &t.reviews)
+                .transaction(|(records, ids, thumbs, keypoints, reviews)| {
+                    match ids.remove(id.as_bytes())? {
                         Some(bytes) => {
                             let seq =
                                 seq_from(&bytes).map_err(ConflictableTransactionError::Abort)?;
                             records.remove(&seq_key(seq))?;
                             thumbs.remove(&seq_key(seq))?;
+                            keypoints.remove(&seq_key(seq))?;
                             for key in &review_keys {
                                 reviews.remove(key.as_slice())?;
                             }
                             Ok(Some(seq))
                         }
                         None => Ok(None),
-                    },
-                )
+                    }
+                })
                 .map_err(tx_error("deleting a record"))?;
             Ok((removed, review_keys))
         })?;
@@ -712,11 +729,14 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn thumbnails(&self) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send + '_> {
+    fn attachments(
+        &self,
+        kind: Attachment,
+    ) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send + '_> {
         self.scan(
-            |t| t.thumbs.iter(),
+            move |t| t.attached(kind).iter(),
             |(k, v)| Ok((seq_from(&k)?, v.to_vec())),
-            "scanning the thumbnails",
+            "scanning the attachments",
         )
     }
 
@@ -857,11 +877,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("open");
         store
-            .insert(&record("kept", 0.1), false, None)
+            .insert(&record("kept", 0.1), false, Attachments::default())
             .expect("insert");
         store.flush().expect("flush");
         store
-            .insert(&record("failed", 0.2), false, None)
+            .insert(&record("failed", 0.2), false, Attachments::default())
             .expect("insert");
         // It reached the disk (sled flushed it), but the flush its caller
         // waited for failed.
@@ -874,7 +894,7 @@ mod tests {
         assert_eq!(store.len(), 1);
         assert!(store.get("failed").expect("get").is_none());
         store
-            .insert(&record("failed", 0.3), false, None)
+            .insert(&record("failed", 0.3), false, Attachments::default())
             .expect("the retry is not refused as a duplicate");
         store.flush().expect("flush");
         drop(store);
@@ -891,14 +911,14 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).expect("open");
             a = store
-                .insert(&record("a", 0.1), false, Some(b"ta"))
+                .insert(&record("a", 0.1), false, thumbnailed(b"ta"))
                 .expect("insert a");
             b = store
-                .insert(&record("b", 0.2), false, None)
+                .insert(&record("b", 0.2), false, Attachments::default())
                 .expect("insert b");
             assert!(b.seq > a.seq);
             assert!(matches!(
-                store.insert(&record("a", 0.3), false, None),
+                store.insert(&record("a", 0.3), false, Attachments::default()),
                 Err(Error::AlreadyExists(_))
             ));
             assert_eq!(store.len(), 2);
@@ -912,7 +932,7 @@ mod tests {
         assert_eq!(store.last_seq().expect("last"), b.seq);
 
         let c = store
-            .insert(&record("a", 0.9), true, Some(b"ta2"))
+            .insert(&record("a", 0.9), true, thumbnailed(b"ta2"))
             .expect("upsert");
         assert_eq!(c.replaced, Some(a.seq));
         assert!(c.seq > b.seq);
@@ -925,11 +945,34 @@ mod tests {
         let ids: Vec<String> = store.scan_after(0).map(|r| r.expect("scan").id).collect();
         assert_eq!(ids, vec!["a".to_string()]);
         assert_eq!(store.len(), 1);
-        assert_eq!(store.thumbnail(a.seq).expect("thumb"), None);
+        for kind in [Attachment::Thumbnail, Attachment::Keypoints] {
+            // The replaced record's attachments went with it.
+            assert_eq!(store.attachment(kind, a.seq).expect("attachment"), None);
+            assert_eq!(
+                store.attachment(kind, c.seq).expect("attachment"),
+                Some(b"ta2".to_vec())
+            );
+            let all: Vec<u64> = store
+                .attachments(kind)
+                .map(|r| r.expect("scan").0)
+                .collect();
+            assert_eq!(all, [c.seq]);
+        }
+        store.delete("a").expect("delete a");
         assert_eq!(
-            store.thumbnail(c.seq).expect("thumb"),
-            Some(b"ta2".to_vec())
+            store
+                .attachment(Attachment::Keypoints, c.seq)
+                .expect("gone"),
+            None
         );
+    }
+
+    /// The same bytes as thumbnail and keypoints.
+    fn thumbnailed(bytes: &[u8]) -> Attachments<'_> {
+        Attachments {
+            thumbnail: Some(bytes),
+            keypoints: Some(bytes),
+        }
     }
 
     #[test]
@@ -938,7 +981,9 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).expect("open");
             for id in ["a", "b", "c"] {
-                store.insert(&record(id, 0.5), false, None).expect("insert");
+                store
+                    .insert(&record(id, 0.5), false, Attachments::default())
+                    .expect("insert");
             }
             assert_eq!(store.review_get("a", "b").expect("get"), None);
             assert!(matches!(
@@ -966,7 +1011,9 @@ mod tests {
         assert_eq!((all[0].a.as_str(), all[0].b.as_str()), ("a", "b"));
         assert_eq!(store.reviews(Some("c")).expect("list c").len(), 1);
         // An upsert keeps them; a delete drops every one naming the id.
-        store.insert(&record("a", 0.7), true, None).expect("upsert");
+        store
+            .insert(&record("a", 0.7), true, Attachments::default())
+            .expect("upsert");
         assert_eq!(store.reviews(None).expect("list").len(), 2);
         store.delete("a").expect("delete");
         assert!(store.reviews(None).expect("list").is_empty());

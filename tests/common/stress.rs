@@ -326,7 +326,7 @@ pub fn store_writes(
     threads: usize,
     watchdog: &Watchdog,
 ) -> Duration {
-    use lookalike::store::{Record, SledStore, Store};
+    use lookalike::store::{Attachments, Record, SledStore, Store};
     let store = Arc::new(SledStore::open(dir).expect("open sled"));
     let started = Instant::now();
     let workers: Vec<_> = (0..threads)
@@ -345,7 +345,9 @@ pub fn store_writes(
                         inserted_at_ms: i as i64,
                         facts: None,
                     };
-                    store.insert(&record, false, None).expect("insert");
+                    store
+                        .insert(&record, false, Attachments::default())
+                        .expect("insert");
                     if n % 64 == 63 {
                         store.flush().expect("flush");
                     }

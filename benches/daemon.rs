@@ -196,10 +196,13 @@ async fn main() {
     println!("|---|---|---|---|");
     for ((name, rate, p50), (_, rate0, p50_0)) in with.iter().zip(&without) {
         let (op, c) = name.split_once('@').unwrap_or((name, ""));
+        let latency = match p50.is_nan() {
+            true => "-".to_string(),
+            false => format!("{p50:.2} / {p50_0:.2} = {:.2}x", p50 / p50_0),
+        };
         println!(
-            "| {op} | {c} | {rate:.1} / {rate0:.1} = {:.2}x | {p50:.2} / {p50_0:.2} = {:.2}x |",
-            rate / rate0,
-            p50 / p50_0
+            "| {op} | {c} | {rate:.1} / {rate0:.1} = {:.2}x | {latency} |",
+            rate / rate0
         );
     }
 }

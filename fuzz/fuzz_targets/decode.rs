@@ -16,7 +16,8 @@ fuzz_target!(|bytes: &[u8]| {
         let input = decoded.input;
         assert_eq!(input.len(), (SIZE * SIZE * 3) as usize);
         assert!(input.iter().all(|v| v.is_finite()));
-        let points = decoded.keypoints.expect("keypoints were asked for");
+        let grey = decoded.for_keypoints.expect("keypoints were asked for");
+        let points = lookalike::local::extract_grey(grey);
         let back = lookalike::local::Keypoints::from_bytes(&points.to_bytes());
         assert_eq!(back.map(|k| k.points.len()).ok(), Some(points.points.len()));
     }

@@ -50,9 +50,9 @@ pub struct Decoded {
     pub facts: ImageFacts,
     /// A JPEG thumbnail, when one was asked for.
     pub thumbnail: Option<Vec<u8>>,
-    /// Its keypoints (see [`crate::local`]), from the same pixels, when
-    /// asked for.
-    pub keypoints: Option<crate::local::Keypoints>,
+    /// The image as keypoints are found in ([`crate::local::analysed`]),
+    /// when asked for: grey, at most 480 px.
+    pub for_keypoints: Option<image::GrayImage>,
 }
 
 /// [`network_input`], plus the image's facts and, when asked for, its
@@ -73,7 +73,7 @@ pub fn for_network(
         input: to_input(&image, size),
         facts: ImageFacts::of(bytes, width, height, &image),
         thumbnail,
-        keypoints: keypoints.then(|| crate::local::extract(&image)),
+        for_keypoints: keypoints.then(|| crate::local::analysed(&image)),
     })
 }
 

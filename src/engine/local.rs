@@ -18,9 +18,10 @@ use crate::store::Attachment;
 
 /// Candidates checked per query (the best by cosine): a copy keeping 15 %
 /// of a photo ranks within the first few dozen by cosine among 10,000
-/// photos, rarely lower (checking 48 instead finds 0.15 % more copies, for
-/// half as much work again).
-pub(super) const CHECKED_CANDIDATES: usize = 32;
+/// photos, rarely lower (measured offline on 2,730 copies: checking the
+/// best 16, 24, 32 or 48 found 0.9799, 0.9828, 0.9835 and 0.9850 first;
+/// each check costs about 0.19 ms).
+pub(super) const CHECKED_CANDIDATES: usize = 24;
 
 /// Rank bonus per inlier, and the inliers it counts at most.
 const KEYPOINT_BONUS: f32 = 0.03;

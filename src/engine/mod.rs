@@ -288,11 +288,22 @@ impl Engine {
             decoded
         })
         .await?;
+        // The keypoints are found beside the network's forward pass.
+        let keypoints = async {
+            match decoded.for_keypoints {
+                Some(grey) => blocking(move || Ok(crate::local::extract_grey(grey)))
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        };
+        let (embedded, keypoints) =
+            tokio::try_join!(self.shared.batcher.embed(decoded.input), keypoints)?;
         Ok(EmbeddedImage {
-            embedded: self.shared.batcher.embed(decoded.input).await?,
+            embedded,
             facts: decoded.facts,
             thumbnail: decoded.thumbnail,
-            keypoints: decoded.keypoints,
+            keypoints,
         })
     }
 
@@ -340,6 +351,12 @@ impl Engine {
     /// Descriptors of a request image, plus the seq to leave out of its
     /// results when it is a stored image.
     async fn resolve(&self, image: ImageSource) -> Result<Resolved> {
+        self.resolve_with(image, true).await
+    }
+
+    /// [`Engine::resolve`]; a stored image's keypoints are read only with
+    /// `keypoints` (a query by id does without the keypoint check).
+    async fn resolve_with(&self, image: ImageSource, keypoints: bool) -> Result<Resolved> {
         match image {
             ImageSource::Bytes(bytes) => {
                 let image = self.embed_image(bytes, false).await?;
@@ -359,9 +376,9 @@ impl Engine {
                 let record = self.get(id).await?;
                 let shared = self.shared.clone();
                 let seq = record.seq;
-                let keypoints = match self.shared.config.no_keypoints {
-                    true => None,
-                    false => blocking(move || shared.keypoints(seq)).await?,
+                let keypoints = match keypoints && !self.shared.config.no_keypoints {
+                    false => None,
+                    true => blocking(move || shared.keypoints(seq)).await?,
                 };
                 Ok(Resolved {
                     keypoints,

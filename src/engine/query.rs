@@ -63,7 +63,9 @@ impl Engine {
                 )))
             }
         };
-        let query = self.resolve(image).await?;
+        // A query by id skips the keypoint check: it keeps its speed (a
+        // stored image's copies were named when it or they were inserted).
+        let query = self.resolve_with(image, false).await?;
         let shared = self.shared.clone();
         blocking(move || shared.nearest(&query, k, min_similarity)).await
     }
@@ -95,13 +97,21 @@ impl Shared {
             hits.retain(|h| h.seq <= upto);
         }
         let hits = index.rescore(&query.features, hits, keep);
-        let evidence = match &subject.keypoints {
+        // The best few by cosine get the keypoint check (hits are best
+        // first); the rest of a wide shortlist (Insert's) are judged as
+        // before.
+        let mut evidence = match &subject.keypoints {
             Some(points) => {
-                let seqs: Vec<u64> = hits.iter().map(|h| h.seq).collect();
+                let seqs: Vec<u64> = hits
+                    .iter()
+                    .take(local::CHECKED_CANDIDATES)
+                    .map(|h| h.seq)
+                    .collect();
                 self.evidence(points, &seqs)?
             }
-            None => vec![None; hits.len()],
+            None => Vec::new(),
         };
+        evidence.resize(hits.len(), None);
         let mut checked: Vec<_> = hits
             .into_iter()
             .zip(evidence)

@@ -13,7 +13,7 @@
 mod orb;
 mod verify;
 
-pub use orb::{extract, ANALYSED_SIDE, MAX_KEYPOINTS};
+pub use orb::{analysed, extract, extract_grey, ANALYSED_SIDE, MAX_KEYPOINTS};
 pub use verify::{verify, Evidence};
 
 use crate::error::{Error, Result};

@@ -79,22 +79,37 @@ fn pattern() -> &'static [[(f32, f32); 2]; 256] {
 /// Keypoints of `image`, analysed with its longest side at most
 /// [`ANALYSED_SIDE`]. An image too small for one patch has none.
 pub fn extract(image: &RgbImage) -> Keypoints {
+    extract_grey(analysed(image))
+}
+
+/// The image as [`extract_grey`] analyses it: grey, its longest side at
+/// most [`ANALYSED_SIDE`]. Cheap next to the extraction, so the engine
+/// makes it while it has the decoded pixels and extracts later, beside
+/// the network's forward pass.
+pub fn analysed(image: &RgbImage) -> GrayImage {
     let grey = imageops::grayscale(image);
     let (w, h) = grey.dimensions();
     // Larger images are shrunk; smaller ones are not enlarged (measured:
     // no more copies found, more time spent).
     let s = ANALYSED_SIDE as f32 / w.max(h).max(1) as f32;
-    let base = if s < 1.0 {
+    if s < 1.0 {
         let (nw, nh) = (
             ((w as f32 * s).round() as u32).max(1),
             ((h as f32 * s).round() as u32).max(1),
         );
-        imageops::resize(&grey, nw, nh, imageops::FilterType::Triangle)
+        shrink(&grey, nw, nh)
     } else {
         grey
-    };
+    }
+}
+
+/// Keypoints of an image made by [`analysed`].
+pub fn extract_grey(base: GrayImage) -> Keypoints {
     let (bw, bh) = base.dimensions();
-    let mut found: Vec<(f32, Keypoint)> = Vec::new();
+    // Corners of every level first, as (response, level, x, y); only the
+    // strongest are then oriented and described.
+    let mut found: Vec<(f32, usize, i32, i32)> = Vec::new();
+    let mut smoothed = Vec::new();
     let mut level_img = base;
     for level in 0..LEVELS {
         let scale = LEVEL_SCALE.powi(level as i32);
@@ -106,32 +121,38 @@ pub fn extract(image: &RgbImage) -> Keypoints {
             if nw.min(nh) < MIN_LEVEL_SIDE {
                 break;
             }
-            level_img = imageops::resize(&level_img, nw, nh, imageops::FilterType::Triangle);
+            level_img = shrink(&level_img, nw, nh);
         } else if bw.min(bh) < MIN_LEVEL_SIDE {
             break;
         }
-        let smooth = box_blur(&level_img);
-        for (response, x, y) in corners(&level_img) {
-            let angle = orientation(&smooth, x, y);
-            let descriptor = describe(&smooth, x, y, angle);
-            found.push((
-                response,
-                Keypoint {
-                    x: x as f32 * scale,
-                    y: y as f32 * scale,
-                    angle,
-                    scale,
-                    descriptor,
-                },
-            ));
-        }
+        found.extend(
+            corners(&level_img)
+                .into_iter()
+                .map(|(response, x, y)| (response, level, x, y)),
+        );
+        smoothed.push(box_blur(&level_img));
     }
     found.sort_by(|a, b| b.0.total_cmp(&a.0));
     found.truncate(MAX_KEYPOINTS);
+    let points = found
+        .into_iter()
+        .map(|(_, level, x, y)| {
+            let smooth = &smoothed[level];
+            let angle = orientation(smooth, x, y);
+            let scale = LEVEL_SCALE.powi(level as i32);
+            Keypoint {
+                x: x as f32 * scale,
+                y: y as f32 * scale,
+                angle,
+                scale,
+                descriptor: describe(smooth, x, y, angle),
+            }
+        })
+        .collect();
     Keypoints {
         width: bw,
         height: bh,
-        points: found.into_iter().map(|(_, k)| k).collect(),
+        points,
     }
 }
 
@@ -139,22 +160,40 @@ pub fn extract(image: &RgbImage) -> Keypoints {
 /// suppressed, the strongest per grid cell, as (Harris response, x, y).
 fn corners(img: &GrayImage) -> Vec<(f32, i32, i32)> {
     let (w, h) = (img.width() as i32, img.height() as i32);
-    let px = |x: i32, y: i32| img.as_raw()[(y * w + x) as usize] as i16;
+    let raw = img.as_raw();
     let border = PATCH + 3;
-    let mut score = vec![0i32; (w * h) as usize];
+    let ring_at: [isize; 16] = std::array::from_fn(|i| (CIRCLE[i].1 * w + CIRCLE[i].0) as isize);
+    let mut score = vec![0u16; (w * h) as usize];
     let mut candidates = Vec::new();
+    let t = FAST_THRESHOLD as u8;
+    let (lo_x, hi_x) = (border as usize, (w - border) as usize);
+    let mut maybe = vec![false; hi_x.saturating_sub(lo_x)];
     for y in border..h - border {
-        for x in border..w - border {
-            let p = px(x, y);
+        let row = (y * w) as usize;
+        let wu = w as usize;
+        // Quick reject for the whole row at once (branch-free, so it
+        // vectorises): an arc of 9 of the 16 holds pixel 0 or 8 (above,
+        // below) and pixel 4 or 12 (right, left).
+        let centre = &raw[row + lo_x..row + hi_x];
+        let up = &raw[row - 3 * wu + lo_x..row - 3 * wu + hi_x];
+        let down = &raw[row + 3 * wu + lo_x..row + 3 * wu + hi_x];
+        let right = &raw[row + lo_x + 3..row + hi_x + 3];
+        let left = &raw[row + lo_x - 3..row + hi_x - 3];
+        for (i, m) in maybe.iter_mut().enumerate() {
+            let p = centre[i];
+            let (hi, lo) = (p.saturating_add(t), p.saturating_sub(t));
+            let (a, b, c, d) = (up[i], down[i], right[i], left[i]);
+            let bright = ((a > hi) | (b > hi)) & ((c > hi) | (d > hi));
+            let dark = ((a < lo) | (b < lo)) & ((c < lo) | (d < lo));
+            *m = bright | dark;
+        }
+        for (i, _) in maybe.iter().enumerate().filter(|(_, &m)| m) {
+            let x = (lo_x + i) as i32;
+            let c = row as isize + x as isize;
+            let at = |o: isize| raw[(c + o) as usize] as i16;
+            let p = at(0);
             let (hi, lo) = (p + FAST_THRESHOLD, p - FAST_THRESHOLD);
-            // Quick reject: an arc of 9 holds at least 2 of the 4 compass points.
-            let compass = [px(x, y - 3), px(x + 3, y), px(x, y + 3), px(x - 3, y)];
-            let bright = compass.iter().filter(|&&v| v > hi).count();
-            let dark = compass.iter().filter(|&&v| v < lo).count();
-            if bright < 2 && dark < 2 {
-                continue;
-            }
-            let ring: [i16; 16] = std::array::from_fn(|i| px(x + CIRCLE[i].0, y + CIRCLE[i].1));
+            let ring: [i16; 16] = std::array::from_fn(|i| at(ring_at[i]));
             if !arc_of_nine(&ring, |v| v > hi) && !arc_of_nine(&ring, |v| v < lo) {
                 continue;
             }
@@ -162,34 +201,50 @@ fn corners(img: &GrayImage) -> Vec<(f32, i32, i32)> {
                 .iter()
                 .map(|&v| ((v - p).abs() - FAST_THRESHOLD).max(0) as i32)
                 .sum();
-            score[(y * w + x) as usize] = s;
+            score[c as usize] = s.min(u16::MAX as i32) as u16;
             candidates.push((x, y));
         }
     }
     let cell_w = (w as f32 / 8.0).max(1.0);
     let cell_h = (h as f32 / 8.0).max(1.0);
-    let mut kept: Vec<(f32, i32, i32)> = candidates
+    let cell_of = |x: i32, y: i32| {
+        ((y as f32 / cell_h) as usize).min(7) * 8 + ((x as f32 / cell_w) as usize).min(7)
+    };
+    // Local maxima of the FAST score, the strongest few per cell by that
+    // score, then the best per cell by Harris response (which ranks
+    // corners better, at 50 times the cost).
+    let mut kept: Vec<(u16, i32, i32)> = candidates
         .into_iter()
-        .filter(|&(x, y)| {
+        .filter_map(|(x, y)| {
             let s = score[(y * w + x) as usize];
-            (-1..=1).all(|dy| {
+            let peak = (-1..=1).all(|dy| {
                 (-1..=1).all(|dx| {
                     let o = score[((y + dy) * w + x + dx) as usize];
                     (dx == 0 && dy == 0) || o < s || (o == s && (dy, dx) < (0, 0))
                 })
-            })
+            });
+            peak.then_some((s, x, y))
         })
-        .map(|(x, y)| (harris(img, x, y), x, y))
         .collect();
-    kept.sort_by(|a, b| b.0.total_cmp(&a.0));
+    kept.sort_by_key(|k| std::cmp::Reverse(k.0));
     let mut per_cell = [0usize; 64];
-    kept.retain(|&(_, x, y)| {
-        let cell =
-            ((y as f32 / cell_h) as usize).min(7) * 8 + ((x as f32 / cell_w) as usize).min(7);
+    let mut ranked: Vec<(f32, i32, i32)> = kept
+        .into_iter()
+        .filter(|&(_, x, y)| {
+            let cell = cell_of(x, y);
+            per_cell[cell] += 1;
+            per_cell[cell] <= 3 * PER_CELL
+        })
+        .map(|(_, x, y)| (harris(img, x, y), x, y))
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut per_cell = [0usize; 64];
+    ranked.retain(|&(_, x, y)| {
+        let cell = cell_of(x, y);
         per_cell[cell] += 1;
         per_cell[cell] <= PER_CELL
     });
-    kept
+    ranked
 }
 
 fn arc_of_nine(ring: &[i16; 16], test: impl Fn(i16) -> bool) -> bool {
@@ -242,17 +297,46 @@ fn orientation(img: &GrayImage, x: i32, y: i32) -> f32 {
     m01.atan2(m10)
 }
 
+/// Orientations the descriptor's pattern is turned to (as ORB: its tests
+/// are steered in steps, not for every angle).
+const ANGLE_STEPS: usize = 32;
+
+/// The 256 pixel pairs turned to one orientation, as whole pixel offsets.
+type TurnedPattern = [[(i32, i32); 2]; 256];
+
+/// The pattern turned to each of [`ANGLE_STEPS`] orientations.
+fn turned_patterns() -> &'static [TurnedPattern] {
+    static TURNED: std::sync::OnceLock<Vec<TurnedPattern>> = std::sync::OnceLock::new();
+    TURNED.get_or_init(|| {
+        (0..ANGLE_STEPS)
+            .map(|step| {
+                let angle = step as f32 * std::f32::consts::TAU / ANGLE_STEPS as f32;
+                let (sin, cos) = angle.sin_cos();
+                let turn = |(px, py): (f32, f32)| {
+                    (
+                        (cos * px - sin * py).round() as i32,
+                        (sin * px + cos * py).round() as i32,
+                    )
+                };
+                let mut out = [[(0, 0); 2]; 256];
+                for (o, [p, q]) in out.iter_mut().zip(pattern()) {
+                    *o = [turn(*p), turn(*q)];
+                }
+                out
+            })
+            .collect()
+    })
+}
+
 /// 256 brightness comparisons of pixel pairs, turned by `angle`.
 fn describe(img: &GrayImage, x: i32, y: i32, angle: f32) -> [u64; 4] {
     let w = img.width() as i32;
-    let (sin, cos) = angle.sin_cos();
-    let at = |(px, py): (f32, f32)| {
-        let u = x + (cos * px - sin * py).round() as i32;
-        let v = y + (sin * px + cos * py).round() as i32;
-        img.as_raw()[(v * w + u) as usize]
-    };
+    let turn = angle.rem_euclid(std::f32::consts::TAU) / std::f32::consts::TAU;
+    let step = ((turn * ANGLE_STEPS as f32 + 0.5) as usize) % ANGLE_STEPS;
+    let raw = img.as_raw();
+    let at = |(dx, dy): (i32, i32)| raw[((y + dy) * w + x + dx) as usize];
     let mut out = [0u64; 4];
-    for (i, [p, q]) in pattern().iter().enumerate() {
+    for (i, [p, q]) in turned_patterns()[step].iter().enumerate() {
         if at(*p) < at(*q) {
             out[i / 64] |= 1 << (i % 64);
         }
@@ -260,29 +344,70 @@ fn describe(img: &GrayImage, x: i32, y: i32, angle: f32) -> [u64; 4] {
     out
 }
 
-/// A 5 x 5 box blur (edges clamped): BRIEF's tests compare smoothed pixels,
-/// so noise and JPEG blocks do not flip them.
-fn box_blur(img: &GrayImage) -> GrayImage {
-    let (w, h) = (img.width() as i32, img.height() as i32);
+/// Bilinear resize of a grey image to a smaller size (each pyramid step
+/// shrinks by 1.3, the first by at most what brings the longest side to
+/// [`ANALYSED_SIDE`]), in 8-bit fixed point.
+fn shrink(img: &GrayImage, nw: u32, nh: u32) -> GrayImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (nw, nh) = (nw as usize, nh as usize);
+    // Source position of each output pixel's centre: index and weight /256.
+    let taps = |from: usize, to: usize| -> Vec<(usize, u32)> {
+        let ratio = from as f32 / to as f32;
+        (0..to)
+            .map(|i| {
+                let pos = ((i as f32 + 0.5) * ratio - 0.5).clamp(0.0, (from - 1) as f32);
+                let i0 = (pos as usize).min(from.saturating_sub(2));
+                let frac = ((pos - i0 as f32) * 256.0) as u32;
+                (i0, frac.min(256))
+            })
+            .collect()
+    };
+    let (xs, ys) = (taps(w, nw), taps(h, nh));
     let src = img.as_raw();
+    let mut out = vec![0u8; nw * nh];
+    let mut row = vec![0u32; nw];
+    for (oy, &(y0, fy)) in ys.iter().enumerate() {
+        let y1 = (y0 + 1).min(h - 1);
+        let (r0, r1) = (&src[y0 * w..][..w], &src[y1 * w..][..w]);
+        for (o, &(x0, fx)) in row.iter_mut().zip(&xs) {
+            let x1 = (x0 + 1).min(w - 1);
+            let top = r0[x0] as u32 * (256 - fx) + r0[x1] as u32 * fx;
+            let bottom = r1[x0] as u32 * (256 - fx) + r1[x1] as u32 * fx;
+            *o = top * (256 - fy) + bottom * fy;
+        }
+        for (o, v) in out[oy * nw..][..nw].iter_mut().zip(&row) {
+            *o = ((v + (1 << 15)) >> 16) as u8;
+        }
+    }
+    GrayImage::from_raw(nw as u32, nh as u32, out).unwrap_or_default()
+}
+
+/// A 5 x 5 box blur (edges clamped): BRIEF's tests compare smoothed pixels,
+/// so noise and JPEG blocks do not flip them. Running sums, so each pixel
+/// costs a few additions whatever the window.
+fn box_blur(img: &GrayImage) -> GrayImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let src = img.as_raw();
+    let clamp = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
     let mut rows = vec![0u16; src.len()];
     for y in 0..h {
+        let line = &src[y * w..][..w];
+        let mut sum: u16 = (-2..=2).map(|d| line[clamp(d, w)] as u16).sum();
         for x in 0..w {
-            let mut s = 0u16;
-            for d in -2..=2 {
-                s += src[(y * w + (x + d).clamp(0, w - 1)) as usize] as u16;
-            }
-            rows[(y * w + x) as usize] = s;
+            rows[y * w + x] = sum;
+            sum =
+                sum + line[clamp(x as isize + 3, w)] as u16 - line[clamp(x as isize - 2, w)] as u16;
         }
     }
     let mut out = vec![0u8; src.len()];
+    let mut sums: Vec<u32> = (0..w)
+        .map(|x| (-2..=2).map(|d| rows[clamp(d, h) * w + x] as u32).sum())
+        .collect();
     for y in 0..h {
+        let (add, drop) = (clamp(y as isize + 3, h) * w, clamp(y as isize - 2, h) * w);
         for x in 0..w {
-            let mut s = 0u32;
-            for d in -2..=2 {
-                s += rows[((y + d).clamp(0, h - 1) * w + x) as usize] as u32;
-            }
-            out[(y * w + x) as usize] = (s / 25) as u8;
+            out[y * w + x] = ((sums[x] * 2622) >> 16) as u8; // / 25
+            sums[x] = sums[x] + rows[add + x] as u32 - rows[drop + x] as u32;
         }
     }
     GrayImage::from_raw(w as u32, h as u32, out).unwrap_or_default()

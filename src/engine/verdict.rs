@@ -129,8 +129,11 @@ impl Shared {
             _ => None,
         };
         let same_image = matches!((a.facts, b.facts), (Some(x), Some(y)) if x.same_image(y));
-        let model = self.is_duplicate(measured.similarity, measured.distance, max_distance)
-            || local::verified(measured.evidence.as_ref());
+        // A caller's own distance threshold is the whole rule it asked for;
+        // otherwise the keypoint check can also call the pair a duplicate.
+        let keypoints = max_distance.is_none() && local::verified(measured.evidence.as_ref());
+        let model =
+            self.is_duplicate(measured.similarity, measured.distance, max_distance) || keypoints;
         Ok(decide(
             model,
             same_image,

@@ -6,7 +6,8 @@
 //! InsertStream (1 stream, then 8 at once), against the network's
 //! forward-only rate on the same images in this process first (the peer:
 //! what ingest could reach if storing cost nothing), then measures
-//! Query-by-id and Query-by-image latency at each concurrency, and the
+//! Query-by-id and Query-by-image latency at each concurrency (by image: of
+//! stored images, and of mirror images, whose keypoints match none), and the
 //! daemon's resident memory. The PCA + HNSW index is on (the threshold is
 //! set below the image count) so queries take the production path. All of
 //! it twice, in one run: with the keypoint check (the default) and with
@@ -61,6 +62,17 @@ fn images(n: usize) -> Vec<Vec<u8>> {
             );
             let img = augment::hue_saturation(&img, 7.0 * round, 1.0);
             augment::encode_jpeg(&img, 88).expect("jpeg")
+        })
+        .collect()
+}
+
+/// Mirror images of `images`, as JPEGs.
+fn mirror(images: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    images
+        .iter()
+        .map(|bytes| {
+            let img = image::load_from_memory(bytes).expect("decode").into_rgb8();
+            augment::encode_jpeg(&augment::flip_horizontal(&img), 88).expect("jpeg")
         })
         .collect()
 }
@@ -159,6 +171,8 @@ async fn insert_streams(
 
 const LEVELS: [usize; 3] = [1, 8, 32];
 const STREAM_LEVELS: [usize; 2] = [1, 8];
+/// Images queried mirrored (see `run`).
+const MIRRORED: usize = 200;
 
 /// One measured row: (operation and concurrency, per second, p50 ms).
 type Measured = (String, f64, f64);
@@ -173,8 +187,10 @@ async fn main() {
         "\nForward only (the network alone, in this process before the daemons started, \
          Lite0, batch 16, 2 threads): {forward:.1} images/s"
     );
+    let mirrored = Arc::new(mirror(&all[..MIRRORED.min(all.len())]));
     let with = run(
         &all,
+        &mirrored,
         per_round,
         queries,
         forward,
@@ -184,6 +200,7 @@ async fn main() {
     .await;
     let without = run(
         &all,
+        &mirrored,
         per_round,
         queries,
         forward,
@@ -211,6 +228,7 @@ async fn main() {
 /// table and returns its rows.
 async fn run(
     all: &Arc<Vec<Vec<u8>>>,
+    mirrored: &Arc<Vec<Vec<u8>>>,
     per_round: usize,
     queries: usize,
     forward: f64,
@@ -314,34 +332,42 @@ async fn run(
             percentile(&lat, 0.5),
         ));
     }
-    for &c in &levels {
-        let all = all.clone();
-        let (rate, lat) = load(c, queries / 2, |i| {
-            let mut client = clients[i % clients.len()].clone();
-            let image = all[(i * 7919) % all.len()].clone();
-            async move {
-                client
-                    .query(QueryRequest {
-                        image: data(image),
-                        k: 10,
-                        min_similarity: None,
-                        omit_metadata: false,
-                    })
-                    .await
-                    .expect("query by image");
-            }
-        })
-        .await;
-        println!(
-            "| Query by image, k=10 | {c} | {rate:.1} | {:.2} | {:.2} |",
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99)
-        );
-        rows.push((
-            format!("Query by image, k=10@{c}"),
-            rate,
-            percentile(&lat, 0.5),
-        ));
+    // Stored images (a copy is among the first candidates checked), then
+    // mirror images of them: as alike to the CNN, but no keypoint geometry
+    // agrees, so every query checks all its candidates (the worst case).
+    let queried = [
+        ("Query by image, k=10", all.clone()),
+        (
+            "Query by image, no copy stored (mirrored), k=10",
+            mirrored.clone(),
+        ),
+    ];
+    for (operation, images) in queried {
+        for &c in &levels {
+            let images = images.clone();
+            let (rate, lat) = load(c, queries / 2, |i| {
+                let mut client = clients[i % clients.len()].clone();
+                let image = images[(i * 7919) % images.len()].clone();
+                async move {
+                    client
+                        .query(QueryRequest {
+                            image: data(image),
+                            k: 10,
+                            min_similarity: None,
+                            omit_metadata: false,
+                        })
+                        .await
+                        .expect("query by image");
+                }
+            })
+            .await;
+            println!(
+                "| {operation} | {c} | {rate:.1} | {:.2} | {:.2} |",
+                percentile(&lat, 0.5),
+                percentile(&lat, 0.99)
+            );
+            rows.push((format!("{operation}@{c}"), rate, percentile(&lat, 0.5)));
+        }
     }
     println!(
         "stored {stored} images; index: {} (PCA-{}, {} points); daemon RSS {:.0} MiB",

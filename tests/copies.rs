@@ -183,3 +183,78 @@ async fn heavy_crops_screenshots_and_stickers_come_first_and_are_duplicates() {
     }
     daemon.stop();
 }
+
+/// When none of the best candidates by cosine shows the query's picture,
+/// the check goes deeper (`engine::local::EXTENDED_CANDIDATES`): here a
+/// stickered photo's original ranks behind 30 mirror images of the
+/// stickered photo (alike to the CNN, but no geometry agrees), and is
+/// still checked and called a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_behind_the_first_candidates_is_still_checked() {
+    /// `engine::local::CHECKED_CANDIDATES`: checked before going deeper.
+    const FIRST: usize = 24;
+    const DECOYS: usize = 30;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), &[]).await;
+    let mut client = daemon.client().await;
+    let (_, path) = photos()
+        .into_iter()
+        .find(|(n, _)| n == "monument-colosseum")
+        .expect("photo");
+    let bytes = read(&path);
+    let img = image::load_from_memory(&bytes).expect("decode").into_rgb8();
+    let stickered = augment::sticker(&img, 0.25, 0.5, 0.5, true, [220, 30, 40]);
+    let mut stored = vec![("original".to_string(), bytes)];
+    let mirrored = augment::flip_horizontal(&stickered);
+    for i in 0..DECOYS {
+        let decoy = augment::hue_saturation(&mirrored, i as f32, 1.0);
+        let jpeg = augment::encode_jpeg(&decoy, 90).expect("jpeg");
+        stored.push((format!("mirror-{i}"), jpeg));
+    }
+    for (id, image) in stored {
+        client
+            .insert(InsertRequest {
+                id: id.clone(),
+                image,
+                metadata: HashMap::new(),
+                upsert: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("insert {id}: {e}"));
+    }
+    let query = augment::encode_jpeg(&stickered, 90).expect("jpeg");
+    let matches = client
+        .query(QueryRequest {
+            image: data(query),
+            k: DECOYS as u32 + 1,
+            min_similarity: None,
+            omit_metadata: true,
+        })
+        .await
+        .expect("query")
+        .into_inner()
+        .matches;
+    let original = matches
+        .iter()
+        .find(|m| m.id == "original")
+        .unwrap_or_else(|| panic!("original missing: {matches:?}"));
+    let closer = matches
+        .iter()
+        .filter(|m| m.similarity > original.similarity)
+        .count();
+    assert!(
+        closer >= FIRST,
+        "the original must rank behind the first {FIRST} by cosine for this test to mean anything: \
+         {closer} ahead of it"
+    );
+    let mirrors_verified: Vec<&Match> = matches
+        .iter()
+        .filter(|m| m.id != "original" && m.keypoint_matches.unwrap_or(0) >= VERIFIED)
+        .collect();
+    assert!(mirrors_verified.is_empty(), "{mirrors_verified:?}");
+    assert!(
+        original.keypoint_matches.unwrap_or(0) >= VERIFIED && original.duplicate,
+        "{original:?}"
+    );
+    daemon.stop();
+}

@@ -105,14 +105,15 @@ pub fn train(args: TrainArgs) -> Result<()> {
     // Any positive threshold will do for scoring; calibration sets the real one.
     let mut siamese = Siamese::new(net, 1.0, ModelKind::EfficientNetLite0);
     let pairs = quality::score_pairs(&embedder, &siamese, &val)?;
-    let report = quality::report(&pairs, args.photos.precision);
-    let Some(threshold) = report.methods[0].threshold else {
+    let calibrated = quality::report(&pairs, args.photos.precision, None);
+    let Some(threshold) = calibrated.methods[quality::SIAMESE].threshold else {
         bail!(
             "no Siamese threshold reaches precision {} on the validation pairs; not saved",
             args.photos.precision
         );
     };
     siamese.set_threshold(threshold);
+    let report = quality::report(&pairs, args.photos.precision, Some(threshold));
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
@@ -155,7 +156,7 @@ pub fn eval(args: EvalSiameseArgs) -> Result<()> {
     )?;
     let (_, val) = load_split(&args.photos)?;
     let pairs = quality::score_pairs(&embedder, &siamese, &val)?;
-    let report = quality::report(&pairs, args.photos.precision);
+    let report = quality::report(&pairs, args.photos.precision, Some(siamese.threshold()));
     print_report(&report, siamese.threshold(), val.len(), args.json)?;
     if args.closest_negatives > 0 {
         print_closest_negatives(&pairs, &val, args.closest_negatives);

@@ -6,8 +6,8 @@
 //! How it ranks: `similarity + KEYPOINT_BONUS x min(inliers, BONUS_CAP)`;
 //! a chance match of unrelated photos has 0-5 inliers, a copy tens to
 //! hundreds (measured in BENCHMARKS.md, "Harder copies"). A pair whose
-//! inliers reach [`VERIFIED_INLIERS`] over a [`VERIFIED_COVERAGE`] of an
-//! image is a duplicate, whatever the cosine says.
+//! evidence shows one picture ([`Evidence::same_picture`]: enough inliers
+//! spread over the shared part) is a duplicate, whatever the cosine says.
 
 use rayon::prelude::*;
 
@@ -23,26 +23,25 @@ use crate::store::Attachment;
 /// each check costs about 0.19 ms).
 pub(super) const CHECKED_CANDIDATES: usize = 24;
 
+/// When none of the first [`CHECKED_CANDIDATES`] shows one picture, the
+/// best this many are checked: a stickered copy's cosine can fall to the
+/// fifth dozen (with 10,277 distractors, stickers found first went from
+/// 0.93 to 0.99). A query with a copy among the first pays nothing more.
+pub(super) const EXTENDED_CANDIDATES: usize = 64;
+
 /// Rank bonus per inlier, and the inliers it counts at most.
 const KEYPOINT_BONUS: f32 = 0.03;
 const BONUS_CAP: usize = 10;
-
-/// Inliers (and their coverage) that make a pair a duplicate: among the
-/// best 48 candidates by cosine of 2,730 copies queried over 10,368
-/// photos, 2 unrelated pairs in 124,778 had both, 86 % of the copies did.
-/// Two different photos in one app frame (same title bar and caption)
-/// had 22 inliers at coverage 0.33.
-pub(super) const VERIFIED_INLIERS: usize = 12;
-pub(super) const VERIFIED_COVERAGE: f32 = 0.5;
 
 /// The rank of a candidate: its cosine plus the keypoint bonus.
 pub(super) fn rank(similarity: f32, evidence: Option<&Evidence>) -> f32 {
     similarity + evidence.map_or(0.0, |e| KEYPOINT_BONUS * e.inliers.min(BONUS_CAP) as f32)
 }
 
-/// Whether the keypoints alone show the pair is one picture.
+/// Whether the keypoints alone show the pair is one picture
+/// ([`Evidence::same_picture`]).
 pub(super) fn verified(evidence: Option<&Evidence>) -> bool {
-    evidence.is_some_and(|e| e.inliers >= VERIFIED_INLIERS && e.coverage >= VERIFIED_COVERAGE)
+    evidence.is_some_and(Evidence::same_picture)
 }
 
 impl Shared {

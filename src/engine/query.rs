@@ -84,12 +84,18 @@ impl Shared {
     ) -> Result<Vec<Match>> {
         let (query, exclude) = (&subject.embedded, subject.exclude);
         let index = self.current_index();
-        let keep = match subject.keypoints {
-            Some(_) => exact_scored(k).max(local::CHECKED_CANDIDATES),
-            None => exact_scored(k),
+        // With the keypoint check, enough candidates for all it may check:
+        // the graph's best by the projections hold a heavy crop's original
+        // only when they are `rerank_factor` times more than needed.
+        let (keep, wanted) = match subject.keypoints {
+            Some(_) => (
+                exact_scored(k).max(local::EXTENDED_CANDIDATES),
+                k.max(local::EXTENDED_CANDIDATES),
+            ),
+            None => (exact_scored(k), k),
         };
         let candidates = match index.projection() {
-            Some(_) => k.saturating_mul(self.config.rerank_factor).max(k + 8),
+            Some(_) => wanted.saturating_mul(self.config.rerank_factor).max(k + 8),
             None => k,
         };
         let mut hits: Vec<Hit> = index.search(&query.features, candidates.max(keep), exclude);
@@ -98,16 +104,18 @@ impl Shared {
         }
         let hits = index.rescore(&query.features, hits, keep);
         // The best few by cosine get the keypoint check (hits are best
-        // first); the rest of a wide shortlist (Insert's) are judged as
-        // before.
+        // first), a few dozen more when none of them shows one picture;
+        // the rest of a wide shortlist (Insert's) are judged as before.
         let mut evidence = match &subject.keypoints {
             Some(points) => {
-                let seqs: Vec<u64> = hits
-                    .iter()
-                    .take(local::CHECKED_CANDIDATES)
-                    .map(|h| h.seq)
-                    .collect();
-                self.evidence(points, &seqs)?
+                let seqs: Vec<u64> = hits.iter().map(|h| h.seq).collect();
+                let first = seqs.len().min(local::CHECKED_CANDIDATES);
+                let mut evidence = self.evidence(points, &seqs[..first])?;
+                if !evidence.iter().any(|e| local::verified(e.as_ref())) {
+                    let extended = seqs.len().min(local::EXTENDED_CANDIDATES);
+                    evidence.extend(self.evidence(points, &seqs[first..extended])?);
+                }
+                evidence
             }
             None => Vec::new(),
         };

@@ -14,7 +14,7 @@ mod orb;
 mod verify;
 
 pub use orb::{analysed, extract, extract_grey, ANALYSED_SIDE, MAX_KEYPOINTS};
-pub use verify::{verify, Evidence};
+pub use verify::{verify, Evidence, SAME_PICTURE_COVERAGE, SAME_PICTURE_INLIERS};
 
 use crate::error::{Error, Result};
 

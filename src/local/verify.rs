@@ -38,6 +38,21 @@ pub struct Evidence {
     pub coverage: f32,
 }
 
+/// Inliers, and their coverage, that make a pair one picture: among the
+/// best 48 candidates by cosine of 2,730 copies queried over 10,368
+/// photos, 2 unrelated pairs in 124,778 had both, 86 % of the copies did.
+/// Two different photos in one app frame (same title bar and caption)
+/// had 22 inliers at coverage 0.33.
+pub const SAME_PICTURE_INLIERS: usize = 12;
+pub const SAME_PICTURE_COVERAGE: f32 = 0.5;
+
+impl Evidence {
+    /// Whether this evidence alone shows the two images are one picture.
+    pub fn same_picture(&self) -> bool {
+        self.inliers >= SAME_PICTURE_INLIERS && self.coverage >= SAME_PICTURE_COVERAGE
+    }
+}
+
 #[inline(always)]
 fn hamming(a: &[u64; 4], b: &[u64; 4]) -> u32 {
     (a[0] ^ b[0]).count_ones()

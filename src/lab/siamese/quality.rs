@@ -1,17 +1,21 @@
 //! How well a duplicate verdict works, measured on photos never trained on.
 //!
-//! Positive pairs are each validation photo against each of its 20 seeded
-//! transformed copies (the plan of `lookalike eval near-dup`, see
+//! Positive pairs are each validation photo against each of its seeded
+//! transformed copies: the 20 of `lookalike eval near-dup` and the 10 of
+//! its `--hard` plan (heavy crops, screenshots, stickers...; see
 //! [`crate::lab::eval::plan`]); negative pairs are every two different
 //! validation photos, split into same-class ("two fish": similar, not
-//! duplicate) and other-class pairs. Three scores are compared on the same
-//! pairs: the Siamese distance, the CNN cosine and a 64-bit dHash Hamming
-//! distance. For each: ROC AUC, and the threshold that keeps precision at
+//! duplicate) and other-class pairs. Five scores are compared on the same
+//! pairs: the Siamese distance, the CNN cosine, a 64-bit dHash Hamming
+//! distance, the keypoint check's inliers (see [`crate::local`]) and the
+//! daemon's verdict (Siamese distance, or the keypoints when they show one
+//! picture). For each: ROC AUC, and the threshold that keeps precision at
 //! the target (calibration) with precision and recall there, overall and
 //! per transform family. The threshold the model ships with is the
 //! Siamese one calibrated on all validation pairs; a two-fold check
 //! (calibrate on half the photos, measure on the other half) shows how
-//! well it carries to photos it was not calibrated on.
+//! well it carries to photos it was not calibrated on, and the Siamese
+//! distance and the verdict are also counted at the shipped threshold.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,6 +29,7 @@ use crate::decode;
 use crate::embed::Embedder;
 use crate::error::Result;
 use crate::lab::eval::plan;
+use crate::local::{self, Evidence, Keypoints};
 use crate::siamese::{distance, Siamese};
 use crate::vector::dot;
 
@@ -34,11 +39,12 @@ const SEED: u64 = 2026;
 pub const SAME_CLASS: &str = "negative, same class";
 pub const OTHER_CLASS: &str = "negative, other class";
 
-/// One image's three descriptors.
+/// One image's descriptors.
 struct Described {
     features: Vec<f32>,
     siamese: Vec<f32>,
     dhash: u64,
+    keypoints: Keypoints,
 }
 
 /// One scored pair. Scores are "higher = more alike".
@@ -49,12 +55,25 @@ pub struct Pair {
     pub family: String,
     /// The validation photos involved (for the two-fold check).
     pub photos: (usize, usize),
-    /// `[siamese, cosine, dhash]`.
-    pub scores: [f32; 3],
+    /// One per [`METHODS`].
+    pub scores: [f32; 5],
 }
 
 /// Names of the scores in [`Pair::scores`].
-pub const METHODS: [&str; 3] = ["Siamese distance", "CNN cosine", "dHash (64-bit)"];
+pub const METHODS: [&str; 5] = [
+    "Siamese distance",
+    "CNN cosine",
+    "dHash (64-bit)",
+    "Keypoint inliers",
+    "Verdict: Siamese or keypoints",
+];
+/// Index of the Siamese distance and of the daemon's verdict in [`METHODS`].
+pub const SIAMESE: usize = 0;
+pub const VERDICT: usize = 4;
+/// What the verdict's score adds for keypoints that show one picture: more
+/// than any Siamese distance (0..2), so at a threshold `-t` the score says
+/// duplicate exactly when the daemon does (distance <= t, or keypoints).
+const SAME_PICTURE_SCORE: f32 = 4.0;
 
 /// Scores every validation pair.
 pub fn score_pairs(embedder: &Embedder, siamese: &Siamese, photos: &[Photo]) -> Result<Vec<Pair>> {
@@ -65,7 +84,8 @@ pub fn score_pairs(embedder: &Embedder, siamese: &Siamese, photos: &[Photo]) -> 
     )?;
     let mut pairs = Vec::new();
     for (i, photo) in photos.iter().enumerate() {
-        let copies = plan::variants(&photo.image, SEED + i as u64)?;
+        let mut copies = plan::variants(&photo.image, SEED + i as u64)?;
+        copies.extend(plan::hard_variants(&photo.image, SEED + i as u64)?);
         let images = copies
             .iter()
             .map(|v| decode::decode(&v.bytes, 1 << 28))
@@ -107,16 +127,34 @@ fn pair(
     a: &Described,
     b: &Described,
 ) -> Pair {
+    let d = distance(&a.siamese, &b.siamese);
+    // As the daemon checks a query (b) against a stored image (a).
+    let evidence = local::verify(&b.keypoints, &a.keypoints);
+    // Inliers count as far as their coverage reaches the rule's.
+    let spread = (evidence.coverage / local::SAME_PICTURE_COVERAGE).min(1.0);
     Pair {
         positive,
         family,
         photos,
         scores: [
-            -distance(&a.siamese, &b.siamese),
+            -d,
             dot(&a.features, &b.features),
             -((a.dhash ^ b.dhash).count_ones() as f32),
+            evidence.inliers as f32 * spread,
+            verdict_score(d, &evidence),
         ],
     }
+}
+
+/// The daemon's verdict as a score: at or above `-t` exactly when the
+/// Siamese distance is at most `t` or the keypoints show one picture.
+fn verdict_score(distance: f32, evidence: &Evidence) -> f32 {
+    let same_picture = if evidence.same_picture() {
+        SAME_PICTURE_SCORE
+    } else {
+        0.0
+    };
+    same_picture - distance
 }
 
 fn describe(
@@ -126,6 +164,7 @@ fn describe(
 ) -> Result<Vec<Described>> {
     let inputs: Vec<Vec<f32>> = images.par_iter().map(|i| embedder.input(i)).collect();
     let hashes: Vec<u64> = images.par_iter().map(dhash).collect();
+    let keypoints: Vec<Keypoints> = images.par_iter().map(local::extract).collect();
     let embedded = embedder.embed_inputs_with_taps(&inputs);
     let taps: Vec<&[f32]> = embedded.iter().map(|e| e.tap.as_slice()).collect();
     let mut vectors = Vec::with_capacity(taps.len());
@@ -136,10 +175,12 @@ fn describe(
         .into_iter()
         .zip(vectors)
         .zip(hashes)
-        .map(|((e, s), h)| Described {
+        .zip(keypoints)
+        .map(|(((e, s), h), k)| Described {
             features: e.features,
             siamese: s,
             dhash: h,
+            keypoints: k,
         })
         .collect())
 }
@@ -269,12 +310,15 @@ pub struct MethodReport {
     pub overall: Option<AtThreshold>,
     /// Two-fold: calibrated on one half of the photos, measured on the other.
     pub held_out: Option<AtThreshold>,
+    /// At the model's own threshold (the Siamese distance and the verdict;
+    /// `None` for the others).
+    pub shipped: Option<AtThreshold>,
     /// Share of each family's pairs called duplicate at the threshold
     /// (recall for transforms, false-positive rate for negatives).
     pub duplicate_rate: BTreeMap<String, f64>,
 }
 
-/// The full report over `pairs` at `target` precision.
+/// What [`report`] measures.
 #[derive(Debug, Clone, Serialize)]
 pub struct QualityReport {
     pub target_precision: f64,
@@ -284,7 +328,9 @@ pub struct QualityReport {
     pub methods: Vec<MethodReport>,
 }
 
-pub fn report(pairs: &[Pair], target: f64) -> QualityReport {
+/// The full report over `pairs` at `target` precision; `shipped`: the
+/// model's Siamese threshold, when it has one.
+pub fn report(pairs: &[Pair], target: f64, shipped: Option<f32>) -> QualityReport {
     let all: Vec<&Pair> = pairs.iter().collect();
     let methods = (0..METHODS.len())
         .map(|m| {
@@ -307,6 +353,9 @@ pub fn report(pairs: &[Pair], target: f64) -> QualityReport {
                 threshold: threshold.map(|t| display_threshold(m, t)),
                 overall: threshold.map(|t| at_threshold(&all, m, t)),
                 held_out: held_out(&all, m, target),
+                shipped: shipped
+                    .filter(|_| m == SIAMESE || m == VERDICT)
+                    .map(|t| at_threshold(&all, m, -t)),
                 duplicate_rate,
             }
         })
@@ -323,7 +372,7 @@ pub fn report(pairs: &[Pair], target: f64) -> QualityReport {
 /// Scores are "higher = alike"; thresholds are shown in the method's unit.
 fn display_threshold(method: usize, t: f32) -> f32 {
     match method {
-        1 => t,
+        1 | 3 => t,
         _ => -t,
     }
 }
@@ -364,13 +413,13 @@ impl QualityReport {
             "{} positive pairs, {} negative pairs ({} same class); thresholds at precision >= {}\n",
             self.positives, self.negatives, self.same_class_negatives, self.target_precision
         );
-        let _ = writeln!(out, "| method | ROC AUC | threshold | precision | recall | held-out precision | held-out recall |");
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "| method | ROC AUC | threshold | precision | recall | held-out precision | held-out recall | shipped precision | shipped recall |");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
         for m in &self.methods {
             let _ = writeln!(
                 out,
-                "| {} | {:.4} | {} | {} | {} | {} | {} |",
+                "| {} | {:.4} | {} | {} | {} | {} | {} | {} | {} |",
                 m.method,
                 m.auc,
                 m.threshold.map_or("-".to_string(), |t| format!("{t:.4}")),
@@ -378,6 +427,8 @@ impl QualityReport {
                 fmt(m.overall.map(|o| o.recall)),
                 fmt(m.held_out.map(|o| o.precision)),
                 fmt(m.held_out.map(|o| o.recall)),
+                fmt(m.shipped.map(|o| o.precision)),
+                fmt(m.shipped.map(|o| o.recall)),
             );
         }
         let families: Vec<&String> = self
@@ -412,7 +463,7 @@ mod tests {
             positive,
             family: String::new(),
             photos: (0, 0),
-            scores: [score; 3],
+            scores: [score; 5],
         }
     }
 
@@ -438,6 +489,26 @@ mod tests {
         // Precision 0.75 reaches all three positives (3 of 4 above 0.6).
         let t = calibrate(&refs, 0, 0.75).expect("reachable");
         assert!((t - 0.35).abs() < 1e-6, "{t}");
+    }
+
+    #[test]
+    fn the_verdict_score_says_what_the_daemon_says() {
+        let t = 0.34;
+        let copy = Evidence {
+            inliers: local::SAME_PICTURE_INLIERS,
+            coverage: local::SAME_PICTURE_COVERAGE,
+            ..Evidence::default()
+        };
+        let framed = Evidence {
+            coverage: 0.3,
+            ..copy
+        };
+        for d in [0.0, 0.2, t, 0.5, 1.2, 2.0] {
+            assert!(verdict_score(d, &copy) >= -t, "{d}");
+            assert_eq!(verdict_score(d, &framed) >= -t, d <= t, "{d}");
+            let none = Evidence::default();
+            assert_eq!(verdict_score(d, &none) >= -t, d <= t, "{d}");
+        }
     }
 
     #[test]

@@ -41,6 +41,18 @@ fn main() {
         m += 1;
     }
     let verify_ms = started.elapsed().as_secs_f64() * 1e3 / f64::from(m);
+    // A mirror image: alike to the CNN, no geometry agrees (the worst
+    // case: every candidate of such a query is checked).
+    let mirror = lookalike::local::extract(&image::imageops::flip_horizontal(&image));
+    let started = Instant::now();
+    let mut q = 0u32;
+    let mut mirrored = lookalike::local::verify(&mirror, &points);
+    while started.elapsed().as_secs_f64() < secs / 2.0 {
+        mirrored = std::hint::black_box(lookalike::local::verify(&mirror, &points));
+        q += 1;
+    }
+    let mirror_ms = started.elapsed().as_secs_f64() * 1e3 / f64::from(q);
+    println!("its mirror image verified in {mirror_ms:.3} ms: {mirrored:?}");
     println!(
         "{}x{} decoded, {} keypoints: extract {extract_ms:.2} ms; a 16 % crop ({} keypoints) verified \
          in {verify_ms:.3} ms: {evidence:?}",

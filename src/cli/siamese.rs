@@ -104,7 +104,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let train_seconds = started.elapsed().as_secs_f64();
     // Any positive threshold will do for scoring; calibration sets the real one.
     let mut siamese = Siamese::new(net, 1.0, ModelKind::EfficientNetLite0);
-    let pairs = quality::score_pairs(&embedder, &siamese, &val)?;
+    // Calibrated on the classic copies, as the shipped model was.
+    let pairs = quality::score_pairs(&embedder, &siamese, &val, false)?;
     let calibrated = quality::report(&pairs, args.photos.precision, None);
     let Some(threshold) = calibrated.methods[quality::SIAMESE].threshold else {
         bail!(
@@ -155,7 +156,7 @@ pub fn eval(args: EvalSiameseArgs) -> Result<()> {
         embedder.tap_shape(),
     )?;
     let (_, val) = load_split(&args.photos)?;
-    let pairs = quality::score_pairs(&embedder, &siamese, &val)?;
+    let pairs = quality::score_pairs(&embedder, &siamese, &val, true)?;
     let report = quality::report(&pairs, args.photos.precision, Some(siamese.threshold()));
     print_report(&report, siamese.threshold(), val.len(), args.json)?;
     if args.closest_negatives > 0 {

@@ -1,9 +1,10 @@
 //! How well a duplicate verdict works, measured on photos never trained on.
 //!
 //! Positive pairs are each validation photo against each of its seeded
-//! transformed copies: the 20 of `lookalike eval near-dup` and the 10 of
-//! its `--hard` plan (heavy crops, screenshots, stickers...; see
-//! [`crate::lab::eval::plan`]); negative pairs are every two different
+//! transformed copies: the 20 of `lookalike eval near-dup` and, when asked
+//! (`lookalike eval siamese` does; training calibrates without them, as the
+//! shipped model was), the 10 of its `--hard` plan (heavy crops,
+//! screenshots, stickers...; see [`crate::lab::eval::plan`]); negative pairs are every two different
 //! validation photos, split into same-class ("two fish": similar, not
 //! duplicate) and other-class pairs. Five scores are compared on the same
 //! pairs: the Siamese distance, the CNN cosine, a 64-bit dHash Hamming
@@ -75,8 +76,13 @@ pub const VERDICT: usize = 4;
 /// duplicate exactly when the daemon does (distance <= t, or keypoints).
 const SAME_PICTURE_SCORE: f32 = 4.0;
 
-/// Scores every validation pair.
-pub fn score_pairs(embedder: &Embedder, siamese: &Siamese, photos: &[Photo]) -> Result<Vec<Pair>> {
+/// Scores every validation pair; `hard`: the harder copies too.
+pub fn score_pairs(
+    embedder: &Embedder,
+    siamese: &Siamese,
+    photos: &[Photo],
+    hard: bool,
+) -> Result<Vec<Pair>> {
     let originals = describe(
         embedder,
         siamese,
@@ -85,7 +91,9 @@ pub fn score_pairs(embedder: &Embedder, siamese: &Siamese, photos: &[Photo]) -> 
     let mut pairs = Vec::new();
     for (i, photo) in photos.iter().enumerate() {
         let mut copies = plan::variants(&photo.image, SEED + i as u64)?;
-        copies.extend(plan::hard_variants(&photo.image, SEED + i as u64)?);
+        if hard {
+            copies.extend(plan::hard_variants(&photo.image, SEED + i as u64)?);
+        }
         let images = copies
             .iter()
             .map(|v| decode::decode(&v.bytes, 1 << 28))

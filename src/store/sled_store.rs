@@ -554,7 +554,22 @@ impl Store for SledStore {
                     Ok(old)
                 })
                 .map_err(tx_error("storing a record"))
-        })?;
+        });
+        let replaced = match replaced {
+            Ok(replaced) => replaced,
+            Err(e) => {
+                // A write that failed on I/O may still be applied in sled's
+                // memory (and reach the disk with a later flush): the caller
+                // is told it failed, so it is held back like an insert whose
+                // flush failed, and removed at the reopen if it is there.
+                if !upsert && !matches!(e, Error::AlreadyExists(_)) {
+                    let mut unflushed = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
+                    let epoch = unflushed.epoch;
+                    unflushed.inserts.push((epoch, seq, record.id.clone()));
+                }
+                return Err(e);
+            }
+        };
         if replaced.is_none() {
             self.count.fetch_add(1, Ordering::SeqCst);
             let mut unflushed = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());

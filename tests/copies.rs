@@ -256,5 +256,8 @@ async fn a_copy_behind_the_first_candidates_is_still_checked() {
         original.keypoint_matches.unwrap_or(0) >= VERIFIED && original.duplicate,
         "{original:?}"
     );
+    // The copy the keypoints verify comes first, however alike the mirror
+    // images look to the CNN.
+    assert_eq!(matches[0].id, "original", "{matches:?}");
     daemon.stop();
 }

@@ -3,11 +3,14 @@
 //! screenshot or a stickered copy of a stored photo, whose pooled CNN
 //! vector has drifted below merely similar photos, still comes first.
 //!
-//! How it ranks: `similarity + KEYPOINT_BONUS x min(inliers, BONUS_CAP)`;
-//! a chance match of unrelated photos has 0-5 inliers, a copy tens to
-//! hundreds (measured in BENCHMARKS.md, "Harder copies"). A pair whose
-//! evidence shows one picture ([`Evidence::same_picture`]: enough inliers
-//! spread over the shared part) is a duplicate, whatever the cosine says.
+//! How it ranks: `similarity + KEYPOINT_BONUS x min(inliers, BONUS_CAP)`,
+//! plus [`SAME_PICTURE_RANK`] when the evidence shows one picture
+//! ([`Evidence::same_picture`]: enough inliers spread over the shared
+//! part), so that the copies the check found come first, however alike
+//! other photos look to the CNN. A chance match of unrelated photos has
+//! 0-5 inliers, a copy tens to hundreds (measured in BENCHMARKS.md,
+//! "Harder copies"). A pair whose evidence shows one picture is a
+//! duplicate, whatever the cosine says.
 
 use rayon::prelude::*;
 
@@ -33,9 +36,23 @@ pub(super) const EXTENDED_CANDIDATES: usize = 64;
 const KEYPOINT_BONUS: f32 = 0.03;
 const BONUS_CAP: usize = 10;
 
-/// The rank of a candidate: its cosine plus the keypoint bonus.
+/// What a candidate the keypoints show to be the query's picture adds to
+/// its rank: with at least [`local::SAME_PICTURE_INLIERS`] inliers it
+/// ranks at 1.3 or more (a cosine of -1, the capped bonus 0.3, this), the
+/// most any other can reach (1 + 0.3). Without it a look-alike photo with
+/// a few chance inliers outranked a heavy crop found by its geometry.
+const SAME_PICTURE_RANK: f32 = 2.0;
+
+/// The rank of a candidate: its cosine plus the keypoint bonus, plus
+/// [`SAME_PICTURE_RANK`] when the keypoints show one picture.
 pub(super) fn rank(similarity: f32, evidence: Option<&Evidence>) -> f32 {
-    similarity + evidence.map_or(0.0, |e| KEYPOINT_BONUS * e.inliers.min(BONUS_CAP) as f32)
+    let bonus = evidence.map_or(0.0, |e| KEYPOINT_BONUS * e.inliers.min(BONUS_CAP) as f32);
+    let same_picture = if verified(evidence) {
+        SAME_PICTURE_RANK
+    } else {
+        0.0
+    };
+    similarity + bonus + same_picture
 }
 
 /// Whether the keypoints alone show the pair is one picture
@@ -76,5 +93,31 @@ impl Shared {
             .par_iter()
             .map(|points| points.as_ref().map(|p| local::verify(query, p)))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn evidence(inliers: usize, coverage: f32) -> Option<Evidence> {
+        Some(Evidence { inliers, coverage })
+    }
+
+    #[test]
+    fn a_verified_copy_ranks_above_any_look_alike() {
+        let copy = evidence(local::SAME_PICTURE_INLIERS, local::SAME_PICTURE_COVERAGE);
+        // All of the bonus, but in one corner: not shown to be one picture.
+        let framed = evidence(40, 0.3);
+        assert!(verified(copy.as_ref()) && !verified(framed.as_ref()));
+        assert!(rank(-1.0, copy.as_ref()) >= rank(1.0, framed.as_ref()));
+        assert!(rank(0.2, copy.as_ref()) > rank(0.99, framed.as_ref()));
+        // Below the rule, inliers still count, up to the cap.
+        assert!(rank(0.5, evidence(5, 0.2).as_ref()) > rank(0.5, evidence(2, 0.2).as_ref()));
+        assert_eq!(
+            rank(0.5, evidence(40, 0.3).as_ref()),
+            rank(0.5, evidence(BONUS_CAP, 0.3).as_ref())
+        );
+        assert_eq!(rank(0.5, None), 0.5);
     }
 }

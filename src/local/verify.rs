@@ -28,10 +28,6 @@ const TOLERANCE: f32 = 0.02;
 pub struct Evidence {
     /// Matches one transform explains.
     pub inliers: usize,
-    /// Matches tried (after the distance and ratio tests).
-    pub matches: usize,
-    /// Scale of `a` in `b` (0 when nothing matched).
-    pub scale: f32,
     /// How evenly the inliers cover the textured part of what the two
     /// images share (0..1, see `coverage`): a copy has them all over, two
     /// photos framed alike only in the frame.
@@ -136,12 +132,8 @@ fn from_two(p1: &Keypoint, q1: &Keypoint, p2: &Keypoint, q2: &Keypoint) -> Optio
 /// module doc). Deterministic.
 pub fn verify(a: &Keypoints, b: &Keypoints) -> Evidence {
     let pairs = matches(a, b);
-    let matches = pairs.len();
     if pairs.len() < 3 {
-        return Evidence {
-            matches: pairs.len(),
-            ..Evidence::default()
-        };
+        return Evidence::default();
     }
     let tolerance = TOLERANCE * b.width.max(b.height) as f32;
     let tol2 = tolerance * tolerance;
@@ -172,14 +164,16 @@ pub fn verify(a: &Keypoints, b: &Keypoints) -> Evidence {
             needed = enough.clamp(MIN_ITERATIONS, ITERATIONS);
         }
     }
+    if best == 0 {
+        // No two matches made a transform (all too close together).
+        return Evidence::default();
+    }
     let inliers: Vec<(usize, usize)> = pairs
         .into_iter()
         .filter(|&m| fits(a, b, m, best_fit, tol2))
         .collect();
     Evidence {
         inliers: inliers.len(),
-        matches,
-        scale: (best_fit[0] * best_fit[0] + best_fit[1] * best_fit[1]).sqrt(),
         coverage: coverage(a, b, best_fit, &inliers),
     }
 }

@@ -294,6 +294,14 @@ impl SledStore {
         Ok(())
     }
 
+    /// Registers the plain insert of `id` under `seq` in [`Unflushed`] until
+    /// a flush that starts after it succeeds.
+    fn hold_back(&self, seq: u64, id: &str) {
+        let mut unflushed = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = unflushed.epoch;
+        unflushed.inserts.push((epoch, seq, id.to_owned()));
+    }
+
     /// Removes every insert whose flush failed and that reached the disk
     /// anyway (see [`Unflushed`]), durably.
     fn undo_unflushed(&self, trees: &Trees) -> Result<()> {
@@ -563,18 +571,14 @@ impl Store for SledStore {
                 // is told it failed, so it is held back like an insert whose
                 // flush failed, and removed at the reopen if it is there.
                 if !upsert && !matches!(e, Error::AlreadyExists(_)) {
-                    let mut unflushed = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
-                    let epoch = unflushed.epoch;
-                    unflushed.inserts.push((epoch, seq, record.id.clone()));
+                    self.hold_back(seq, &record.id);
                 }
                 return Err(e);
             }
         };
         if replaced.is_none() {
             self.count.fetch_add(1, Ordering::SeqCst);
-            let mut unflushed = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
-            let epoch = unflushed.epoch;
-            unflushed.inserts.push((epoch, seq, record.id.clone()));
+            self.hold_back(seq, &record.id);
         }
         Ok(Inserted { seq, replaced })
     }

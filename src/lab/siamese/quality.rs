@@ -505,7 +505,6 @@ mod tests {
         let copy = Evidence {
             inliers: local::SAME_PICTURE_INLIERS,
             coverage: local::SAME_PICTURE_COVERAGE,
-            ..Evidence::default()
         };
         let framed = Evidence {
             coverage: 0.3,

@@ -482,3 +482,79 @@ async fn the_report_opens_offline_in_chromium_with_groups_and_map() {
         .collect();
     assert_eq!(from_cli, from_rpc);
 }
+
+/// A crop keeping a sixth of a photo joins the photo's group through the
+/// keypoint check, as Query and Compare call it a duplicate; with the check
+/// off, the Siamese distance alone leaves more of them out. The check adds
+/// no group that holds two different photos.
+#[tokio::test(flavor = "multi_thread")]
+async fn heavy_crops_join_their_photos_group_through_the_keypoints() {
+    const CROPPED: usize = 40;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), &[]).await;
+    let mut client = daemon.client().await;
+    let mut crops = Vec::new();
+    for (n, (name, path)) in photos().into_iter().enumerate() {
+        let bytes = read(&path);
+        insert(&mut client, &name, bytes.clone(), false).await;
+        if n < CROPPED {
+            let img = image::load_from_memory(&bytes).expect("decode").to_rgb8();
+            // 40 % of each side (16 % of the area), off centre.
+            let crop = jpeg(&augment::crop(&img, 0.4, 0.35, 0.6), 90);
+            let id = format!("{name}~crop40");
+            insert(&mut client, &id, crop, false).await;
+            crops.push((name, id));
+        }
+    }
+    let joined = |groups: &[Group]| {
+        crops
+            .iter()
+            .filter(|(name, crop)| {
+                group_of(groups, crop).is_some_and(|g| member_ids(g).contains(&name.as_str()))
+            })
+            .count()
+    };
+    // Groups holding two different committed photos.
+    let mixed = |groups: &[Group]| {
+        groups
+            .iter()
+            .filter(|g| {
+                let mut photos: Vec<&str> = g.members.iter().map(|m| original(&m.id)).collect();
+                photos.sort();
+                photos.dedup();
+                photos.len() > 1
+            })
+            .count()
+    };
+    let checked = groups(&mut client).await;
+    let unchecked = groups_with(
+        &mut client,
+        GroupsRequest {
+            keypoints: Some(false),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (with, without) = (joined(&checked), joined(&unchecked));
+    eprintln!(
+        "crops with their photo: {with} of {CROPPED} with the check, {without} without; mixed \
+         groups {} and {}",
+        mixed(&checked),
+        mixed(&unchecked)
+    );
+    assert!(
+        with >= CROPPED * 8 / 10,
+        "{with} of {CROPPED} crops with their photo: {checked:?}"
+    );
+    assert!(
+        with > without,
+        "the check must find crops the Siamese distance misses: {with} vs {without}"
+    );
+    assert!(
+        mixed(&checked) <= mixed(&unchecked),
+        "{} mixed groups with the check, {} without: {checked:?}",
+        mixed(&checked),
+        mixed(&unchecked)
+    );
+    daemon.stop();
+}

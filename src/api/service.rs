@@ -327,6 +327,7 @@ impl Lookalike for Service {
                 n => n as usize,
             },
             similar_floor: req.similar_floor,
+            keypoints: req.keypoints,
         };
         let (events, found) = mpsc::channel::<GroupEvent>(64);
         let engine = self.engine.clone();

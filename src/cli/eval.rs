@@ -93,6 +93,10 @@ pub enum EvalCommand {
         /// Seed of the transforms' random choices.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Whether Groups checks keypoints, true or false (default: the
+        /// server's, true at this size).
+        #[arg(long)]
+        keypoints: Option<bool>,
         #[command(flatten)]
         common: EvalArgs,
     },
@@ -144,12 +148,14 @@ pub async fn run(command: EvalCommand) -> Result<()> {
             distractors,
             same_photo,
             seed,
+            keypoints,
             common,
         } => {
             let sets = Photos {
                 images: &images,
                 distractors: &distractors,
                 same_photo: same_photo.as_deref(),
+                keypoints,
             };
             (groups(sets, seed, &common).await?, common.json)
         }
@@ -281,6 +287,8 @@ struct Photos<'a> {
     images: &'a [PathBuf],
     distractors: &'a [PathBuf],
     same_photo: Option<&'a Path>,
+    /// Groups' `keypoints` (eval groups only).
+    keypoints: Option<bool>,
 }
 
 /// The photo each file shows, by a `path, split, group` TSV: files of one
@@ -362,7 +370,10 @@ async fn groups(sets: Photos<'_>, seed: u64, args: &EvalArgs) -> Result<Report> 
     );
     let started = Instant::now();
     let mut stream = client
-        .groups(lookalike::api::proto::GroupsRequest::default())
+        .groups(lookalike::api::proto::GroupsRequest {
+            keypoints: sets.keypoints,
+            ..Default::default()
+        })
         .await?
         .into_inner();
     let mut group_of: HashMap<String, usize> = HashMap::new();

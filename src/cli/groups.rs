@@ -23,6 +23,10 @@ pub struct GroupArgs {
     /// Also group images that are only similar (cosine at or above this).
     #[arg(long, allow_hyphen_values = true)]
     pub similar_floor: Option<f32>,
+    /// Check the keypoints of neighbour pairs too, true or false (finds
+    /// heavy crops; server default: true up to 100,000 stored images).
+    #[arg(long)]
+    pub keypoints: Option<bool>,
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +87,7 @@ pub async fn fetch_groups(client: &mut Client, args: &GroupArgs) -> Result<Vec<G
             neighbours: args.neighbours,
             max_group_size: args.max_group_size,
             similar_floor: args.similar_floor,
+            keypoints: args.keypoints,
         })
         .await?
         .into_inner();

@@ -7,16 +7,19 @@
 //!    codes of the full features: cosine within about 0.002). Only what
 //!    the verdict needs is kept per image (id, Siamese embedding, facts).
 //! 2. **judge**: each neighbour pair (once) gets the verdict Compare gives
-//!    (see `verdict`: review decisions, exact, Siamese distance). Pairs the
-//!    graph may not propose are added: same file or pixels (by hash) and
-//!    pairs a user marked DUPLICATE.
+//!    (see `verdict`: review decisions, exact, Siamese distance, and, with
+//!    `keypoints`, the keypoint check of the pairs the Siamese distance
+//!    does not call duplicates: heavy crops, stickered copies, screenshots;
+//!    see `local`). Pairs the graph may not propose are added: same file or
+//!    pixels (by hash) and pairs a user marked DUPLICATE.
 //! 3. **group**, without chaining: images are taken as representatives in
 //!    order of how many duplicates they have (then seq); a representative's
 //!    group is itself and its duplicates not yet in a group, closest first,
 //!    at most `max_group_size`, leaving out one a user said is not a
 //!    duplicate of a member already taken, and one that is not (by Siamese
 //!    distance) a duplicate of at least half the members already taken
-//!    (see `agrees_with_group`). So every member is a duplicate of its
+//!    (see `agrees_with_group`; a member the keypoints verified joins on
+//!    that evidence). So every member is a duplicate of its
 //!    group's representative by the verdict, never a copy of a copy of it;
 //!    a photo and two different crops of it land in one group, two
 //!    different photos that each resemble a third do not.
@@ -31,7 +34,7 @@ use rayon::prelude::*;
 use tokio::sync::mpsc;
 
 use super::verdict::{self, Tier};
-use super::{blocking, Engine, Shared};
+use super::{blocking, local, Engine, Shared};
 use crate::error::Result;
 use crate::store::{Decision, ImageFacts};
 use crate::vector::dot;
@@ -50,6 +53,11 @@ pub struct GroupOptions {
     /// duplicates) into groups, as members of tier similar; `None`: only
     /// duplicates.
     pub similar_floor: Option<f32>,
+    /// Check the keypoints of neighbour pairs the Siamese distance does not
+    /// call duplicates; `None`: when at most
+    /// [`GROUP_KEYPOINTS_UP_TO`](crate::config::defaults::GROUP_KEYPOINTS_UP_TO)
+    /// images are stored.
+    pub keypoints: Option<bool>,
 }
 
 /// One member of a group.
@@ -106,7 +114,13 @@ struct Edge {
     similarity: f32,
     distance: Option<f32>,
     review: Option<Decision>,
+    /// The keypoints show the pair is one picture.
+    verified: bool,
 }
+
+/// Images whose neighbour pairs are checked per parallel batch (progress is
+/// reported between batches).
+const CHECK_BATCH: usize = 512;
 
 impl Engine {
     /// Groups the whole database, sending progress and each group to
@@ -137,7 +151,9 @@ impl Shared {
         let Some((nodes, neighbours)) = self.scan_neighbours(options, events)? else {
             return Ok(());
         };
-        let (edges, apart) = self.judge_pairs(&nodes, &neighbours, options)?;
+        let Some((edges, apart)) = self.judge_pairs(&nodes, &neighbours, options, events)? else {
+            return Ok(());
+        };
         drop(neighbours);
         let total = nodes.len() as u64;
         let mut order: Vec<u32> = (0..nodes.len() as u32).collect();
@@ -315,14 +331,15 @@ impl Shared {
 
     /// The judged pairs of every image (both directions), duplicates (and,
     /// with a similar floor, similar pairs) only; and the pairs a user said
-    /// are not duplicates.
+    /// are not duplicates. `None` when the receiver left.
     #[allow(clippy::type_complexity)]
     fn judge_pairs(
         &self,
         nodes: &[Node],
         neighbours: &[Vec<(u64, f32)>],
         options: GroupOptions,
-    ) -> Result<(Vec<Vec<Edge>>, HashSet<(u32, u32)>)> {
+        events: &mpsc::Sender<GroupEvent>,
+    ) -> Result<Option<(Vec<Vec<Edge>>, HashSet<(u32, u32)>)>> {
         let by_seq: HashMap<u64, u32> = nodes
             .iter()
             .enumerate()
@@ -380,14 +397,43 @@ impl Shared {
             }
         }
         let similar_floor = options.similar_floor.unwrap_or(f32::INFINITY);
+        // The verdict's parts first; the keypoints of the pairs they leave
+        // open (no review, not the same image, not a Siamese duplicate).
+        let judged: Vec<_> = pairs
+            .into_iter()
+            .map(|((a, b), similarity)| {
+                let (x, y) = (&nodes[a as usize], &nodes[b as usize]);
+                let distance = self.distance(x.siamese.as_deref(), y.siamese.as_deref());
+                let same_image =
+                    matches!((&x.facts, &y.facts), (Some(p), Some(q)) if p.same_image(q));
+                let model = self.is_duplicate(similarity, distance, None);
+                let review = reviews.get(&(a, b)).copied();
+                ((a, b), similarity, distance, same_image, model, review)
+            })
+            .collect();
+        let keypoints = options
+            .keypoints
+            .unwrap_or(nodes.len() <= crate::config::defaults::GROUP_KEYPOINTS_UP_TO);
+        let open: Vec<(u32, u32)> = judged
+            .iter()
+            .filter(|(_, _, _, same_image, model, review)| {
+                keypoints && !model && !same_image && review.is_none()
+            })
+            .map(|j| j.0)
+            .collect();
+        let Some(verified) = self.check_pairs(nodes, &open, events)? else {
+            return Ok(None);
+        };
         let mut edges: Vec<Vec<Edge>> = (0..nodes.len()).map(|_| Vec::new()).collect();
-        for ((a, b), similarity) in pairs {
-            let (x, y) = (&nodes[a as usize], &nodes[b as usize]);
-            let distance = self.distance(x.siamese.as_deref(), y.siamese.as_deref());
-            let same_image = matches!((&x.facts, &y.facts), (Some(p), Some(q)) if p.same_image(q));
-            let model = self.is_duplicate(similarity, distance, None);
-            let review = reviews.get(&(a, b)).copied();
-            let v = verdict::decide(model, same_image, review, similarity, similar_floor);
+        for ((a, b), similarity, distance, same_image, model, review) in judged {
+            let verified = verified.contains(&(a, b));
+            let v = verdict::decide(
+                model || verified,
+                same_image,
+                review,
+                similarity,
+                similar_floor,
+            );
             let Some(tier) = v.tier else { continue };
             let edge = |other| Edge {
                 other,
@@ -395,6 +441,7 @@ impl Shared {
                 similarity,
                 distance,
                 review,
+                verified,
             };
             edges[a as usize].push(edge(b));
             edges[b as usize].push(edge(a));
@@ -404,7 +451,61 @@ impl Shared {
             .filter(|(_, d)| **d == Decision::NotDuplicate)
             .map(|(k, _)| *k)
             .collect();
-        Ok((edges, apart))
+        Ok(Some((edges, apart)))
+    }
+
+    /// Of the pairs `open` (node indices, lower first, sorted), those whose
+    /// keypoints show one picture ([`local::verified`]); each image's
+    /// keypoints are read once per run of pairs that start with it. `None`
+    /// when the receiver left.
+    fn check_pairs(
+        &self,
+        nodes: &[Node],
+        open: &[(u32, u32)],
+        events: &mpsc::Sender<GroupEvent>,
+    ) -> Result<Option<HashSet<(u32, u32)>>> {
+        let runs: Vec<&[(u32, u32)]> = open.chunk_by(|x, y| x.0 == y.0).collect();
+        let total = open.len() as u64;
+        let mut verified = HashSet::new();
+        let mut done = 0u64;
+        let mut last_report = std::time::Instant::now();
+        for batch in runs.chunks(CHECK_BATCH) {
+            let found: Vec<Vec<(u32, u32)>> = batch
+                .par_iter()
+                .map(|run| -> Result<Vec<(u32, u32)>> {
+                    let Some(first) = self.keypoints(nodes[run[0].0 as usize].seq)? else {
+                        return Ok(Vec::new());
+                    };
+                    let mut found = Vec::new();
+                    for &(a, b) in run.iter() {
+                        let Some(other) = self.keypoints(nodes[b as usize].seq)? else {
+                            continue;
+                        };
+                        // The later image as the query, as its Insert
+                        // checked the earlier one.
+                        let evidence = crate::local::verify(&other, &first);
+                        if local::verified(Some(&evidence)) {
+                            found.push((a, b));
+                        }
+                    }
+                    Ok(found)
+                })
+                .collect::<Result<_>>()?;
+            verified.extend(found.into_iter().flatten());
+            done += batch.iter().map(|run| run.len() as u64).sum::<u64>();
+            if last_report.elapsed().as_millis() >= 500 || done == total {
+                last_report = std::time::Instant::now();
+                let progress = GroupEvent::Progress {
+                    phase: "check",
+                    done,
+                    total,
+                };
+                if !send(events, progress) {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(verified))
     }
 
     /// Whether a candidate may join a group that has taken `taken` so far:
@@ -488,8 +589,12 @@ impl Shared {
     /// members (with a similar floor) always join; similar members are not
     /// counted.
     fn agrees_with_group(&self, nodes: &[Node], candidate: &Edge, taken: &[Edge]) -> bool {
-        // Similar members are only said to be similar to the representative.
-        if candidate.tier != Tier::NearDuplicate || candidate.review == Some(Decision::Duplicate) {
+        // Similar members are only said to be similar to the representative;
+        // a copy the keypoints verified has evidence no chance match has.
+        if candidate.tier != Tier::NearDuplicate
+            || candidate.review == Some(Decision::Duplicate)
+            || candidate.verified
+        {
             return true;
         }
         let (Some(threshold), Some(own)) = (
@@ -499,7 +604,12 @@ impl Shared {
             return true;
         };
         let (mut checked, mut agree) = (0usize, 0usize);
-        for t in taken.iter().filter(|t| t.tier != Tier::Similar) {
+        // Members the keypoints brought in (a heavy crop) are far from the
+        // others by Siamese distance: they do not vote.
+        for t in taken
+            .iter()
+            .filter(|t| t.tier != Tier::Similar && !t.verified)
+        {
             if let Some(d) = self.distance(Some(own), nodes[t.other as usize].siamese.as_deref()) {
                 checked += 1;
                 agree += usize::from(d <= threshold);

@@ -56,7 +56,7 @@ pub struct GroupOptions {
     /// Check the keypoints of neighbour pairs the Siamese distance does not
     /// call duplicates; `None`: when at most
     /// [`GROUP_KEYPOINTS_UP_TO`](crate::config::defaults::GROUP_KEYPOINTS_UP_TO)
-    /// images are stored.
+    /// images are stored. Never on a daemon run with `--no-keypoints`.
     pub keypoints: Option<bool>,
 }
 
@@ -148,6 +148,15 @@ fn send(events: &mpsc::Sender<GroupEvent>, event: GroupEvent) -> bool {
 
 impl Shared {
     fn groups(&self, options: GroupOptions, events: &mpsc::Sender<GroupEvent>) -> Result<()> {
+        // A daemon that keeps no keypoints has none to check.
+        let keypoints = !self.config.no_keypoints
+            && options
+                .keypoints
+                .unwrap_or(self.store.len() <= crate::config::defaults::GROUP_KEYPOINTS_UP_TO);
+        let options = GroupOptions {
+            keypoints: Some(keypoints),
+            ..options
+        };
         let Some((nodes, neighbours)) = self.scan_neighbours(options, events)? else {
             return Ok(());
         };
@@ -258,10 +267,14 @@ impl Shared {
         let floor = options
             .similar_floor
             .map_or(duplicate, |f| f.min(duplicate));
-        // Candidates a Siamese verdict may call duplicates sit below the
-        // cosine floor at times: keep every neighbour when there is a
-        // Siamese model, else only those the cosine rule could accept.
-        let floor = if self.siamese.is_some() { -1.0 } else { floor };
+        // Candidates a Siamese verdict or the keypoints may call duplicates
+        // sit below the cosine floor at times: keep every neighbour when
+        // either judges, else only those the cosine rule could accept.
+        let floor = if self.siamese.is_some() || options.keypoints == Some(true) {
+            -1.0
+        } else {
+            floor
+        };
         let search = |features: &[f32], seq: u64| -> Vec<(u64, f32)> {
             let candidates = match index.projection() {
                 Some(_) => options.neighbours * 2 + 8,
@@ -411,9 +424,8 @@ impl Shared {
                 ((a, b), similarity, distance, same_image, model, review)
             })
             .collect();
-        let keypoints = options
-            .keypoints
-            .unwrap_or(nodes.len() <= crate::config::defaults::GROUP_KEYPOINTS_UP_TO);
+        // Resolved by `groups`.
+        let keypoints = options.keypoints == Some(true);
         let open: Vec<(u32, u32)> = judged
             .iter()
             .filter(|(_, _, _, same_image, model, review)| {

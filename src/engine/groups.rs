@@ -118,6 +118,17 @@ struct Edge {
     verified: bool,
 }
 
+/// A candidate pair (node indices, lower first) and the verdict's parts
+/// other than the keypoints.
+struct Judged {
+    pair: (u32, u32),
+    similarity: f32,
+    distance: Option<f32>,
+    same_image: bool,
+    model: bool,
+    review: Option<Decision>,
+}
+
 /// Images whose neighbour pairs are checked per parallel batch (progress is
 /// reported between batches).
 const CHECK_BATCH: usize = 512;
@@ -153,14 +164,12 @@ impl Shared {
             && options
                 .keypoints
                 .unwrap_or(self.store.len() <= crate::config::defaults::GROUP_KEYPOINTS_UP_TO);
-        let options = GroupOptions {
-            keypoints: Some(keypoints),
-            ..options
-        };
-        let Some((nodes, neighbours)) = self.scan_neighbours(options, events)? else {
+        let Some((nodes, neighbours)) = self.scan_neighbours(options, keypoints, events)? else {
             return Ok(());
         };
-        let Some((edges, apart)) = self.judge_pairs(&nodes, &neighbours, options, events)? else {
+        let Some((edges, apart)) =
+            self.judge_pairs(&nodes, &neighbours, options, keypoints, events)?
+        else {
             return Ok(());
         };
         drop(neighbours);
@@ -257,6 +266,7 @@ impl Shared {
     fn scan_neighbours(
         &self,
         options: GroupOptions,
+        keypoints: bool,
         events: &mpsc::Sender<GroupEvent>,
     ) -> Result<Option<(Vec<Node>, Vec<Vec<(u64, f32)>>)>> {
         let index = self.current_index();
@@ -270,7 +280,7 @@ impl Shared {
         // Candidates a Siamese verdict or the keypoints may call duplicates
         // sit below the cosine floor at times: keep every neighbour when
         // either judges, else only those the cosine rule could accept.
-        let floor = if self.siamese.is_some() || options.keypoints == Some(true) {
+        let floor = if self.siamese.is_some() || keypoints {
             -1.0
         } else {
             floor
@@ -344,13 +354,15 @@ impl Shared {
 
     /// The judged pairs of every image (both directions), duplicates (and,
     /// with a similar floor, similar pairs) only; and the pairs a user said
-    /// are not duplicates. `None` when the receiver left.
+    /// are not duplicates. `keypoints`: check the pairs the rest of the
+    /// verdict leaves open. `None` when the receiver left.
     #[allow(clippy::type_complexity)]
     fn judge_pairs(
         &self,
         nodes: &[Node],
         neighbours: &[Vec<(u64, f32)>],
         options: GroupOptions,
+        keypoints: bool,
         events: &mpsc::Sender<GroupEvent>,
     ) -> Result<Option<(Vec<Vec<Edge>>, HashSet<(u32, u32)>)>> {
         let by_seq: HashMap<u64, u32> = nodes
@@ -412,32 +424,39 @@ impl Shared {
         let similar_floor = options.similar_floor.unwrap_or(f32::INFINITY);
         // The verdict's parts first; the keypoints of the pairs they leave
         // open (no review, not the same image, not a Siamese duplicate).
-        let judged: Vec<_> = pairs
+        let judged: Vec<Judged> = pairs
             .into_iter()
-            .map(|((a, b), similarity)| {
-                let (x, y) = (&nodes[a as usize], &nodes[b as usize]);
+            .map(|(pair, similarity)| {
+                let (x, y) = (&nodes[pair.0 as usize], &nodes[pair.1 as usize]);
                 let distance = self.distance(x.siamese.as_deref(), y.siamese.as_deref());
-                let same_image =
-                    matches!((&x.facts, &y.facts), (Some(p), Some(q)) if p.same_image(q));
-                let model = self.is_duplicate(similarity, distance, None);
-                let review = reviews.get(&(a, b)).copied();
-                ((a, b), similarity, distance, same_image, model, review)
+                Judged {
+                    pair,
+                    similarity,
+                    distance,
+                    same_image: matches!((&x.facts, &y.facts), (Some(p), Some(q)) if p.same_image(q)),
+                    model: self.is_duplicate(similarity, distance, None),
+                    review: reviews.get(&pair).copied(),
+                }
             })
             .collect();
-        // Resolved by `groups`.
-        let keypoints = options.keypoints == Some(true);
         let open: Vec<(u32, u32)> = judged
             .iter()
-            .filter(|(_, _, _, same_image, model, review)| {
-                keypoints && !model && !same_image && review.is_none()
-            })
-            .map(|j| j.0)
+            .filter(|j| keypoints && !j.model && !j.same_image && j.review.is_none())
+            .map(|j| j.pair)
             .collect();
         let Some(verified) = self.check_pairs(nodes, &open, events)? else {
             return Ok(None);
         };
         let mut edges: Vec<Vec<Edge>> = (0..nodes.len()).map(|_| Vec::new()).collect();
-        for ((a, b), similarity, distance, same_image, model, review) in judged {
+        for j in judged {
+            let Judged {
+                pair: (a, b),
+                similarity,
+                distance,
+                same_image,
+                model,
+                review,
+            } = j;
             let verified = verified.contains(&(a, b));
             let v = verdict::decide(
                 model || verified,

@@ -10,11 +10,11 @@
 //!    exact f32 features. The peers build HNSW over the full 1280-d vectors
 //!    with the same M and ef_construction (inner product on unit vectors =
 //!    cosine). Recall@10 is against exact search on the full features.
-//! 2. **HNSW alone, same vectors**: our graph (built by hnsw_rs, searched on
-//!    its flat copy, no re-rank), hnsw_rs's own search of the same graph,
-//!    hnswlib and FAISS, all on the very same 100-d PCA projections,
-//!    recall@10 against exact search in that space. This isolates the graph
-//!    implementation. Our build time and memory include the search copy.
+//! 2. **HNSW alone, same vectors**: our graph (built by hnsw_rs, sealed
+//!    into the flat graph, no re-rank), hnsw_rs's own search of the same
+//!    graph before the seal, hnswlib and FAISS, all on the very same 100-d
+//!    PCA projections, recall@10 against exact search in that space. This
+//!    isolates the graph implementation. Our build time includes the seal.
 //!
 //! For each: build time, memory, and recall@10 versus queries per second as
 //! ef sweeps; then our QPS over each peer's at recall@10 = 0.95 (each curve
@@ -720,17 +720,17 @@ fn main() {
             let hits = index.search_projected(q, K, ef);
             hits.iter().map(|h| h.seq as u32).collect()
         };
-        // Before the search copy exists, hnsw_rs searches its own graph.
+        // Before the seal, hnsw_rs searches its own graph.
         let label = "hnsw_rs's own search (100-d)";
         let runs = sweep(label, &pqueries, &exact_projected, graph_search);
         runs.iter()
             .for_each(|r| graph.add(n, &kind, graph_build, graph_mem, r));
 
         let (rss, started) = (rss_mib(std::process::id()), Instant::now());
-        index.refresh_search_copy();
+        index.seal();
         let build = graph_build + started.elapsed().as_secs_f64();
         let mem = graph_mem + rss_mib(std::process::id()) - rss;
-        eprintln!("size {n}: search copy made; index built in {build:.1} s");
+        eprintln!("size {n}: sealed; index built in {build:.1} s");
 
         let runs = sweep_ours_full(&index, &base, &queries, &exact);
         runs.iter().for_each(|r| full.add(n, &kind, build, mem, r));

@@ -2,7 +2,7 @@
 //! against 8-bit codes), L2 normalisation and Euclidean distance.
 //!
 //! Features are unit vectors, so cosine similarity is a dot product; the
-//! engine, the PCA, the index, its search copy, its re-rank codes and the
+//! engine, the PCA, the index, its flat graph, its re-rank codes and the
 //! Siamese verdict all compute one of these, and they live here once.
 
 /// Lanes of partial sums in [`dot`]: independent accumulators let the
@@ -64,7 +64,7 @@ pub fn dot_i8(a: &[f32], b: &[i8]) -> f32 {
 }
 
 /// The fastest dot product this CPU runs: AVX2 + FMA where it has both,
-/// else [`dot`]. Picked once by the caller (the index's search copy keeps
+/// else [`dot`]. Picked once by the caller (the index's flat graph keeps
 /// it as a function pointer).
 pub fn fastest_dot() -> fn(&[f32], &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]

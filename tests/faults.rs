@@ -1,7 +1,7 @@
 //! Faults an operator meets, through the real daemon:
 //! - a saved index that is truncated, overwritten with garbage or from an
-//!   older lookalike is never used (it would panic hnsw_rs's loader or give
-//!   silently wrong answers); the daemon logs why, rebuilds from the store
+//!   older lookalike is never used (it could give silently wrong answers);
+//!   the daemon logs why, rebuilds from the store
 //!   and gives the same answers as before;
 //! - damaged records in the store are quarantined: logged, counted in
 //!   Stats, skipped by every query and rebuild (never failing a query for
@@ -168,12 +168,12 @@ async fn a_damaged_saved_index_is_rebuilt_never_used() {
         ),
         (
             "a truncated graph",
-            |d| truncate_half(&d.join("graph.hnsw.graph")),
+            |d| truncate_half(&d.join("graph.flat")),
             "damaged",
         ),
         (
             "garbage in the graph's vectors",
-            |d| scribble(&d.join("graph.hnsw.data"), 64 << 10),
+            |d| scribble(&d.join("graph.flat"), 64 << 10),
             "damaged",
         ),
         (
@@ -185,7 +185,7 @@ async fn a_damaged_saved_index_is_rebuilt_never_used() {
                 stamp.as_object_mut().expect("object").remove("files");
                 std::fs::write(&path, stamp.to_string()).expect("write");
             },
-            "checksummed",
+            "older lookalike",
         ),
         (
             "an unreadable stamp",

@@ -2,10 +2,12 @@
 //!
 //! Three runs, each failing with every thread's stack if progress stops for
 //! 30 s (`common::watchdog`):
-//! - the index alone, in process: threads inserting, searching, removing
-//!   and refreshing the graph's search copy all at once. Before the fix
-//!   the refresh walked hnsw_rs's graph with an iterator that re-takes its
-//!   layer lock, and deadlocked against a queued insert within seconds;
+//! - the index alone, in process: threads inserting, searching and
+//!   removing all at once, first into hnsw_rs, then through the seal that
+//!   moves the graph into the flat graph while inserts are in flight, then
+//!   into the flat graph. A copy of the graph once walked hnsw_rs's graph
+//!   with an iterator that re-takes its layer lock, and deadlocked against
+//!   a queued insert within seconds;
 //! - the store alone: 8 threads writing and flushing sled, whose 0.34.7
 //!   release could deadlock under such a load (vendor/sled/PATCHES.md);
 //! - the decode memory budget: many small PNGs that each declare many
@@ -13,8 +15,8 @@
 //!   `--decode-memory-mib` of where it was (`BOMBS`, `BOMB_SIDE` and
 //!   `BOMB_BUDGET_MIB` size it; the defaults keep it short);
 //! - the real daemon: concurrent InsertStreams of distinct real photos with
-//!   queries and deletes mixed in, across PCA refits and search-copy
-//!   refreshes, then a clean stop (SIGTERM must still work) and a restart
+//!   queries and deletes mixed in, across PCA refits and graph rebuilds,
+//!   then a clean stop (SIGTERM must still work) and a restart
 //!   that finds every acknowledged image. `STRESS_IMAGES` sets the size
 //!   (default 1,600 here; `cargo bench --bench stress` runs 20,000).
 
@@ -56,7 +58,7 @@ fn vector(rng: &mut StdRng, dim: usize) -> Vec<f32> {
 }
 
 #[test]
-fn index_never_hangs_under_concurrent_inserts_searches_removes_and_copies() {
+fn index_never_hangs_under_concurrent_inserts_searches_removes_and_a_seal() {
     const DIM: usize = 48;
     const INSERTERS: u64 = 3;
     const PER_INSERTER: u64 = 12_000;
@@ -72,7 +74,7 @@ fn index_never_hangs_under_concurrent_inserts_searches_removes_and_copies() {
     let watchdog = Watchdog::start("index stress", STALL);
     let inserting = Arc::new(AtomicBool::new(true));
     let next_seq = Arc::new(AtomicU64::new(1));
-    let copies = Arc::new(AtomicU64::new(0));
+    let sealed_at = Arc::new(AtomicU64::new(0));
 
     let inserters: Vec<_> = (0..INSERTERS)
         .map(|t| {
@@ -95,17 +97,18 @@ fn index_never_hangs_under_concurrent_inserts_searches_removes_and_copies() {
             })
         })
         .collect();
-    // The refresher copies the graph again and again, due or not, to meet
-    // inserts at every point of the copy.
-    let refresher = {
-        let (index, inserting, copies) = (index.clone(), inserting.clone(), copies.clone());
-        let progress = watchdog.counter("refresher");
+    // The sealer moves the graph out of hnsw_rs a third of the way in,
+    // while the inserters keep going.
+    let sealer = {
+        let (index, next_seq, sealed_at) = (index.clone(), next_seq.clone(), sealed_at.clone());
+        let progress = watchdog.counter("sealer");
         std::thread::spawn(move || {
-            while inserting.load(Ordering::SeqCst) {
-                index.refresh_search_copy();
-                copies.fetch_add(1, Ordering::SeqCst);
+            while next_seq.load(Ordering::SeqCst) < INSERTERS * PER_INSERTER / 3 {
+                std::thread::sleep(Duration::from_millis(2));
                 progress.tick();
             }
+            sealed_at.store(next_seq.load(Ordering::SeqCst), Ordering::SeqCst);
+            index.seal();
             progress.finish();
         })
     };
@@ -147,7 +150,7 @@ fn index_never_hangs_under_concurrent_inserts_searches_removes_and_copies() {
         .flat_map(|t| t.join().expect("inserter"))
         .collect();
     inserting.store(false, Ordering::SeqCst);
-    refresher.join().expect("refresher");
+    sealer.join().expect("sealer");
     searcher.join().expect("searcher");
     let mut removed = remover.join().expect("remover");
     drop(watchdog);
@@ -157,13 +160,13 @@ fn index_never_hangs_under_concurrent_inserts_searches_removes_and_copies() {
     removed.sort_unstable();
     removed.dedup();
     assert_eq!(index.tombstones(), removed.len());
+    let sealed_at = sealed_at.load(Ordering::SeqCst);
     assert!(
-        copies.load(Ordering::SeqCst) >= 10,
-        "only {} copies were made during the inserts",
-        copies.load(Ordering::SeqCst)
+        sealed_at < INSERTERS * PER_INSERTER * 2 / 3,
+        "sealed only after {sealed_at} inserts"
     );
-    // After a last copy, points that were not removed find themselves.
-    index.refresh_search_copy();
+    // Points that were not removed find themselves, before and after the
+    // seal.
     let live: Vec<&(u64, Vec<f32>)> = kept
         .iter()
         .filter(|(seq, _)| removed.binary_search(seq).is_err())

@@ -9,8 +9,9 @@
 //! `pca_refit_growth`, and rebuilds the graph when tombstones pass
 //! `rebuild_tombstone_fraction`. Each job builds a new index without locks,
 //! then takes the write lock briefly to add what was inserted meanwhile and
-//! swap it in. Between those, it refreshes the graph's flat search copy as
-//! inserts pile up (`Index::search_copy_due`).
+//! swap it in. A new graph is built by hnsw_rs in parallel and sealed into
+//! the flat graph before it is swapped in (`Index::seal`); inserts between
+//! builds go into the flat graph directly.
 
 use std::{
     sync::{atomic::Ordering, Arc},
@@ -60,8 +61,6 @@ enum Job {
     Refit,
     /// Rebuild the graph over the current PCA, dropping tombstones.
     Rebuild,
-    /// Copy the current graph afresh for searching.
-    RefreshSearchCopy,
     /// Rebuild over the current PCA (or exact), because the store was
     /// reopened after a failed write and may hold other than the index.
     Resync,
@@ -213,7 +212,6 @@ impl Shared {
                 self.graph_params(),
                 stamp.tombstones,
             )?;
-            index.refresh_search_copy();
             Ok(Some(index))
         })();
         let _ = std::fs::remove_dir_all(&dir);
@@ -249,11 +247,7 @@ impl Shared {
             Some(_) => {
                 let dead = index.tombstones();
                 let limit = index.size() as f64 * self.config.rebuild_tombstone_fraction;
-                if dead > 0 && dead as f64 > limit {
-                    Some(Job::Rebuild)
-                } else {
-                    index.search_copy_due().then_some(Job::RefreshSearchCopy)
-                }
+                (dead > 0 && dead as f64 > limit).then_some(Job::Rebuild)
             }
         }
     }
@@ -279,16 +273,6 @@ impl Shared {
                 Some(p) => Some(p.clone()),
                 None => return Ok(()),
             },
-            Job::RefreshSearchCopy => {
-                let index = self.current_index();
-                index.refresh_search_copy();
-                tracing::debug!(
-                    points = index.size(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "search copy refreshed"
-                );
-                return Ok(());
-            }
         };
         let known = self.current_index().tombstone_seqs();
         let (index, built_upto) = self.build(projection)?;
@@ -345,7 +329,6 @@ impl Shared {
             None => Index::exact(),
         };
         let built_upto = self.add_records_after(&index, 0)?.0;
-        index.refresh_search_copy();
         Ok((index, built_upto))
     }
 
@@ -366,6 +349,9 @@ impl Shared {
                 break;
             }
         }
+        // hnsw_rs inserted the bulk in parallel; the few records still to
+        // come, and every later one, go into the flat graph.
+        index.seal();
         let mut slot = self.index.write().unwrap_or_else(|e| e.into_inner());
         if self.closed.load(Ordering::SeqCst) {
             // Shutdown saved the index in the slot; this one is dropped.

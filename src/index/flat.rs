@@ -1,36 +1,58 @@
-//! A read-only copy of the HNSW graph, laid out for search speed.
+//! The search graph: HNSW over the projections in flat arrays, grown in
+//! place, saved and loaded as one file.
 //!
-//! hnsw_rs builds, extends and saves the graph, but its search allocates an
-//! `Arc` per candidate, keeps visited points in a SipHash map of `Arc`
-//! clones and takes a lock per expanded node: on the same 100-d vectors it
-//! answered about a quarter of hnswlib's queries per second
-//! (`cargo bench --bench index`). This module copies the graph into flat
-//! arrays (vectors contiguous, dense `u32` ids, each point's layer-0
-//! neighbours one run of a shared array) and searches it the way hnswlib
-//! does: a per-thread visited array stamped with a generation number, two
-//! binary heaps of (similarity, id), and a prefetch of the next neighbour's
-//! vector. The index keeps the points added after the copy aside and scans
-//! them exactly until the next copy (`super::SearchCopy`).
+//! hnsw_rs builds the graph when the index is built from the store (its
+//! parallel insert), and the index then moves that graph into these arrays
+//! ([`FlatGraph::copy_of`]) and drops hnsw_rs's copy. hnsw_rs keeps a point
+//! as an `Arc` with a lock and, per neighbour, another `Arc`'d record: at a
+//! million 100-d points that was about 2 GB of the daemon's 5.3 GB, its
+//! dump took 40 s to load, and its search allocates per candidate and
+//! locks per node (a quarter of hnswlib's queries per second on the same
+//! vectors, `cargo bench --bench index`). Here vectors are contiguous,
+//! points are dense `u32` ids, and each point's layer-0 neighbours sit in a
+//! fixed run of `2 M` slots: about 0.5 KB a point at 100-d, written and
+//! read back as plain arrays.
+//!
+//! Searches run the way hnswlib's do: a per-thread visited array stamped
+//! with a generation number, two binary heaps of (similarity, id), and a
+//! prefetch of the next neighbour's vector. Inserts after the copy use
+//! hnswlib's algorithm too (random level, beam search of width
+//! `ef_construction` on each layer, the neighbour-selection heuristic,
+//! lists over their cap pruned by the same heuristic), split in two so
+//! that searches are never held up by one: [`FlatGraph::plan`] works out
+//! every change on a shared reference, [`FlatGraph::apply`] writes them
+//! (a few copies of neighbour lists). The index serialises inserts, so no
+//! change lands between an insert's plan and its apply (`super::Index`).
 
 use std::{
     cell::RefCell,
     cmp::{Ordering, Reverse},
     collections::{BinaryHeap, HashMap},
+    io::Write,
 };
 
 use hnsw_rs::prelude::{DistDot, Hnsw};
 
+use crate::error::{Error, Result};
 use crate::vector::fastest_dot;
 
-/// The copy: every point's projected vector, seq and neighbour lists.
+/// First bytes of a saved graph.
+const MAGIC: &[u8; 8] = b"LKGRAPH1";
+/// Layers a point may reach (hnsw_rs's limit, which builds the first graph).
+pub const MAX_LAYERS: usize = 16;
+
+/// The graph: every point's projected vector, seq and neighbour lists.
 pub struct FlatGraph {
     dim: usize,
+    /// Most neighbours a point keeps on layers 1 and up; `2 m` on layer 0.
+    m: usize,
     /// Point `i`'s vector is `vectors[i * dim..(i + 1) * dim]`.
     vectors: Vec<f32>,
     seqs: Vec<u64>,
-    /// Point `i`'s layer-0 neighbours are `links[offsets[i]..offsets[i + 1]]`.
-    offsets: Vec<u32>,
+    /// Point `i`'s layer-0 neighbours are the first `counts[i]` of
+    /// `links[i * 2m..(i + 1) * 2m]`.
     links: Vec<u32>,
+    counts: Vec<u16>,
     /// Neighbours on layers 1 and up, for the few points that reach them:
     /// `upper[&i][layer - 1]`.
     upper: HashMap<u32, Vec<Vec<u32>>>,
@@ -39,51 +61,79 @@ pub struct FlatGraph {
     dot: fn(&[f32], &[f32]) -> f32,
 }
 
+/// An insert worked out by [`FlatGraph::plan`], for [`FlatGraph::apply`].
+pub struct Planned {
+    seq: u64,
+    vector: Vec<f32>,
+    /// The id the point gets: the graph's length when planned.
+    id: u32,
+    level: u8,
+    /// The point's own neighbours, layer 0 first, up to its level.
+    own: Vec<Vec<u32>>,
+    /// Neighbour lists that change: (point, layer, new list).
+    changed: Vec<(u32, u8, Vec<u32>)>,
+}
+
 impl FlatGraph {
-    /// Copies `graph`; None when it holds no point. Points inserted while
-    /// the copy is made may or may not be in it (the caller keeps them
-    /// aside either way); links to points missing from the copy are dropped.
-    ///
-    /// Safe while other threads insert: see [`point_handles`].
-    pub fn copy_of(graph: &Hnsw<'static, f32, DistDot>) -> Option<Self> {
+    /// An empty graph of `dim`-wide vectors keeping `m` neighbours a point
+    /// (`2 m` on layer 0), with room for `capacity` points.
+    pub fn new(dim: usize, m: usize, capacity: usize) -> Self {
+        let m = m.clamp(1, u16::MAX as usize / 2);
+        FlatGraph {
+            dim,
+            m,
+            vectors: Vec::with_capacity(capacity.saturating_mul(dim)),
+            seqs: Vec::with_capacity(capacity),
+            links: Vec::with_capacity(capacity.saturating_mul(2 * m)),
+            counts: Vec::with_capacity(capacity),
+            upper: HashMap::new(),
+            entry: 0,
+            top_layer: 0,
+            dot: fastest_dot(),
+        }
+    }
+
+    /// Copies `graph` (built with `m` neighbours a point); None when it
+    /// holds no point. Lists longer than this graph's caps keep their
+    /// first (nearest) entries. No insert may run on `graph` meanwhile
+    /// (the index holds its builder's write lock).
+    pub fn copy_of(graph: &Hnsw<'static, f32, DistDot>, m: usize) -> Option<Self> {
         let points = point_handles(graph);
         let first = points.first()?;
-        let dim = first.get_v().len();
+        let mut flat = FlatGraph::new(first.get_v().len(), m, points.len());
         let ids: HashMap<(u8, i32), u32> = points
             .iter()
             .zip(0u32..)
             .map(|(p, i)| (id_key(p.get_point_id()), i))
             .collect();
-        let resolve = |layer: &[hnsw_rs::prelude::Neighbour]| -> Vec<u32> {
-            layer
+        let resolve = |layer: &[hnsw_rs::prelude::Neighbour], cap: usize| -> Vec<u32> {
+            let mut ids: Vec<u32> = layer
                 .iter()
                 .filter_map(|nb| ids.get(&id_key(nb.p_id)).copied())
-                .collect()
+                .collect();
+            ids.truncate(cap);
+            ids
         };
-        let mut flat = FlatGraph {
-            dim,
-            vectors: Vec::with_capacity(points.len() * dim),
-            seqs: Vec::with_capacity(points.len()),
-            offsets: Vec::with_capacity(points.len() + 1),
-            links: Vec::new(),
-            upper: HashMap::new(),
-            entry: 0,
-            top_layer: first.get_point_id().0,
-            dot: fastest_dot(),
-        };
-        flat.offsets.push(0);
+        flat.top_layer = first.get_point_id().0;
         for (p, i) in points.iter().zip(0u32..) {
             flat.vectors.extend_from_slice(p.get_v());
             flat.seqs.push(p.get_origin_id() as u64);
+            flat.links.resize(flat.links.len() + 2 * flat.m, 0);
+            flat.counts.push(0);
             let layers = p.get_neighborhood_id();
             if let Some(layer0) = layers.first() {
-                flat.links.extend(resolve(layer0));
+                let list = resolve(layer0, 2 * flat.m);
+                flat.set_links(i, 0, &list);
             }
-            flat.offsets.push(flat.links.len() as u32);
             let level = p.get_point_id().0;
             if level > 0 {
-                flat.upper
-                    .insert(i, layers.iter().skip(1).map(|l| resolve(l)).collect());
+                let lists = layers
+                    .iter()
+                    .skip(1)
+                    .take(level as usize)
+                    .map(|l| resolve(l, flat.m))
+                    .collect();
+                flat.upper.insert(i, lists);
             }
             if level > flat.top_layer {
                 (flat.entry, flat.top_layer) = (i, level);
@@ -96,16 +146,116 @@ impl FlatGraph {
         self.seqs.len()
     }
 
-    /// The dot product this copy uses (AVX2 + FMA where the CPU has them).
+    /// Width of the vectors.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The dot product this graph uses (AVX2 + FMA where the CPU has them).
     pub fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
         (self.dot)(a, b)
+    }
+
+    /// The layer a new point reaches, from `uniform` in (0, 1]: hnswlib's
+    /// `floor(-ln(u) / ln(M))`.
+    pub fn level_for(&self, uniform: f64) -> u8 {
+        let level = -uniform.max(f64::MIN_POSITIVE).ln() / (self.m.max(2) as f64).ln();
+        (level as usize).min(MAX_LAYERS - 1) as u8
+    }
+
+    /// Works out the insert of `vector` (projected, unit length) as `seq`
+    /// reaching `level`: its neighbours on each layer, found by a search
+    /// of width `ef`, and the lists of those neighbours that gain it
+    /// (pruned by the heuristic when over their cap).
+    pub fn plan(&self, seq: u64, vector: Vec<f32>, level: u8, ef: usize) -> Planned {
+        let id = self.len() as u32;
+        let mut planned = Planned {
+            seq,
+            vector,
+            id,
+            level,
+            own: vec![Vec::new(); level as usize + 1],
+            changed: Vec::new(),
+        };
+        if self.len() == 0 {
+            return planned;
+        }
+        let q = planned.vector.as_slice();
+        let mut nearest = Scored(self.dot(q, self.vector(self.entry)), self.entry);
+        for layer in (level as usize + 1..=self.top_layer as usize).rev() {
+            nearest = self.greedy(q, nearest, layer);
+        }
+        let mut starts = vec![nearest];
+        for layer in (0..=(level.min(self.top_layer)) as usize).rev() {
+            let found = self.search_layer(q, &starts, ef.max(self.m), layer);
+            let cap = self.cap(layer);
+            let chosen = self.select(&found, cap, |i| self.vector(i));
+            for &nb in &chosen {
+                let held = self.layer_links(nb, layer);
+                let list = if held.len() < cap {
+                    let mut list = held.to_vec();
+                    list.push(id);
+                    list
+                } else {
+                    let base = self.vector(nb);
+                    let vector_of = |i: u32| if i == id { q } else { self.vector(i) };
+                    let mut candidates: Vec<Scored> = held
+                        .iter()
+                        .chain(std::iter::once(&id))
+                        .map(|&c| Scored(self.dot(base, vector_of(c)), c))
+                        .collect();
+                    candidates.sort_by(|a, b| b.cmp(a));
+                    self.select(&candidates, cap, vector_of)
+                };
+                planned.changed.push((nb, layer as u8, list));
+            }
+            planned.own[layer] = chosen;
+            starts = found;
+        }
+        planned
+    }
+
+    /// Writes a planned insert. It must be the next change to this graph
+    /// after [`FlatGraph::plan`] (the index serialises inserts).
+    pub fn apply(&mut self, planned: Planned) {
+        assert_eq!(planned.id as usize, self.len(), "a stale insert plan");
+        let Planned {
+            seq,
+            vector,
+            id,
+            level,
+            own,
+            changed,
+        } = planned;
+        let was_empty = self.len() == 0;
+        self.vectors.extend_from_slice(&vector);
+        self.seqs.push(seq);
+        self.links.resize(self.links.len() + 2 * self.m, 0);
+        self.counts.push(0);
+        if level > 0 {
+            self.upper.insert(id, own[1..].to_vec());
+        }
+        self.set_links(id, 0, &own[0]);
+        for (point, layer, list) in changed {
+            self.set_links(point, layer as usize, &list);
+        }
+        if was_empty || level > self.top_layer {
+            (self.entry, self.top_layer) = (id, level);
+        }
     }
 
     /// Up to `ef` points `keep` accepts, most similar to `q` (a unit vector)
     /// first, as (similarity, seq).
     pub fn search(&self, q: &[f32], ef: usize, keep: &dyn Fn(u64) -> bool) -> Vec<(f32, u64)> {
+        if self.len() == 0 {
+            return Vec::new();
+        }
         let ef = ef.max(1);
-        let (start, start_sim) = self.descend(q);
+        let mut start = Scored(self.dot(q, self.vector(self.entry)), self.entry);
+        for layer in (1..=self.top_layer as usize).rev() {
+            start = self.greedy(q, start, layer);
+        }
+        let Scored(start_sim, start) = start;
         VISITED.with(|visited| {
             let mut visited = visited.borrow_mut();
             let stamp = visited.begin(self.len());
@@ -122,7 +272,7 @@ impl FlatGraph {
                 if results.len() >= ef && sim < worst {
                     break;
                 }
-                let neighbours = self.neighbours(c);
+                let neighbours = self.layer_links(c, 0);
                 for (k, &nb) in neighbours.iter().enumerate() {
                     if let Some(&next) = neighbours.get(k + 1) {
                         prefetch(self.vector(next));
@@ -154,26 +304,104 @@ impl FlatGraph {
         })
     }
 
-    /// Greedy descent through the upper layers to a layer-0 starting point.
-    fn descend(&self, q: &[f32]) -> (u32, f32) {
-        let mut cur = self.entry;
-        let mut cur_sim = self.dot(q, self.vector(cur));
-        for layer in (1..=self.top_layer as usize).rev() {
-            loop {
-                let mut moved = false;
-                let lists = self.upper.get(&cur);
-                for &nb in lists.and_then(|l| l.get(layer - 1)).into_iter().flatten() {
-                    let s = self.dot(q, self.vector(nb));
-                    if s > cur_sim {
-                        (cur, cur_sim, moved) = (nb, s, true);
-                    }
-                }
-                if !moved {
-                    break;
+    /// Greedy walk on `layer` from `from` to the point nearest `q` there.
+    fn greedy(&self, q: &[f32], from: Scored, layer: usize) -> Scored {
+        let mut best = from;
+        loop {
+            let mut moved = false;
+            for &nb in self.layer_links(best.1, layer) {
+                let s = self.dot(q, self.vector(nb));
+                if s > best.0 {
+                    (best, moved) = (Scored(s, nb), true);
                 }
             }
+            if !moved {
+                return best;
+            }
         }
-        (cur, cur_sim)
+    }
+
+    /// Beam search of width `ef` on `layer` from `starts`, for inserts (no
+    /// filter: removed points still carry the graph); best first.
+    fn search_layer(&self, q: &[f32], starts: &[Scored], ef: usize, layer: usize) -> Vec<Scored> {
+        VISITED.with(|visited| {
+            let mut visited = visited.borrow_mut();
+            let stamp = visited.begin(self.len());
+            let marks = &mut visited.marks;
+            let mut candidates: BinaryHeap<Scored> = BinaryHeap::with_capacity(4 * ef);
+            let mut results: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(ef + 1);
+            for &s in starts {
+                if marks[s.1 as usize] != stamp {
+                    marks[s.1 as usize] = stamp;
+                    candidates.push(s);
+                    results.push(Reverse(s));
+                }
+            }
+            while results.len() > ef {
+                results.pop();
+            }
+            while let Some(Scored(sim, c)) = candidates.pop() {
+                let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0);
+                if results.len() >= ef && sim < worst {
+                    break;
+                }
+                let neighbours = self.layer_links(c, layer);
+                for (k, &nb) in neighbours.iter().enumerate() {
+                    if let Some(&next) = neighbours.get(k + 1) {
+                        prefetch(self.vector(next));
+                    }
+                    let mark = &mut marks[nb as usize];
+                    if *mark == stamp {
+                        continue;
+                    }
+                    *mark = stamp;
+                    let s = self.dot(q, self.vector(nb));
+                    let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0);
+                    if results.len() < ef || s > worst {
+                        candidates.push(Scored(s, nb));
+                        results.push(Reverse(Scored(s, nb)));
+                        if results.len() > ef {
+                            results.pop();
+                        }
+                    }
+                }
+            }
+            let mut out: Vec<Scored> = results.into_iter().map(|Reverse(s)| s).collect();
+            out.sort_by(|a, b| b.cmp(a));
+            out
+        })
+    }
+
+    /// hnswlib's neighbour heuristic: from `candidates` (best first by
+    /// similarity to the base point), up to `cap` that are each more
+    /// similar to the base than to any already chosen, so that the links
+    /// spread in all directions rather than into one cluster.
+    fn select<'a>(
+        &self,
+        candidates: &[Scored],
+        cap: usize,
+        vector_of: impl Fn(u32) -> &'a [f32],
+    ) -> Vec<u32> {
+        let mut chosen: Vec<u32> = Vec::with_capacity(cap);
+        for &Scored(to_base, c) in candidates {
+            if chosen.len() >= cap {
+                break;
+            }
+            let v = vector_of(c);
+            if chosen.iter().all(|&s| self.dot(v, vector_of(s)) <= to_base) {
+                chosen.push(c);
+            }
+        }
+        chosen
+    }
+
+    /// Most neighbours a point keeps on `layer`.
+    fn cap(&self, layer: usize) -> usize {
+        if layer == 0 {
+            2 * self.m
+        } else {
+            self.m
+        }
     }
 
     fn vector(&self, i: u32) -> &[f32] {
@@ -181,12 +409,183 @@ impl FlatGraph {
         &self.vectors[at..at + self.dim]
     }
 
-    fn neighbours(&self, i: u32) -> &[u32] {
-        let (from, to) = (self.offsets[i as usize], self.offsets[i as usize + 1]);
-        &self.links[from as usize..to as usize]
+    /// Point `i`'s neighbours on `layer` (empty above its level).
+    fn layer_links(&self, i: u32, layer: usize) -> &[u32] {
+        if layer == 0 {
+            let at = i as usize * 2 * self.m;
+            &self.links[at..at + self.counts[i as usize] as usize]
+        } else {
+            self.upper
+                .get(&i)
+                .and_then(|lists| lists.get(layer - 1))
+                .map_or(&[], |l| l.as_slice())
+        }
+    }
+
+    fn set_links(&mut self, i: u32, layer: usize, list: &[u32]) {
+        let list = &list[..list.len().min(self.cap(layer))];
+        if layer == 0 {
+            let at = i as usize * 2 * self.m;
+            self.links[at..at + list.len()].copy_from_slice(list);
+            self.counts[i as usize] = list.len() as u16;
+        } else if let Some(slot) = self
+            .upper
+            .get_mut(&i)
+            .and_then(|lists| lists.get_mut(layer - 1))
+        {
+            slot.clear();
+            slot.extend_from_slice(list);
+        }
+    }
+
+    /// Writes the graph to `out`: a header, then each array as
+    /// little-endian numbers. [`FlatGraph::read`] reads it back.
+    pub fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
+        out.write_all(MAGIC)?;
+        for n in [self.dim, self.m, self.len(), self.entry as usize] {
+            out.write_all(&(n as u64).to_le_bytes())?;
+        }
+        out.write_all(&[self.top_layer])?;
+        write_all(out, &self.seqs, u64::to_le_bytes)?;
+        write_all(out, &self.vectors, f32::to_le_bytes)?;
+        write_all(out, &self.counts, u16::to_le_bytes)?;
+        write_all(out, &self.links, u32::to_le_bytes)?;
+        let mut upper: Vec<(&u32, &Vec<Vec<u32>>)> = self.upper.iter().collect();
+        upper.sort_unstable_by_key(|(i, _)| **i);
+        out.write_all(&(upper.len() as u64).to_le_bytes())?;
+        for (i, lists) in upper {
+            out.write_all(&i.to_le_bytes())?;
+            out.write_all(&[lists.len() as u8])?;
+            for list in lists {
+                out.write_all(&(list.len() as u16).to_le_bytes())?;
+                write_all(out, list, u32::to_le_bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A graph from [`FlatGraph::write`]'s bytes; an error (never a panic)
+    /// names what does not add up.
+    pub fn read(bytes: &[u8]) -> Result<Self> {
+        let mut r = Bytes(bytes);
+        if r.take(MAGIC.len())? != MAGIC {
+            return Err(malformed("it does not start with the graph file's magic"));
+        }
+        let [dim, m, n, entry] = [r.u64()?, r.u64()?, r.u64()?, r.u64()?];
+        let top_layer = r.take(1)?[0];
+        let sane = (1..=1 << 16).contains(&dim)
+            && (1..=u16::MAX as u64 / 2).contains(&m)
+            && n < u32::MAX as u64
+            && (entry < n || n == 0)
+            && (top_layer as usize) < MAX_LAYERS;
+        if !sane {
+            return Err(malformed(&format!(
+                "header out of range (dim {dim}, m {m}, {n} points, entry {entry}, top layer \
+                 {top_layer})"
+            )));
+        }
+        let (dim, m, n) = (dim as usize, m as usize, n as usize);
+        let mut flat = FlatGraph::new(dim, m, 0);
+        flat.seqs = r.array(n, u64::from_le_bytes)?;
+        flat.vectors = r.array(n * dim, f32::from_le_bytes)?;
+        flat.counts = r.array(n, u16::from_le_bytes)?;
+        flat.links = r.array(n * 2 * m, u32::from_le_bytes)?;
+        (flat.entry, flat.top_layer) = (entry as u32, top_layer);
+        if flat.counts.iter().any(|&c| c as usize > 2 * m) {
+            return Err(malformed("a layer-0 list is longer than its cap"));
+        }
+        let uppers = r.u64()?;
+        if uppers > n as u64 {
+            return Err(malformed("more upper-layer points than points"));
+        }
+        for _ in 0..uppers {
+            let i = u32::from_le_bytes(r.fixed()?);
+            let layers = r.take(1)?[0] as usize;
+            if i as usize >= n || layers == 0 || layers >= MAX_LAYERS {
+                return Err(malformed("an upper-layer point out of range"));
+            }
+            let mut lists = Vec::with_capacity(layers);
+            for _ in 0..layers {
+                let len = u16::from_le_bytes(r.fixed()?) as usize;
+                if len > m {
+                    return Err(malformed("an upper-layer list is longer than its cap"));
+                }
+                lists.push(r.array(len, u32::from_le_bytes)?);
+            }
+            flat.upper.insert(i, lists);
+        }
+        if !r.0.is_empty() {
+            return Err(malformed("bytes after the last list"));
+        }
+        let ids_valid = (0..n).all(|i| {
+            flat.layer_links(i as u32, 0)
+                .iter()
+                .all(|&j| (j as usize) < n)
+        }) && flat
+            .upper
+            .values()
+            .flatten()
+            .flatten()
+            .all(|&j| (j as usize) < n);
+        let entry_reaches_top = n == 0
+            || top_layer == 0
+            || flat.upper.get(&flat.entry).map_or(0, |l| l.len()) == top_layer as usize;
+        if !ids_valid || !entry_reaches_top {
+            return Err(malformed("a neighbour or the entry point is out of range"));
+        }
+        Ok(flat)
     }
 }
 
+fn malformed(what: &str) -> Error {
+    Error::Internal(format!("the saved graph is malformed: {what}"))
+}
+
+fn write_all<T: Copy, const N: usize>(
+    out: &mut impl Write,
+    items: &[T],
+    to_bytes: fn(T) -> [u8; N],
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(items.len().min(1 << 16) * N);
+    for chunk in items.chunks(1 << 16) {
+        buf.clear();
+        chunk
+            .iter()
+            .for_each(|&x| buf.extend_from_slice(&to_bytes(x)));
+        out.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+/// A cursor over a saved graph's bytes.
+struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(malformed("it ends early"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N]> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.fixed()?))
+    }
+
+    fn array<T, const N: usize>(&mut self, n: usize, from: fn([u8; N]) -> T) -> Result<Vec<T>> {
+        let bytes = self.take(n.checked_mul(N).ok_or_else(|| malformed("a huge array"))?)?;
+        Ok(bytes
+            .chunks_exact(N)
+            .map(|c| from(c.try_into().expect("N bytes")))
+            .collect())
+    }
+}
 /// A handle on every point of `graph` whose insertion has finished, layer
 /// 0 first.
 ///
@@ -314,6 +713,19 @@ mod tests {
         graph
     }
 
+    /// `points` inserted one by one (seqs from 1), as the index does once
+    /// its graph is sealed.
+    fn grown(points: &[Vec<f32>], m: usize, ef: usize) -> FlatGraph {
+        let mut flat = FlatGraph::new(points[0].len(), m, 0);
+        let mut rng = StdRng::seed_from_u64(11);
+        for (i, p) in points.iter().enumerate() {
+            let level = flat.level_for(1.0 - rng.random::<f64>());
+            let planned = flat.plan(i as u64 + 1, p.clone(), level, ef);
+            flat.apply(planned);
+        }
+        flat
+    }
+
     fn exact_top(points: &[Vec<f32>], q: &[f32], k: usize) -> Vec<u64> {
         let mut scored: Vec<(f32, u64)> = points
             .iter()
@@ -324,10 +736,30 @@ mod tests {
         scored.iter().take(k).map(|s| s.1).collect()
     }
 
+    /// Recall@10 of `search` against the exact top 10, over `queries`.
+    fn recall(
+        points: &[Vec<f32>],
+        queries: &[Vec<f32>],
+        search: impl Fn(&[f32]) -> Vec<u64>,
+    ) -> f64 {
+        let hits: usize = queries
+            .iter()
+            .map(|q| {
+                let truth = exact_top(points, q, 10);
+                search(q)
+                    .iter()
+                    .take(10)
+                    .filter(|s| truth.contains(s))
+                    .count()
+            })
+            .sum();
+        hits as f64 / (queries.len() * 10) as f64
+    }
+
     #[test]
     fn copy_holds_every_point_and_finds_each_first() {
         let points = random_points(1500, 24, 2);
-        let flat = FlatGraph::copy_of(&graph_of(&points)).expect("points");
+        let flat = FlatGraph::copy_of(&graph_of(&points), 16).expect("points");
         assert_eq!(flat.len(), points.len());
         let misses = points
             .iter()
@@ -338,40 +770,84 @@ mod tests {
     }
 
     #[test]
-    fn recall_is_at_least_hnsw_rs_own() {
+    fn recall_is_at_least_hnsw_rs_own_for_a_copy_and_for_a_graph_grown_in_place() {
         let points = random_points(3000, 32, 3);
         let queries = random_points(200, 32, 4);
         let graph = graph_of(&points);
-        let flat = FlatGraph::copy_of(&graph).expect("points");
-        let (mut ours, mut theirs) = (0, 0);
-        for q in &queries {
-            let truth = exact_top(&points, q, 10);
-            let found: Vec<u64> = flat
-                .search(q, 48, &|_| true)
-                .iter()
-                .take(10)
-                .map(|h| h.1)
-                .collect();
-            let found_rs: Vec<u64> = graph
+        let theirs = recall(&points, &queries, |q| {
+            graph
                 .search(q, 10, 48)
                 .iter()
                 .map(|n| n.d_id as u64)
-                .collect();
-            ours += found.iter().filter(|s| truth.contains(s)).count();
-            theirs += found_rs.iter().filter(|s| truth.contains(s)).count();
+                .collect()
+        });
+        let copy = FlatGraph::copy_of(&graph, 16).expect("points");
+        let copied = recall(&points, &queries, |q| {
+            copy.search(q, 48, &|_| true).iter().map(|h| h.1).collect()
+        });
+        let grown = grown(&points, 16, 100);
+        let inserted = recall(&points, &queries, |q| {
+            grown.search(q, 48, &|_| true).iter().map(|h| h.1).collect()
+        });
+        for (what, ours) in [("copy", copied), ("grown in place", inserted)] {
+            assert!(
+                ours >= 0.9 && ours >= theirs - 0.01,
+                "{what}: recall {ours} vs hnsw_rs {theirs}"
+            );
         }
-        let total = (queries.len() * 10) as f64;
-        let (ours, theirs) = (ours as f64 / total, theirs as f64 / total);
-        assert!(
-            ours >= 0.9 && ours >= theirs - 0.01,
-            "recall {ours} vs hnsw_rs {theirs}"
-        );
+    }
+
+    #[test]
+    fn inserts_after_a_copy_are_found_and_keep_the_caps() {
+        let points = random_points(2000, 24, 6);
+        let mut flat = FlatGraph::copy_of(&graph_of(&points[..1000]), 8).expect("points");
+        let mut rng = StdRng::seed_from_u64(12);
+        for (i, p) in points.iter().enumerate().skip(1000) {
+            let level = flat.level_for(1.0 - rng.random::<f64>());
+            let planned = flat.plan(i as u64 + 1, p.clone(), level, 64);
+            flat.apply(planned);
+        }
+        assert_eq!(flat.len(), 2000);
+        let misses = points
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| flat.search(p, 32, &|_| true)[0].1 != *i as u64 + 1)
+            .count();
+        assert!(misses <= 6, "{misses} points did not find themselves");
+        assert!(flat.counts.iter().all(|&c| c as usize <= 16));
+        assert!(flat.upper.values().flatten().all(|l| l.len() <= 8));
+    }
+
+    #[test]
+    fn a_written_graph_reads_back_the_same_and_damage_is_an_error() {
+        let points = random_points(700, 16, 7);
+        let flat = grown(&points, 6, 40);
+        let mut bytes = Vec::new();
+        flat.write(&mut bytes).expect("write");
+        let back = FlatGraph::read(&bytes).expect("read");
+        for q in points.iter().take(40) {
+            assert_eq!(flat.search(q, 20, &|_| true), back.search(q, 20, &|_| true));
+        }
+        assert!(FlatGraph::read(&bytes[..bytes.len() / 2]).is_err());
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(FlatGraph::read(&extra).is_err());
+        // A neighbour id past the end, in the first layer-0 list.
+        let links_at = 8 + 4 * 8 + 1 + 700 * 8 + 700 * 16 * 4 + 700 * 2;
+        let mut wild = bytes.clone();
+        wild[links_at..links_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = FlatGraph::read(&wild).err().expect("a wild id is refused");
+        assert!(err.to_string().contains("out of range"), "{err}");
+        let empty = FlatGraph::new(16, 6, 0);
+        let mut bytes = Vec::new();
+        empty.write(&mut bytes).expect("write");
+        assert_eq!(FlatGraph::read(&bytes).expect("read").len(), 0);
     }
 
     #[test]
     fn filtered_points_never_come_back() {
         let points = random_points(800, 16, 5);
-        let flat = FlatGraph::copy_of(&graph_of(&points)).expect("points");
+        let flat = FlatGraph::copy_of(&graph_of(&points), 16).expect("points");
         let keep = |seq: u64| !seq.is_multiple_of(3);
         for q in points.iter().take(50) {
             let found = flat.search(q, 20, &keep);

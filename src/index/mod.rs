@@ -2,46 +2,51 @@
 //!
 //! Two modes. Until the store holds enough images to fit a PCA, the index is
 //! exact: every stored feature vector is scanned. After that it is an HNSW
-//! graph (hnsw_rs) over the PCA projections, whose candidates the engine
-//! re-ranks on the full features. Projections are unit vectors, so cosine
-//! distance is `1 - dot`: hnsw_rs's SIMD dot distance (its cosine distance
-//! has no SIMD path).
+//! graph over the PCA projections, whose candidates the engine re-ranks on
+//! the full features. Projections are unit vectors, so cosine distance is
+//! `1 - dot`.
 //!
-//! hnsw_rs builds, extends and saves the graph; searches run on a flat copy
-//! of it ([`flat`]), several times faster than hnsw_rs's own search, plus an
-//! exact scan of the points added since the copy was made. The engine
-//! refreshes the copy in the background as points pile up
-//! ([`Index::search_copy_due`]); until the first copy exists, hnsw_rs
-//! searches.
+//! A graph is built in two stages. While the index is built from the store,
+//! hnsw_rs inserts the points in parallel (its SIMD dot distance; its cosine
+//! has no SIMD path); then [`Index::seal`] moves the graph into flat arrays
+//! ([`flat`]) and drops hnsw_rs's copy. From then on searches, inserts,
+//! saves and loads work on the flat graph alone: it takes a quarter of
+//! hnsw_rs's memory, searches several times faster, and loads as fast as
+//! its file can be read. The engine seals an index before it serves it.
 //!
 //! In graph mode the index also keeps every point's full features as 8-bit
 //! codes ([`codes`]), so that [`Index::rescore`] can re-rank the graph's
 //! candidates without reading each from the store.
 //!
-//! hnsw_rs cannot delete, so deleted or replaced points stay in the graph as
+//! The graph cannot delete, so deleted or replaced points stay in it as
 //! tombstones that the search filter skips; the engine rebuilds the graph
 //! when they pile up. The index is a cache of the store: it is rebuilt from
-//! the store at start, and whenever the PCA is refitted.
+//! the store at start when no saved copy matches, and whenever the PCA is
+//! refitted.
 //!
 //! # Locks
 //! Every method may run on many threads at once. The index's own locks are
 //! taken in this order, outermost first, and a method holds two of them at
 //! once only where it says so:
 //!
-//! 1. `copying` (refresh of the search copy; held across the whole copy);
-//! 2. `tombstones` (held by a search across the graph search, because the
+//! 1. `builder` (hnsw_rs while building: a read guard across each of its
+//!    inserts and searches, the write guard across the seal);
+//! 2. `inserting` (serialises inserts into the flat graph, across the
+//!    whole insert, so that nothing changes between its plan and apply);
+//! 3. `tombstones` (held by a search across the graph search, because the
 //!    search filter reads it);
-//! 3. `codes`, then `copy` (each alone, never both);
-//! 4. hnsw_rs's own locks, always last: its layer table, entry point, point
+//! 4. `codes`, then `flat` (each alone, never both; the seal takes `flat`
+//!    under `builder`);
+//! 5. hnsw_rs's own locks, always last: its layer table, entry point, point
 //!    count and per-point neighbour lists. hnsw_rs calls back into our code
 //!    only through the search filter, which takes no lock (it reads the
 //!    `tombstones` guard its caller already holds).
 //!
 //! Nothing here takes a lock while holding one of hnsw_rs's, and hnsw_rs's
 //! whole-graph iterator, which re-takes its layer lock and deadlocks
-//! against a queued insert, is never used ([`flat`]'s `point_handles`).
-//! The engine's index slot (`engine::Shared::index`) comes before all of
-//! these.
+//! against a queued insert, is never used ([`flat`]'s `point_handles`; the
+//! seal copies with no insert running). The engine's index slot
+//! (`engine::Shared::index`) comes before all of these.
 
 mod codes;
 mod flat;
@@ -49,30 +54,26 @@ pub mod sums;
 
 use std::{
     collections::{HashMap, HashSet},
+    fs::File,
+    io::BufWriter,
     path::Path,
     sync::{Arc, Mutex, RwLock},
 };
 
-use hnsw_rs::{
-    api::AnnT,
-    hnswio::HnswIo,
-    prelude::{DistDot, Hnsw},
-};
+use hnsw_rs::prelude::{DistDot, Hnsw};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::error::{Cause, Error, Result};
+use crate::error::{Error, Result};
 use crate::pca::Projection;
 use crate::vector::dot;
 use codes::Codes;
 use flat::FlatGraph;
 use sums::FileSums;
 
-/// File name stem of a dumped graph (`graph.hnsw.graph`, `graph.hnsw.data`).
-const DUMP_BASENAME: &str = "graph";
-/// File of the dumped re-rank codes, beside the graph.
+/// File of a saved graph ([`FlatGraph::write`]).
+const GRAPH_FILE: &str = "graph.flat";
+/// File of the saved re-rank codes, beside the graph.
 const CODES_FILE: &str = "rerank.codes";
-
-/// hnsw_rs's `file_dump` only works with this many layers.
-const MAX_LAYER: usize = 16;
 
 /// Graph construction and search parameters.
 #[derive(Debug, Clone, Copy)]
@@ -95,30 +96,17 @@ enum Mode {
     Exact(RwLock<HashMap<u64, Vec<f32>>>),
     Graph {
         projection: Arc<Projection>,
-        graph: Hnsw<'static, f32, DistDot>,
         params: GraphParams,
-        copy: RwLock<SearchCopy>,
-        /// Held while a copy is being made, so two never race.
-        copying: Mutex<()>,
-        /// Full features of every live point, for re-ranking (boxed: the
-        /// other mode is small).
+        /// hnsw_rs, while the graph is being built; `None` once sealed
+        /// (boxed, as are the other large fields: the other mode is small).
+        builder: Box<RwLock<Option<Hnsw<'static, f32, DistDot>>>>,
+        /// The graph once sealed (empty before).
+        flat: Box<RwLock<FlatGraph>>,
+        /// Serialises inserts into `flat`; draws their levels.
+        inserting: Box<Mutex<StdRng>>,
+        /// Full features of every live point, for re-ranking.
         codes: Box<RwLock<Codes>>,
     },
-}
-
-/// What graph searches run on: the flat copy, and the points added to the
-/// graph since it was made (projected), which are scanned exactly.
-#[derive(Default)]
-struct SearchCopy {
-    flat: Option<Arc<FlatGraph>>,
-    recent: Vec<(u64, Vec<f32>)>,
-}
-
-/// Points added since the last copy before a new one is due: enough to make
-/// copying rare, few enough that scanning them costs little next to the
-/// graph search (4,096 x 100-d is about 40 us).
-fn copy_due_after(points: usize) -> usize {
-    (points / 64).clamp(256, 4096)
 }
 
 pub struct Index {
@@ -137,22 +125,31 @@ impl Index {
     }
 
     /// An empty graph index over `projection`, sized for `capacity` points.
+    /// Points added go to hnsw_rs until [`Index::seal`].
     pub fn graph(projection: Arc<Projection>, params: GraphParams, capacity: usize) -> Self {
         let graph = Hnsw::new(
             params.m,
             capacity.max(1024),
-            MAX_LAYER,
+            flat::MAX_LAYERS,
             params.ef_construction,
             DistDot {},
         );
         let codes = Codes::new(projection.in_dim(), capacity);
-        Self::over(projection, graph, params, codes, HashSet::new())
+        let empty = FlatGraph::new(projection.out_dim(), params.m, 0);
+        Self::over(
+            projection,
+            Some(graph),
+            empty,
+            params,
+            codes,
+            HashSet::new(),
+        )
     }
 
-    /// A graph index around an hnsw_rs graph, with no search copy yet.
     fn over(
         projection: Arc<Projection>,
-        graph: Hnsw<'static, f32, DistDot>,
+        builder: Option<Hnsw<'static, f32, DistDot>>,
+        flat: FlatGraph,
         params: GraphParams,
         codes: Codes,
         tombstones: HashSet<u64>,
@@ -160,31 +157,57 @@ impl Index {
         Index {
             mode: Mode::Graph {
                 projection,
-                graph,
                 params,
-                copy: RwLock::default(),
-                copying: Mutex::new(()),
+                builder: Box::new(RwLock::new(builder)),
+                flat: Box::new(RwLock::new(flat)),
+                inserting: Box::new(Mutex::new(StdRng::seed_from_u64(0x9a7f))),
                 codes: Box::new(RwLock::new(codes)),
             },
             tombstones: RwLock::new(tombstones),
         }
     }
 
-    /// Writes a graph index's graph and vectors into `dir` (hnsw_rs's dump
-    /// format), and its re-rank codes; returns the files' checksums, which
-    /// [`Index::load_graph`] needs. `None` for an exact index, which has
-    /// nothing to save.
+    /// Moves a graph index's graph out of hnsw_rs into the flat graph that
+    /// searches, inserts and saves use from then on (about a second per
+    /// million points; searches and inserts wait meanwhile). Does nothing
+    /// when sealed already or exact.
+    pub fn seal(&self) {
+        let Mode::Graph {
+            builder,
+            flat,
+            params,
+            ..
+        } = &self.mode
+        else {
+            return;
+        };
+        let mut builder = write(builder);
+        if let Some(graph) = builder.take() {
+            if let Some(copy) = FlatGraph::copy_of(&graph, params.m) {
+                *write(flat) = copy;
+            }
+        }
+    }
+
+    /// Writes a graph index's graph ([`FlatGraph::write`], sealing it
+    /// first) and its re-rank codes into `dir`; returns the files'
+    /// checksums, which [`Index::load_graph`] needs. `None` for an exact
+    /// index, which has nothing to save.
     pub fn dump(&self, dir: &Path) -> Result<Option<FileSums>> {
-        let Mode::Graph { graph, codes, .. } = &self.mode else {
+        let Mode::Graph { flat, codes, .. } = &self.mode else {
             return Ok(None);
         };
-        let basename = graph
-            .file_dump(dir, DUMP_BASENAME)
-            .map_err(|e| Error::file("dump the graph to", dir)(Cause::from(e)))?;
+        self.seal();
+        let path = dir.join(GRAPH_FILE);
+        let io = |e: std::io::Error| Error::file("write the graph", &path)(e);
+        let mut out = BufWriter::new(File::create(&path).map_err(io)?);
+        read(flat).write(&mut out).map_err(io)?;
+        out.into_inner()
+            .map_err(|e| io(e.into_error()))?
+            .sync_all()
+            .map_err(io)?;
         read(codes).save(&dir.join(CODES_FILE))?;
-        let graph_file = format!("{basename}.hnsw.graph");
-        let data_file = format!("{basename}.hnsw.data");
-        sums::of_files(dir, &[&graph_file, &data_file, CODES_FILE]).map(Some)
+        sums::of_files(dir, &[GRAPH_FILE, CODES_FILE]).map(Some)
     }
 
     /// Reads a graph written by [`Index::dump`] once every file matches
@@ -197,35 +220,30 @@ impl Index {
         params: GraphParams,
         tombstones: Vec<u64>,
     ) -> Result<Self> {
-        if sums.len() < 3 {
+        if !sums.contains_key(GRAPH_FILE) || !sums.contains_key(CODES_FILE) {
             return Err(Error::Internal(format!(
-                "the saved index in '{}' lists {} checksummed files, not 3 (written by an \
-                 older lookalike?)",
+                "the saved index in '{}' does not list {GRAPH_FILE} and {CODES_FILE} (written \
+                 by an older lookalike?)",
                 dir.display(),
-                sums.len()
             )));
         }
         sums::verify(dir, sums)?;
-        // The loaded graph borrows from its reader for its whole life; the
-        // index lives until the next rebuild, so the reader (small) is leaked.
-        // hnsw_rs panics on some malformed files; the checksums make that
-        // unlikely, and a panic is still turned into an error here.
-        let graph = std::panic::catch_unwind(|| {
-            let reader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, DUMP_BASENAME)));
-            reader.load_hnsw::<f32, DistDot>()
-        })
-        .map_err(|_| {
-            Error::Internal(format!(
-                "hnsw_rs panicked loading the graph in '{}'",
-                dir.display()
-            ))
-        })?;
-        let graph: Hnsw<'static, f32, DistDot> =
-            graph.map_err(|e| Error::file("load the graph from", dir)(Cause::from(e)))?;
+        let path = dir.join(GRAPH_FILE);
+        let bytes = std::fs::read(&path).map_err(Error::file("read the graph", &path))?;
+        let flat = FlatGraph::read(&bytes)?;
+        drop(bytes);
+        if flat.len() > 0 && flat.dim() != projection.out_dim() {
+            return Err(Error::Internal(format!(
+                "the saved graph holds {}-d points, the projection makes {}-d ones",
+                flat.dim(),
+                projection.out_dim()
+            )));
+        }
         let codes = Codes::load(&dir.join(CODES_FILE))?;
         Ok(Self::over(
             projection,
-            graph,
+            None,
+            flat,
             params,
             codes,
             tombstones.into_iter().collect(),
@@ -253,17 +271,44 @@ impl Index {
             }
             Mode::Graph {
                 projection,
-                graph,
-                copy,
+                builder,
                 codes,
                 ..
             } => {
                 let projected = projection.project(features);
-                write(codes).insert(seq, features);
-                graph.insert_slice((&projected, seq as usize));
-                write(copy).recent.push((seq, projected));
+                let building = read(builder);
+                if let Some(graph) = building.as_ref() {
+                    write(codes).insert(seq, features);
+                    graph.insert_slice((&projected, seq as usize));
+                    return;
+                }
+                drop(building);
+                self.insert_flat(seq, features, projected);
             }
         }
+    }
+
+    /// Inserts into the sealed graph: the insert is planned under a read
+    /// guard (searches go on) and applied under the write guard.
+    fn insert_flat(&self, seq: u64, features: &[f32], projected: Vec<f32>) {
+        let Mode::Graph {
+            params,
+            flat,
+            inserting,
+            codes,
+            ..
+        } = &self.mode
+        else {
+            return;
+        };
+        let mut rng = inserting.lock().unwrap_or_else(|e| e.into_inner());
+        write(codes).insert(seq, features);
+        let planned = {
+            let flat = read(flat);
+            let level = flat.level_for(1.0 - rng.random::<f64>());
+            flat.plan(seq, projected, level, params.ef_construction)
+        };
+        write(flat).apply(planned);
     }
 
     /// Adds many records, in parallel where the mode allows.
@@ -277,27 +322,33 @@ impl Index {
             }
             Mode::Graph {
                 projection,
-                graph,
-                copy,
+                builder,
                 codes,
                 ..
             } => {
+                let projected: Vec<(u64, Vec<f32>)> = batch
+                    .iter()
+                    .map(|(seq, f)| (*seq, projection.project(f)))
+                    .collect();
+                let building = read(builder);
+                let Some(graph) = building.as_ref() else {
+                    drop(building);
+                    for ((seq, features), (_, projected)) in batch.iter().zip(projected) {
+                        self.insert_flat(*seq, features, projected);
+                    }
+                    return;
+                };
                 {
                     let mut codes = write(codes);
                     for (seq, features) in batch {
                         codes.insert(*seq, features);
                     }
                 }
-                let projected: Vec<(u64, Vec<f32>)> = batch
-                    .iter()
-                    .map(|(seq, f)| (*seq, projection.project(f)))
-                    .collect();
                 let refs: Vec<(&[f32], usize)> = projected
                     .iter()
                     .map(|(s, v)| (v.as_slice(), *s as usize))
                     .collect();
                 graph.parallel_insert_slice(&refs);
-                write(copy).recent.extend(projected);
             }
         }
     }
@@ -357,7 +408,10 @@ impl Index {
     pub fn size(&self) -> usize {
         match &self.mode {
             Mode::Exact(map) => read(map).len(),
-            Mode::Graph { graph, .. } => graph.get_nb_point(),
+            Mode::Graph { builder, flat, .. } => match read(builder).as_ref() {
+                Some(graph) => graph.get_nb_point(),
+                None => read(flat).len(),
+            },
         }
     }
 
@@ -422,27 +476,16 @@ impl Index {
     }
 
     fn search_graph(&self, q: &[f32], n: usize, exclude: Option<u64>, ef: usize) -> Vec<Hit> {
-        let Mode::Graph { graph, copy, .. } = &self.mode else {
+        let Mode::Graph { builder, flat, .. } = &self.mode else {
             return Vec::new();
         };
+        let ef = ef.max(n);
+        let building = read(builder);
         let tombstones = read(&self.tombstones);
         let keep = |seq: u64| Some(seq) != exclude && !tombstones.contains(&seq);
-        let ef = ef.max(n);
-        let copy = read(copy);
-        let found: Vec<(f32, u64)> = match &copy.flat {
-            Some(flat) => {
-                let mut found = flat.search(q, ef, &keep);
-                found.extend(
-                    copy.recent
-                        .iter()
-                        .filter(|(seq, _)| keep(*seq))
-                        .map(|(seq, v)| (flat.dot(q, v), *seq)),
-                );
-                found.sort_by(|a, b| b.0.total_cmp(&a.0));
-                found
-            }
-            None => {
-                drop(copy);
+        let found: Vec<(f32, u64)> = match building.as_ref() {
+            None => read(flat).search(q, ef, &keep),
+            Some(graph) => {
                 // The filter costs a call per visited node: skip it when
                 // there is nothing to filter.
                 let keep_id = |id: &usize| keep(*id as u64);
@@ -459,49 +502,12 @@ impl Index {
         let mut seen = HashSet::new();
         found
             .into_iter()
-            // A point re-added during a rebuild, or added while the copy was
-            // made, may appear twice: keep its first (best) place.
+            // A point re-added during a rebuild may appear twice: keep its
+            // first (best) place.
             .filter(|(_, seq)| seen.insert(*seq))
             .take(n)
             .map(|(similarity, seq)| Hit { seq, similarity })
             .collect()
-    }
-
-    /// Whether the search copy should be refreshed: there is none yet, or
-    /// enough points were added since it was made.
-    pub fn search_copy_due(&self) -> bool {
-        let Mode::Graph { graph, copy, .. } = &self.mode else {
-            return false;
-        };
-        let copy = read(copy);
-        let points = graph.get_nb_point();
-        match copy.flat {
-            None => points > 0,
-            Some(_) => copy.recent.len() >= copy_due_after(points),
-        }
-    }
-
-    /// Copies the graph for searching (see [`flat`]). Takes about a second
-    /// per million points, without blocking searches or inserts meanwhile.
-    pub fn refresh_search_copy(&self) {
-        let Mode::Graph {
-            graph,
-            copy,
-            copying,
-            ..
-        } = &self.mode
-        else {
-            return;
-        };
-        let _one_at_a_time = copying.lock().unwrap_or_else(|e| e.into_inner());
-        // Every point recorded as recent so far is in the graph already, so
-        // the copy holds it; points added from now on may or may not be in
-        // the copy and stay recent (searches drop the duplicates).
-        let covered = read(copy).recent.len();
-        let flat = FlatGraph::copy_of(graph).map(Arc::new);
-        let mut copy = write(copy);
-        copy.recent.drain(..covered);
-        copy.flat = flat;
     }
 }
 
@@ -596,19 +602,18 @@ mod tests {
     }
 
     #[test]
-    fn search_copy_serves_old_and_new_points() {
+    fn a_sealed_graph_takes_inserts_and_a_saved_one_loads_the_same() {
         let pts = points(700, 32);
         let index = Index::graph(projection_of(&pts), PARAMS, pts.len());
         let (old, new) = pts.split_at(400);
         fill(&index, old);
-        assert!(index.search_copy_due());
-        index.refresh_search_copy();
-        assert!(!index.search_copy_due());
-        // Added after the copy: found by the exact scan of recent points.
+        index.seal();
+        assert_eq!(index.size(), 400);
+        // Added after the seal: inserted into the flat graph.
         for (seq, v) in new {
             index.add(*seq, v);
         }
-        assert!(index.search_copy_due(), "300 new points make a copy due");
+        assert_eq!(index.size(), 700);
         let finds_itself = |index: &Index| {
             pts.iter()
                 .filter(|(seq, v)| index.search(v, 1, None).first().map(|h| h.seq) == Some(*seq))
@@ -627,10 +632,36 @@ mod tests {
                 .iter()
                 .all(|h| h.seq != pts[gone].0));
         }
-        // A fresh copy holds them all, with nothing left over.
-        index.refresh_search_copy();
-        assert!(!index.search_copy_due());
-        assert!(finds_itself(&index) >= 694);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sums = index.dump(dir.path()).expect("dump").expect("a graph");
+        let projection = index.projection().expect("graph").clone();
+        let loaded = Index::load_graph(
+            dir.path(),
+            &sums,
+            projection.clone(),
+            PARAMS,
+            index.tombstone_list(),
+        )
+        .expect("load");
+        assert_eq!((loaded.size(), loaded.tombstones()), (700, 2));
+        for (_, v) in pts.iter().step_by(7) {
+            let (a, b) = (index.search(v, 10, None), loaded.search(v, 10, None));
+            assert_eq!(a, b);
+            assert_eq!(index.rescore(v, a, 5), loaded.rescore(v, b, 5));
+        }
+        // It takes inserts too.
+        loaded.add(10_000, &pts[3].1);
+        assert_eq!(loaded.search(&pts[3].1, 2, None).len(), 2);
+
+        // A damaged graph file is refused, not read.
+        let graph = dir.path().join(GRAPH_FILE);
+        let mut bytes = std::fs::read(&graph).expect("read");
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&graph, bytes).expect("write");
+        let refused = Index::load_graph(dir.path(), &sums, projection, PARAMS, Vec::new());
+        assert!(refused.is_err());
     }
 
     #[test]

@@ -1,12 +1,10 @@
 //! Checksums of a saved index's files.
 //!
 //! A saved graph is a cache of the store, so a damaged one must never be
-//! used: hnsw_rs's loader panics on a truncated file, and garbage in the
-//! re-rank codes would give silently wrong answers. [`Index::dump`] records
-//! each file's length and CRC-32 (crc32fast, SIMD; one more pass over bytes
-//! that hnsw_rs's loader parses anyway), and [`Index::load_graph`] refuses
-//! files that do not match before reading
-//! them; the engine then rebuilds from the store.
+//! used: garbage in the re-rank codes or in a vector would give silently
+//! wrong answers. [`Index::dump`] records each file's length and CRC-32
+//! (crc32fast, SIMD), and [`Index::load_graph`] refuses files that do not
+//! match before reading them; the engine then rebuilds from the store.
 //!
 //! [`Index::dump`]: super::Index::dump
 //! [`Index::load_graph`]: super::Index::load_graph

@@ -7,8 +7,8 @@
 //! the daemon's thread stacks if no call completes for the stall time. The
 //! daemon is started with a low `--pca-min-images`, so the run crosses the
 //! first PCA fit, several refits (each builds a new graph while inserts go
-//! on, then swaps it in) and many refreshes of the graph's search copy
-//! (one per 256 inserts or more).
+//! on, seals it into the flat graph and swaps it in) and many inserts into
+//! the flat graph meanwhile.
 
 #![allow(dead_code)]
 

@@ -187,7 +187,7 @@ impl FlatGraph {
         }
         let mut starts = vec![nearest];
         for layer in (0..=(level.min(self.top_layer)) as usize).rev() {
-            let found = self.search_layer(q, &starts, ef.max(self.m), layer);
+            let found = self.search_layer(q, &starts, ef.max(self.m), layer, &|_| true);
             let cap = self.cap(layer);
             let chosen = self.select(&found, cap, |i| self.vector(i));
             for &nb in &chosen {
@@ -250,58 +250,14 @@ impl FlatGraph {
         if self.len() == 0 {
             return Vec::new();
         }
-        let ef = ef.max(1);
         let mut start = Scored(self.dot(q, self.vector(self.entry)), self.entry);
         for layer in (1..=self.top_layer as usize).rev() {
             start = self.greedy(q, start, layer);
         }
-        let Scored(start_sim, start) = start;
-        VISITED.with(|visited| {
-            let mut visited = visited.borrow_mut();
-            let stamp = visited.begin(self.len());
-            let marks = &mut visited.marks;
-            let mut candidates = BinaryHeap::with_capacity(4 * ef);
-            let mut results: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(ef + 1);
-            marks[start as usize] = stamp;
-            candidates.push(Scored(start_sim, start));
-            if keep(self.seqs[start as usize]) {
-                results.push(Reverse(Scored(start_sim, start)));
-            }
-            while let Some(Scored(sim, c)) = candidates.pop() {
-                let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0);
-                if results.len() >= ef && sim < worst {
-                    break;
-                }
-                let neighbours = self.layer_links(c, 0);
-                for (k, &nb) in neighbours.iter().enumerate() {
-                    if let Some(&next) = neighbours.get(k + 1) {
-                        prefetch(self.vector(next));
-                    }
-                    let mark = &mut marks[nb as usize];
-                    if *mark == stamp {
-                        continue;
-                    }
-                    *mark = stamp;
-                    let s = self.dot(q, self.vector(nb));
-                    let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0);
-                    if results.len() < ef || s > worst {
-                        candidates.push(Scored(s, nb));
-                        if keep(self.seqs[nb as usize]) {
-                            results.push(Reverse(Scored(s, nb)));
-                            if results.len() > ef {
-                                results.pop();
-                            }
-                        }
-                    }
-                }
-            }
-            let mut out: Vec<(f32, u64)> = results
-                .into_iter()
-                .map(|Reverse(Scored(s, i))| (s, self.seqs[i as usize]))
-                .collect();
-            out.sort_by(|a, b| b.0.total_cmp(&a.0));
-            out
-        })
+        self.search_layer(q, &[start], ef.max(1), 0, keep)
+            .into_iter()
+            .map(|Scored(s, i)| (s, self.seqs[i as usize]))
+            .collect()
     }
 
     /// Greedy walk on `layer` from `from` to the point nearest `q` there.
@@ -321,9 +277,18 @@ impl FlatGraph {
         }
     }
 
-    /// Beam search of width `ef` on `layer` from `starts`, for inserts (no
-    /// filter: removed points still carry the graph); best first.
-    fn search_layer(&self, q: &[f32], starts: &[Scored], ef: usize, layer: usize) -> Vec<Scored> {
+    /// Beam search of width `ef` on `layer` from `starts`: up to `ef`
+    /// points whose seq `keep` accepts, best first. Points it refuses still
+    /// lead the search on (inserts keep every point: removed ones still
+    /// carry the graph).
+    fn search_layer(
+        &self,
+        q: &[f32],
+        starts: &[Scored],
+        ef: usize,
+        layer: usize,
+        keep: &dyn Fn(u64) -> bool,
+    ) -> Vec<Scored> {
         VISITED.with(|visited| {
             let mut visited = visited.borrow_mut();
             let stamp = visited.begin(self.len());
@@ -334,7 +299,9 @@ impl FlatGraph {
                 if marks[s.1 as usize] != stamp {
                     marks[s.1 as usize] = stamp;
                     candidates.push(s);
-                    results.push(Reverse(s));
+                    if keep(self.seqs[s.1 as usize]) {
+                        results.push(Reverse(s));
+                    }
                 }
             }
             while results.len() > ef {
@@ -359,9 +326,11 @@ impl FlatGraph {
                     let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0);
                     if results.len() < ef || s > worst {
                         candidates.push(Scored(s, nb));
-                        results.push(Reverse(Scored(s, nb)));
-                        if results.len() > ef {
-                            results.pop();
+                        if keep(self.seqs[nb as usize]) {
+                            results.push(Reverse(Scored(s, nb)));
+                            if results.len() > ef {
+                                results.pop();
+                            }
                         }
                     }
                 }

@@ -695,6 +695,15 @@ mod tests {
         flat
     }
 
+    /// Points (seq `i + 1`) that are not their own nearest neighbour.
+    fn self_misses(flat: &FlatGraph, points: &[Vec<f32>]) -> usize {
+        points
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| flat.search(p, 32, &|_| true)[0].1 != *i as u64 + 1)
+            .count()
+    }
+
     fn exact_top(points: &[Vec<f32>], q: &[f32], k: usize) -> Vec<u64> {
         let mut scored: Vec<(f32, u64)> = points
             .iter()
@@ -730,11 +739,7 @@ mod tests {
         let points = random_points(1500, 24, 2);
         let flat = FlatGraph::copy_of(&graph_of(&points), 16).expect("points");
         assert_eq!(flat.len(), points.len());
-        let misses = points
-            .iter()
-            .enumerate()
-            .filter(|(i, p)| flat.search(p, 32, &|_| true)[0].1 != *i as u64 + 1)
-            .count();
+        let misses = self_misses(&flat, &points);
         assert!(misses <= 3, "{misses} points did not find themselves");
     }
 
@@ -777,11 +782,7 @@ mod tests {
             flat.apply(planned);
         }
         assert_eq!(flat.len(), 2000);
-        let misses = points
-            .iter()
-            .enumerate()
-            .filter(|(i, p)| flat.search(p, 32, &|_| true)[0].1 != *i as u64 + 1)
-            .count();
+        let misses = self_misses(&flat, &points);
         assert!(misses <= 6, "{misses} points did not find themselves");
         assert!(flat.counts.iter().all(|&c| c as usize <= 16));
         assert!(flat.upper.values().flatten().all(|l| l.len() <= 8));

@@ -324,11 +324,14 @@ impl Engine {
         blocking(move || {
             let slot = shared.index.write().unwrap_or_else(|e| e.into_inner());
             shared.closed.store(true, Ordering::SeqCst);
-            shared.store.flush()?;
+            // Flushes, and saves the counts so the next open need not walk
+            // the ids; the graph is saved even if that fails (its stamp
+            // then will not match, and it is rebuilt).
+            let store_closed = shared.store.close();
             if shared.ready.load(Ordering::SeqCst) {
                 shared.save_index(&slot)?;
             }
-            Ok(())
+            store_closed
         })
         .await
     }

@@ -17,9 +17,7 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
-    io::{BufReader, BufWriter, Read, Write},
-    path::Path,
+    io::{Read, Write},
 };
 
 use crate::error::{Error, Result};
@@ -93,43 +91,28 @@ impl Codes {
         Some(dot_i8(query, code) * self.scales[slot])
     }
 
-    /// Saves every held vector (not the removed ones) to `path`.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let io = |e: std::io::Error| Error::file("write the re-rank codes", path)(e);
-        let mut out = BufWriter::new(File::create(path).map_err(io)?);
-        self.write_to(&mut out).map_err(io)?;
-        out.into_inner()
-            .map_err(|e| io(e.into_error()))?
-            .sync_all()
-            .map_err(io)
-    }
-
-    /// Reads what [`Codes::save`] wrote; fails on anything else, checking
-    /// the header against the file's length before allocating.
-    pub fn load(path: &Path) -> Result<Self> {
-        let io = |e: std::io::Error| Error::file("read the re-rank codes", path)(e);
-        let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        Self::read_from(&mut BufReader::new(file), len)
-    }
-
-    fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
+    /// Writes every held vector (not the removed ones): magic, width,
+    /// count, then per vector its seq, scale and code bytes.
+    pub fn write_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
         out.write_all(MAGIC)?;
         out.write_all(&(self.dim as u32).to_le_bytes())?;
         out.write_all(&(self.slots.len() as u64).to_le_bytes())?;
+        let mut record = Vec::with_capacity(12 + self.dim);
         for (&seq, &slot) in &self.slots {
             let slot = slot as usize;
-            out.write_all(&seq.to_le_bytes())?;
-            out.write_all(&self.scales[slot].to_le_bytes())?;
+            record.clear();
+            record.extend_from_slice(&seq.to_le_bytes());
+            record.extend_from_slice(&self.scales[slot].to_le_bytes());
             let code = &self.codes[slot * self.dim..(slot + 1) * self.dim];
-            let bytes: Vec<u8> = code.iter().map(|&c| c as u8).collect();
-            out.write_all(&bytes)?;
+            record.extend(code.iter().map(|&c| c as u8));
+            out.write_all(&record)?;
         }
         Ok(())
     }
 
-    /// Reads what [`Codes::write_to`] wrote, `len` bytes in all.
-    fn read_from(input: &mut impl Read, len: u64) -> Result<Self> {
+    /// Reads what [`Codes::write_to`] wrote, `len` bytes in all; fails on
+    /// anything else, checking the header against `len` before allocating.
+    pub fn read_from(input: &mut dyn Read, len: u64) -> Result<Self> {
         let bad = |what: &str| Error::Storage(format!("saved re-rank codes: {what}"));
         let io = |e: std::io::Error| bad(&e.to_string());
         let mut magic = [0u8; 8];
@@ -149,20 +132,35 @@ impl Codes {
         }
         let count = count as usize;
         let mut codes = Codes::new(dim, count);
-        let mut bytes = vec![0u8; dim];
-        for slot in 0..count {
-            let seq = u64::from_le_bytes(read_array(input).map_err(io)?);
-            let scale = f32::from_le_bytes(read_array(input).map_err(io)?);
-            input.read_exact(&mut bytes).map_err(io)?;
-            codes.codes.extend(bytes.iter().map(|&b| b as i8));
-            codes.scales.push(scale);
-            codes.slots.insert(seq, slot as u32);
+        // Many records per read: one `read_exact` per record cost more
+        // than the disk at a million.
+        let record = 12 + dim;
+        let per_chunk = (READ_CHUNK / record).max(1);
+        let mut chunk = vec![0u8; per_chunk * record];
+        let mut slot = 0;
+        while slot < count {
+            let n = per_chunk.min(count - slot);
+            let chunk = &mut chunk[..n * record];
+            input.read_exact(chunk).map_err(io)?;
+            for r in chunk.chunks_exact(record) {
+                let seq = u64::from_le_bytes(r[..8].try_into().expect("8 bytes"));
+                let scale = f32::from_le_bytes(r[8..12].try_into().expect("4 bytes"));
+                codes.codes.extend(r[12..].iter().map(|&b| b as i8));
+                codes.scales.push(scale);
+                if codes.slots.insert(seq, slot as u32).is_some() {
+                    return Err(bad(&format!("seq {seq} is listed twice")));
+                }
+                slot += 1;
+            }
         }
         Ok(codes)
     }
 }
 
-fn read_array<const N: usize>(input: &mut impl Read) -> std::io::Result<[u8; N]> {
+/// Bytes [`Codes::read_from`] reads at once.
+const READ_CHUNK: usize = 1 << 20;
+
+fn read_array<const N: usize>(input: &mut dyn Read) -> std::io::Result<[u8; N]> {
     let mut a = [0u8; N];
     input.read_exact(&mut a)?;
     Ok(a)
@@ -211,10 +209,10 @@ mod tests {
         codes.insert(6, &[0.0; 64]); // all zeros: scale 0, dot 0
         codes.insert(7, &[1.0; 3]); // wrong width: ignored
         codes.remove(3);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("codes");
-        codes.save(&path).expect("save");
-        let back = Codes::load(&path).expect("load");
+        let mut bytes = Vec::new();
+        codes.write_to(&mut bytes).expect("write");
+        let load = |b: &[u8]| Codes::read_from(&mut &b[..], b.len() as u64);
+        let back = load(&bytes).expect("load");
         let query = unit(&mut rng, 64);
         for seq in 1..=7 {
             assert_eq!(back.dot(&query, seq), codes.dot(&query, seq), "seq {seq}");
@@ -223,11 +221,9 @@ mod tests {
         assert_eq!(back.dot(&query, 6), Some(0.0));
         assert_eq!(back.dot(&query, 7), None);
         // Truncated, padded or foreign files are errors, not panics.
-        let bytes = std::fs::read(&path).expect("read");
         let padded = [bytes.as_slice(), &[0]].concat();
         for bad in [&bytes[..bytes.len() - 1], &padded[..], &b"LKCODES2"[..]] {
-            std::fs::write(&path, bad).expect("write");
-            assert!(Codes::load(&path).is_err());
+            assert!(load(bad).is_err());
         }
     }
 }

@@ -54,8 +54,6 @@ pub mod sums;
 
 use std::{
     collections::{HashMap, HashSet},
-    fs::File,
-    io::BufWriter,
     path::Path,
     sync::{Arc, Mutex, RwLock},
 };
@@ -69,6 +67,15 @@ use crate::vector::dot;
 use codes::Codes;
 use flat::FlatGraph;
 use sums::FileSums;
+
+/// The result of a scoped thread; its panic (a bug) as an error.
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
+    handle.join().unwrap_or_else(|_| {
+        Err(Error::Internal(
+            "a thread saving or loading the index panicked".into(),
+        ))
+    })
+}
 
 /// File of a saved graph ([`FlatGraph::write`]).
 const GRAPH_FILE: &str = "graph.flat";
@@ -198,16 +205,23 @@ impl Index {
             return Ok(None);
         };
         self.seal();
-        let path = dir.join(GRAPH_FILE);
-        let io = |e: std::io::Error| Error::file("write the graph", &path)(e);
-        let mut out = BufWriter::new(File::create(&path).map_err(io)?);
-        read(flat).write(&mut out).map_err(io)?;
-        out.into_inner()
-            .map_err(|e| io(e.into_error()))?
-            .sync_all()
-            .map_err(io)?;
-        read(codes).save(&dir.join(CODES_FILE))?;
-        sums::of_files(dir, &[GRAPH_FILE, CODES_FILE]).map(Some)
+        // The two files at once (each under its own lock, taken alone):
+        // at a million images that is 0.6 and 1.3 GB.
+        let (graph, codes) = std::thread::scope(|scope| {
+            let graph = scope.spawn(|| {
+                sums::write(&dir.join(GRAPH_FILE), "write the graph", |out| {
+                    read(flat).write(&mut { out })
+                })
+            });
+            let codes = sums::write(&dir.join(CODES_FILE), "write the re-rank codes", |out| {
+                read(codes).write_to(out)
+            });
+            (join(graph), codes)
+        });
+        Ok(Some(FileSums::from([
+            (GRAPH_FILE.to_string(), graph?),
+            (CODES_FILE.to_string(), codes?),
+        ])))
     }
 
     /// Reads a graph written by [`Index::dump`] once every file matches
@@ -220,18 +234,21 @@ impl Index {
         params: GraphParams,
         tombstones: Vec<u64>,
     ) -> Result<Self> {
-        if !sums.contains_key(GRAPH_FILE) || !sums.contains_key(CODES_FILE) {
-            return Err(Error::Internal(format!(
-                "the saved index in '{}' does not list {GRAPH_FILE} and {CODES_FILE} (written \
-                 by an older lookalike?)",
-                dir.display(),
-            )));
-        }
-        sums::verify(dir, sums)?;
-        let path = dir.join(GRAPH_FILE);
-        let bytes = std::fs::read(&path).map_err(Error::file("read the graph", &path))?;
-        let flat = FlatGraph::read(&bytes)?;
-        drop(bytes);
+        // Both files at once, as they were written.
+        let (flat, codes) = std::thread::scope(|scope| {
+            let flat = scope.spawn(|| {
+                sums::read(dir, GRAPH_FILE, sums, |input, len| {
+                    let mut bytes = Vec::with_capacity(len as usize);
+                    input
+                        .read_to_end(&mut bytes)
+                        .map_err(Error::file("read the graph", dir.join(GRAPH_FILE)))?;
+                    FlatGraph::read(&bytes)
+                })
+            });
+            let codes = sums::read(dir, CODES_FILE, sums, Codes::read_from);
+            (join(flat), codes)
+        });
+        let (flat, codes) = (flat?, codes?);
         if flat.len() > 0 && flat.dim() != projection.out_dim() {
             return Err(Error::Internal(format!(
                 "the saved graph holds {}-d points, the projection makes {}-d ones",
@@ -239,7 +256,6 @@ impl Index {
                 projection.out_dim()
             )));
         }
-        let codes = Codes::load(&dir.join(CODES_FILE))?;
         Ok(Self::over(
             projection,
             None,

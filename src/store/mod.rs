@@ -158,6 +158,13 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every write so far durable (fsync).
     fn flush(&self) -> Result<()>;
 
+    /// A clean stop: makes every write durable and saves what lets the
+    /// next open start sooner (the counts). Call once no write is in
+    /// flight; later writes are refused.
+    fn close(&self) -> Result<()> {
+        self.flush()
+    }
+
     /// Bytes the store takes on disk.
     fn size_on_disk(&self) -> Result<u64>;
 

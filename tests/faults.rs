@@ -3,6 +3,9 @@
 //!   older lookalike is never used (it could give silently wrong answers);
 //!   the daemon logs why, rebuilds from the store
 //!   and gives the same answers as before;
+//! - after kill -9 the graph saved at the last clean stop is caught up
+//!   with the store (deletes since leave it, inserts since join it), not
+//!   rebuilt;
 //! - damaged records in the store are quarantined: logged, counted in
 //!   Stats, skipped by every query and rebuild (never failing a query for
 //!   another image), DATA_LOSS on Get, removable by Delete, and listed by
@@ -208,6 +211,84 @@ async fn a_damaged_saved_index_is_rebuilt_never_used() {
             "{what}: the log does not say why the graph was rebuilt:\n{log}"
         );
     }
+}
+
+/// kill -9 after deletes and inserts: the next start takes the graph saved
+/// at the last clean stop, drops what was deleted since and adds what was
+/// stored since (the log says so, and no rebuild), and answers as a
+/// rebuild would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill9_the_saved_graph_is_caught_up_not_rebuilt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (serve, mut c) = start(dir.path()).await;
+    let ids = store_photos_and_grey_copies(&mut c).await;
+    let before = answers(&mut c, &ids).await;
+    serve.stop();
+
+    // Writes after the start that loads the saved graph, then a crash.
+    let (serve, mut c) = start(dir.path()).await;
+    answers(&mut c, &ids[..1]).await; // loaded
+    let deleted = [ids[0].clone(), ids[5].clone()];
+    for id in &deleted {
+        c.delete(DeleteRequest { id: id.clone() })
+            .await
+            .expect("delete");
+    }
+    let (photo, _) = photos().into_iter().nth(3).expect("a fourth photo");
+    assert_eq!(photo, ids[6], "photos and ids out of step");
+    let photo_bytes = read(&photos()[3].1);
+    let rgb = image::load_from_memory(&photo_bytes)
+        .expect("decode")
+        .to_rgb8();
+    let late = augment::encode_jpeg(&augment::rotate(&rgb, 8.0), 85).expect("jpeg");
+    insert(&mut c, "late-rotated-copy", late)
+        .await
+        .expect("insert");
+    let stored = ids.len() - deleted.len() + 1;
+    index_matches_store(&mut c, stored, Duration::from_secs(60), || {}).await;
+    let log = serve.kill9();
+    assert!(!log.contains("rebuilding"), "{log}");
+
+    let (serve, mut c) = start(dir.path()).await;
+    let kept: Vec<String> = ids
+        .iter()
+        .filter(|id| !deleted.contains(id))
+        .cloned()
+        .collect();
+    let after = answers(&mut c, &kept).await;
+    for id in &after {
+        assert!(
+            !deleted.contains(id),
+            "a deleted image is still found: {after:?}"
+        );
+    }
+    // Each kept image's best match is as before, but for the partners of
+    // the deleted ones and the photo the new copy is closest to.
+    let expected: Vec<(&String, &String)> = ids
+        .iter()
+        .zip(&before)
+        .filter(|(id, best)| !deleted.contains(id) && !deleted.contains(best))
+        .collect();
+    let same = expected
+        .iter()
+        .filter(|(id, best)| {
+            let at = kept.iter().position(|k| k == *id).expect("kept");
+            after[at] == **best || after[at] == "late-rotated-copy"
+        })
+        .count();
+    assert!(same * 20 >= expected.len() * 19, "{after:?}\n{before:?}");
+    let late_best = answers(&mut c, &["late-rotated-copy".to_string()]).await;
+    assert!(
+        late_best[0] == ids[6] || late_best[0] == ids[7],
+        "the copy stored since the save is not found with its photo: {late_best:?}"
+    );
+    index_matches_store(&mut c, stored, Duration::from_secs(60), || {}).await;
+    let log = serve.stop();
+    assert!(
+        log.contains("catching it up") && log.contains("removed_since=2"),
+        "the saved graph was not caught up:\n{log}"
+    );
+    assert!(!log.contains("rebuilding"), "rebuilt after kill -9:\n{log}");
 }
 
 /// Cuts the stored records of `ids` in half, straight in sled (the daemon

@@ -1,8 +1,10 @@
 //! Index loading and background maintenance.
 //!
 //! At start the index is the graph saved at the last clean shutdown when it
-//! matches the store exactly, else it is built from the store (the index is
-//! only a cache of it).
+//! matches the store, or, after a crash, when it was saved for this
+//! database: then what was deleted since leaves it and what was stored
+//! since is added (see `Shared::load_saved`). Else it is built from the
+//! store (the index is only a cache of it).
 //! Afterwards one background task watches the store and, off the request
 //! path: fits the PCA once `pca_min_images` are stored (switching from exact
 //! search to PCA + HNSW), refits it when the store has grown by
@@ -44,6 +46,10 @@ struct Stamp {
     /// (saved by lookalike before 2026-12-05) is rebuilt.
     #[serde(default)]
     files: FileSums,
+    /// The store's identity ([`crate::store::Store::identity`]); a graph
+    /// without it is used only when it matches the store exactly.
+    #[serde(default)]
+    identity: Option<u64>,
 }
 
 /// Records added to a new index per batch while building it.
@@ -76,7 +82,7 @@ impl Engine {
             let projection = load_projection(&*shared.store)?.map(Arc::new);
             let saved = projection.as_ref().and_then(|p| shared.load_saved(p));
             let (index, built_upto) = match saved {
-                Some(index) => (index, shared.store.last_seq()?),
+                Some(saved) => saved,
                 None => shared.build(projection)?,
             };
             let known = shared.current_index().tombstone_seqs();
@@ -177,6 +183,7 @@ impl Shared {
             pca_dimensions: projection.out_dim(),
             tombstones: index.tombstone_list(),
             files,
+            identity: self.store.identity(),
         };
         let json = serde_json::to_vec(&stamp).map_err(|e| Error::Internal(e.to_string()))?;
         let stamp_path = dir.join(STAMP);
@@ -185,25 +192,41 @@ impl Shared {
         Ok(true)
     }
 
-    /// The graph saved at the last clean shutdown, if it matches the store
-    /// and `projection` exactly. The saved files are removed either way, so
-    /// a crash from now on can never bring back a graph older than the store.
-    fn load_saved(&self, projection: &Arc<Projection>) -> Option<Index> {
+    /// The graph saved at the last clean stop, brought up to date with the
+    /// store, and the seq up to which it holds every record (the caller
+    /// adds the later ones); None when it cannot be used (it is removed,
+    /// and the caller rebuilds).
+    ///
+    /// A graph that matches the store exactly is used as it is. One that is
+    /// older (the daemon stopped without saving since: a crash, kill -9)
+    /// is used when it was saved for this very database (its identity: a
+    /// seq names one record for good only within one database) over the
+    /// same PCA: records deleted or replaced since, whose seqs are no
+    /// longer in the store, become tombstones, and records stored since
+    /// have higher seqs. The files stay until the next save, so that a
+    /// crash after this start is caught up the same way.
+    fn load_saved(&self, projection: &Arc<Projection>) -> Option<(Index, u64)> {
         let dir = self.config.data_dir.join(INDEX_DIR);
         if !dir.exists() {
             return None;
         }
-        let loaded = (|| -> Result<Option<Index>> {
+        let loaded = (|| -> Result<std::result::Result<(Index, u64), &'static str>> {
             let path = dir.join(STAMP);
             let bytes = std::fs::read(&path).map_err(Error::file("read the index stamp", &path))?;
             let stamp: Stamp = serde_json::from_slice(&bytes)
                 .map_err(Error::file("parse the index stamp", &path))?;
-            let matches = stamp.last_seq == self.store.last_seq()?
-                && stamp.count == self.store.len()
-                && stamp.pca_fitted_on == projection.fitted_on()
-                && stamp.pca_dimensions == projection.out_dim();
-            if !matches {
-                return Ok(None);
+            if stamp.pca_fitted_on != projection.fitted_on()
+                || stamp.pca_dimensions != projection.out_dim()
+            {
+                return Ok(Err("it was built over another PCA"));
+            }
+            let exact = stamp.last_seq == self.store.last_seq()? && stamp.count == self.store.len();
+            let this_store = stamp.identity.is_some() && stamp.identity == self.store.identity();
+            if !exact && !this_store {
+                return Ok(Err(
+                    "it does not match the store, and was saved for another database or by an \
+                     older lookalike",
+                ));
             }
             let index = Index::load_graph(
                 &dir,
@@ -212,20 +235,40 @@ impl Shared {
                 self.graph_params(),
                 stamp.tombstones,
             )?;
-            Ok(Some(index))
+            if !exact {
+                let live = self.store.live_seqs()?;
+                let gone: Vec<u64> = index
+                    .held_seqs()
+                    .into_iter()
+                    .filter(|seq| !live.contains(seq))
+                    .collect();
+                for &seq in &gone {
+                    index.remove(seq);
+                }
+                tracing::info!(
+                    saved_upto_seq = stamp.last_seq,
+                    removed_since = gone.len(),
+                    "the saved index is older than the store (no clean stop since it was \
+                     saved); catching it up"
+                );
+            }
+            Ok(Ok((index, stamp.last_seq)))
         })();
-        let _ = std::fs::remove_dir_all(&dir);
-        match loaded {
-            Ok(Some(index)) => Some(index),
-            Ok(None) => {
-                tracing::info!("saved index is stale; rebuilding from the store");
-                None
+        let why = match loaded {
+            Ok(Ok(loaded)) => return Some(loaded),
+            Ok(Err(why)) => {
+                tracing::info!(why, "saved index is stale; rebuilding from the store");
+                why.to_string()
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot use the saved index; rebuilding from the store");
-                None
+                e.to_string()
             }
+        };
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(error = %e, why, "cannot remove the unusable saved index");
         }
+        None
     }
 
     /// The job the store's state calls for, if any.

@@ -75,6 +75,11 @@ impl Codes {
         self.slots.remove(&seq);
     }
 
+    /// Every held seq, in no order.
+    pub fn seqs(&self) -> Vec<u64> {
+        self.slots.keys().copied().collect()
+    }
+
     /// Whether `seq`'s features are held (added and not removed).
     pub fn contains(&self, seq: u64) -> bool {
         self.slots.contains_key(&seq)

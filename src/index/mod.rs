@@ -415,6 +415,15 @@ impl Index {
         }
     }
 
+    /// The seqs of the records held and not removed (none for an exact
+    /// index: it is never saved).
+    pub fn held_seqs(&self) -> Vec<u64> {
+        match &self.mode {
+            Mode::Exact(_) => Vec::new(),
+            Mode::Graph { codes, .. } => read(codes).seqs(),
+        }
+    }
+
     /// The removed points' seqs, now.
     pub fn tombstone_seqs(&self) -> HashSet<u64> {
         read(&self.tombstones).clone()

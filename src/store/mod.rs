@@ -174,6 +174,16 @@ pub trait Store: Send + Sync + 'static {
     /// Every metadata entry (model, Siamese identity, PCA), for snapshots.
     fn meta_all(&self) -> Result<Vec<(String, Vec<u8>)>>;
 
+    /// A number that tells this database from any other (a restored copy
+    /// included), fixed for its life; None if the store has none. A seq
+    /// names one record for good only within one database.
+    fn identity(&self) -> Option<u64> {
+        None
+    }
+
+    /// The seq of every stored record (a walk of every id).
+    fn live_seqs(&self) -> Result<std::collections::HashSet<u64>>;
+
     /// How many times the store was reopened after a failed write. Writes
     /// that failed may then be gone, or (an upsert) the record they
     /// replaced back: an index built before holds other than the store.

@@ -58,6 +58,8 @@ pub struct SledStore {
     review_pairs: AtomicUsize,
     /// See the module doc.
     review_lock: Mutex<()>,
+    /// See [`Store::identity`].
+    identity: u64,
     /// sled's own `len` walks the whole tree (69 s with a cold page cache at
     /// a million images); this is kept in step instead, and saved by a
     /// clean [`Store::close`] so that the next open need not walk it.
@@ -106,6 +108,11 @@ const SEQ_BASE: &str = "seq_base";
 /// from then on leaves no key and the open after it counts afresh.
 const CLEAN_COUNTS: &str = "clean_counts";
 
+/// Meta key of the database's identity ([`Store::identity`]), 8 random
+/// bytes written at its first open. Not copied into snapshots: a restored
+/// database is another one.
+const IDENTITY: &str = "identity";
+
 /// Free space the data folder's disk needs before a reopen is tried after a
 /// full disk: sled writes as it recovers, and a reopen that fails leaves
 /// no database to read from until the next one.
@@ -148,6 +155,25 @@ impl Trees {
         }
     }
 
+    /// The database's identity, made (durably) at its first open.
+    fn identity(&self) -> Result<u64> {
+        let saved = self
+            .meta
+            .get(IDENTITY)
+            .map_err(Error::store("reading metadata"))?;
+        if let Some(bytes) = saved {
+            if let Ok(bytes) = <[u8; 8]>::try_from(bytes.as_ref()) {
+                return Ok(u64::from_le_bytes(bytes));
+            }
+        }
+        let identity: u64 = rand::random();
+        self.meta
+            .insert(IDENTITY, &identity.to_le_bytes()[..])
+            .map_err(Error::store("saving the database's identity"))?;
+        self.db.flush().map_err(Error::store("flushing to disk"))?;
+        Ok(identity)
+    }
+
     fn seq_base(&self) -> Result<u64> {
         match self
             .meta
@@ -187,6 +213,7 @@ impl SledStore {
         );
         let (count, review_pairs) = (AtomicUsize::new(count), AtomicUsize::new(review_pairs));
         let seq_base = AtomicU64::new(trees.seq_base()?);
+        let identity = trees.identity()?;
         Ok(SledStore {
             dir: dir.to_path_buf(),
             open: RwLock::new(Some(Arc::new(trees))),
@@ -196,6 +223,7 @@ impl SledStore {
             reopens: AtomicU64::new(0),
             review_pairs,
             review_lock: Mutex::new(()),
+            identity,
             count,
             closed: AtomicBool::new(false),
             seq_base,
@@ -880,13 +908,31 @@ impl Store for SledStore {
         self.trees()?
             .meta
             .iter()
-            // The seq base belongs to this database, not to its copies.
-            .filter(|item| !matches!(item, Ok((k, _)) if k.as_ref() == SEQ_BASE.as_bytes()))
+            // The seq base, the identity and the saved counts belong to
+            // this database, not to its copies.
+            .filter(|item| {
+                !matches!(item, Ok((k, _)) if [SEQ_BASE, IDENTITY, CLEAN_COUNTS]
+                    .iter()
+                    .any(|own| k.as_ref() == own.as_bytes()))
+            })
             .map(|item| {
                 let (k, v) = item.map_err(Error::store("reading metadata"))?;
                 Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
             })
             .collect()
+    }
+
+    fn identity(&self) -> Option<u64> {
+        Some(self.identity)
+    }
+
+    fn live_seqs(&self) -> Result<std::collections::HashSet<u64>> {
+        let trees = self.trees()?;
+        let mut seqs = std::collections::HashSet::with_capacity(self.len());
+        for item in trees.ids.iter().values() {
+            seqs.insert(seq_from(&item.map_err(Error::store("reading the ids"))?)?);
+        }
+        Ok(seqs)
     }
 
     fn size_on_disk(&self) -> Result<u64> {
@@ -901,6 +947,9 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(()); // `close` flushed, and nothing was written since
+        }
         let upto = {
             let mut unflushed = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
             unflushed.epoch += 1;
@@ -986,6 +1035,9 @@ mod tests {
             .insert(&record("late", 0.3), false, Attachments::default())
             .unwrap_err();
         assert!(matches!(err, Error::Unavailable(_)), "{err}");
+        store
+            .flush()
+            .expect("a flush after close has nothing to do");
         // Proof that the next open reads the saved counts rather than
         // counting: make them say 7.
         let trees = store.trees().expect("open");

@@ -259,10 +259,23 @@ impl LoggedServe {
 
     /// SIGTERM; its whole log, once it exited 0.
     pub fn stop(mut self) -> String {
-        use std::io::Read;
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+        let (log, status) = self.log_and_exit();
+        assert!(status.success(), "{log}");
+        log
+    }
+
+    /// SIGKILL (a crash: nothing saved); its whole log.
+    pub fn kill9(mut self) -> String {
+        self.child.kill().expect("kill -9");
+        self.log_and_exit().0
+    }
+
+    /// Its whole log and exit status, once it exited.
+    fn log_and_exit(&mut self) -> (String, std::process::ExitStatus) {
+        use std::io::Read;
         let mut log = String::new();
         self.child
             .stderr
@@ -270,8 +283,7 @@ impl LoggedServe {
             .expect("stderr")
             .read_to_string(&mut log)
             .expect("log");
-        assert!(self.child.wait().expect("exit").success(), "{log}");
-        log
+        (log, self.child.wait().expect("exit"))
     }
 }
 

@@ -135,14 +135,14 @@ async fn store_photos_and_grey_copies(c: &mut Client) -> Vec<String> {
     ids
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_saved_index_is_rebuilt_never_used() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (serve, mut c) = start(dir.path()).await;
+/// A daemon on `dir` stores the photos and their grey copies, answers for
+/// each, and stops cleanly (saving its graph); the ids and those answers.
+async fn stored_then_stopped(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let (serve, mut c) = start(dir).await;
     let ids = store_photos_and_grey_copies(&mut c).await;
     let before = answers(&mut c, &ids).await;
     // Nearly every photo's best match is its grey copy and the other way
-    // round (the answers compared below mean something).
+    // round (the answers compared later mean something).
     let partners = ids
         .chunks(2)
         .zip(before.chunks(2))
@@ -150,6 +150,13 @@ async fn a_damaged_saved_index_is_rebuilt_never_used() {
         .count();
     assert!(partners * 10 >= ids.len() / 2 * 9, "{before:?}");
     serve.stop();
+    (ids, before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_saved_index_is_rebuilt_never_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ids, before) = stored_then_stopped(dir.path()).await;
     let index = dir.path().join("index");
 
     // An intact saved graph is used as it is.
@@ -220,10 +227,7 @@ async fn a_damaged_saved_index_is_rebuilt_never_used() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill9_the_saved_graph_is_caught_up_not_rebuilt() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (serve, mut c) = start(dir.path()).await;
-    let ids = store_photos_and_grey_copies(&mut c).await;
-    let before = answers(&mut c, &ids).await;
-    serve.stop();
+    let (ids, before) = stored_then_stopped(dir.path()).await;
 
     // Writes after the start that loads the saved graph, then a crash.
     let (serve, mut c) = start(dir.path()).await;

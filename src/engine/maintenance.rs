@@ -159,20 +159,29 @@ impl Shared {
         );
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(Error::file("create the index folder", &tmp))?;
-        self.save_index_into(index, &tmp)?;
+        let saved = self.save_index_into(index, &tmp)?;
         let _ = std::fs::remove_dir_all(&dir);
+        if !saved {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Ok(());
+        }
         std::fs::rename(&tmp, &dir)
             .map_err(Error::file("move the saved index into place", &dir))?;
         Ok(())
     }
 
     /// Writes the graph and its stamp into the existing folder `dir`;
-    /// false for an exact index (nothing to save). No write may land
-    /// meanwhile (the caller holds the slot's or the writes' lock).
+    /// false for an exact index (nothing to save) or one whose re-rank
+    /// codes were found damaged (the next start rebuilds). No write may
+    /// land meanwhile (the caller holds the slot's or the writes' lock).
     pub(super) fn save_index_into(&self, index: &Index, dir: &std::path::Path) -> Result<bool> {
         let Some(projection) = index.projection() else {
             return Ok(false);
         };
+        if index.damaged() {
+            tracing::warn!("not saving the index: its re-rank codes are damaged");
+            return Ok(false);
+        }
         let Some(files) = index.dump(dir)? else {
             return Ok(false);
         };
@@ -287,6 +296,7 @@ impl Shared {
             Some(p) if count as f64 >= p.fitted_on() as f64 * self.config.pca_refit_growth => {
                 Some(Job::Refit)
             }
+            Some(_) if index.damaged() => Some(Job::Rebuild),
             Some(_) => {
                 let dead = index.tombstones();
                 let limit = index.size() as f64 * self.config.rebuild_tombstone_fraction;
@@ -368,7 +378,12 @@ impl Shared {
     /// A new index over every stored record, and the highest seq it holds.
     fn build(&self, projection: Option<Arc<Projection>>) -> Result<(Index, u64)> {
         let index = match projection {
-            Some(p) => Index::graph(p, self.graph_params(), self.store.len()),
+            Some(p) => Index::graph_in(
+                p,
+                self.graph_params(),
+                self.store.len(),
+                &self.config.data_dir.join(INDEX_DIR),
+            )?,
             None => Index::exact(),
         };
         let built_upto = self.add_records_after(&index, 0)?.0;

@@ -103,6 +103,9 @@ impl Shared {
             hits.retain(|h| h.seq <= upto);
         }
         let hits = index.rescore(&query.features, hits, keep);
+        if index.damaged() {
+            self.maintenance.notify_one(); // to rebuild it
+        }
         // The best few by cosine get the keypoint check (hits are best
         // first), a few dozen more when none of them shows one picture;
         // the rest of a wide shortlist (Insert's) are judged as before.

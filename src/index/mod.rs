@@ -16,7 +16,9 @@
 //!
 //! In graph mode the index also keeps every point's full features as 8-bit
 //! codes ([`codes`]), so that [`Index::rescore`] can re-rank the graph's
-//! candidates without reading each from the store.
+//! candidates without reading each from the store. The daemon keeps them in
+//! a file beside the saved graph ([`Index::graph_in`]), read a record per
+//! candidate, so that they take no RAM beyond the page cache.
 //!
 //! The graph cannot delete, so deleted or replaced points stay in it as
 //! tombstones that the search filter skips; the engine rebuilds the graph
@@ -36,7 +38,8 @@
 //! 3. `tombstones` (held by a search across the graph search, because the
 //!    search filter reads it);
 //! 4. `codes`, then `flat` (each alone, never both; the seal takes `flat`
-//!    under `builder`);
+//!    under `builder`); `codes` is held across its file's positioned reads
+//!    and writes, which take no lock of ours;
 //! 5. hnsw_rs's own locks, always last: its layer table, entry point, point
 //!    count and per-point neighbour lists. hnsw_rs calls back into our code
 //!    only through the search filter, which takes no lock (it reads the
@@ -64,7 +67,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use crate::error::{Error, Result};
 use crate::pca::Projection;
 use crate::vector::dot;
-use codes::Codes;
+use codes::{Codes, Scored};
 use flat::FlatGraph;
 use sums::FileSums;
 
@@ -79,8 +82,6 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
 
 /// File of a saved graph ([`FlatGraph::write`]).
 const GRAPH_FILE: &str = "graph.flat";
-/// File of the saved re-rank codes, beside the graph.
-const CODES_FILE: &str = "rerank.codes";
 
 /// Graph construction and search parameters.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +135,28 @@ impl Index {
     /// An empty graph index over `projection`, sized for `capacity` points.
     /// Points added go to hnsw_rs until [`Index::seal`].
     pub fn graph(projection: Arc<Projection>, params: GraphParams, capacity: usize) -> Self {
+        let codes = Codes::new(projection.in_dim(), capacity);
+        Self::building(projection, params, capacity, codes)
+    }
+
+    /// [`Index::graph`], with the re-rank codes in a new file in `dir`
+    /// (the daemon's way: they are most of an index's bytes).
+    pub fn graph_in(
+        projection: Arc<Projection>,
+        params: GraphParams,
+        capacity: usize,
+        dir: &Path,
+    ) -> Result<Self> {
+        let codes = Codes::create_in(dir, projection.in_dim(), capacity)?;
+        Ok(Self::building(projection, params, capacity, codes))
+    }
+
+    fn building(
+        projection: Arc<Projection>,
+        params: GraphParams,
+        capacity: usize,
+        codes: Codes,
+    ) -> Self {
         let graph = Hnsw::new(
             params.m,
             capacity.max(1024),
@@ -141,7 +164,6 @@ impl Index {
             params.ef_construction,
             DistDot {},
         );
-        let codes = Codes::new(projection.in_dim(), capacity);
         let empty = FlatGraph::new(projection.out_dim(), params.m, 0);
         Self::over(
             projection,
@@ -197,7 +219,8 @@ impl Index {
     }
 
     /// Writes a graph index's graph ([`FlatGraph::write`], sealing it
-    /// first) and its re-rank codes into `dir`; returns the files'
+    /// first) into `dir` and saves its re-rank codes there ([`Codes::dump`]:
+    /// a link to their file and a table); returns the files'
     /// checksums, which [`Index::load_graph`] needs. `None` for an exact
     /// index, which has nothing to save.
     pub fn dump(&self, dir: &Path) -> Result<Option<FileSums>> {
@@ -205,22 +228,20 @@ impl Index {
             return Ok(None);
         };
         self.seal();
-        // The two files at once (each under its own lock, taken alone):
-        // at a million images that is 0.6 and 1.3 GB.
+        // The graph (0.6 GB at a million images) while the codes' file is
+        // synced and linked (each under its own lock, taken alone).
         let (graph, codes) = std::thread::scope(|scope| {
             let graph = scope.spawn(|| {
                 sums::write(&dir.join(GRAPH_FILE), "write the graph", |out| {
                     read(flat).write(&mut { out })
                 })
             });
-            let codes = sums::write(&dir.join(CODES_FILE), "write the re-rank codes", |out| {
-                read(codes).write_to(out)
-            });
+            let codes = write(codes).dump(dir);
             (join(graph), codes)
         });
         Ok(Some(FileSums::from([
             (GRAPH_FILE.to_string(), graph?),
-            (CODES_FILE.to_string(), codes?),
+            (codes::SLOTS_FILE.to_string(), codes?),
         ])))
     }
 
@@ -245,7 +266,14 @@ impl Index {
                     FlatGraph::read(&bytes)
                 })
             });
-            let codes = sums::read(dir, CODES_FILE, sums, Codes::read_from);
+            let codes = if sums.contains_key(codes::OLD_CODES_FILE) {
+                tracing::info!("converting the saved re-rank codes to this version's file");
+                sums::read(dir, codes::OLD_CODES_FILE, sums, |input, len| {
+                    Codes::import(input, len, dir)
+                })
+            } else {
+                Codes::load(dir, sums)
+            };
             (join(flat), codes)
         });
         let (flat, codes) = (flat?, codes?);
@@ -440,6 +468,15 @@ impl Index {
         }
     }
 
+    /// Whether a re-rank code read back was damaged: the index should be
+    /// rebuilt from the store.
+    pub fn damaged(&self) -> bool {
+        match &self.mode {
+            Mode::Exact(_) => false,
+            Mode::Graph { codes, .. } => read(codes).damaged(),
+        }
+    }
+
     /// Removed points still in the graph (0 in exact mode).
     pub fn tombstones(&self) -> usize {
         match self.mode {
@@ -477,11 +514,14 @@ impl Index {
     pub fn rescore(&self, query: &[f32], mut hits: Vec<Hit>, keep: usize) -> Vec<Hit> {
         if let Mode::Graph { codes, .. } = &self.mode {
             let codes = read(codes);
+            let mut record = Vec::new();
             hits = hits
                 .into_iter()
-                .filter_map(|hit| {
-                    let similarity = codes.dot(query, hit.seq)?;
-                    Some(Hit { similarity, ..hit })
+                .filter_map(|hit| match codes.dot(query, hit.seq, &mut record) {
+                    Scored::Dot(similarity) => Some(Hit { similarity, ..hit }),
+                    // Kept on its graph score; the engine rebuilds.
+                    Scored::Unreadable => Some(hit),
+                    Scored::Absent => None,
                 })
                 .collect();
             hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));

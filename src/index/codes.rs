@@ -36,7 +36,7 @@ use std::{
     collections::HashMap,
     fs::{File, OpenOptions},
     io::{Read, Write},
-    os::unix::fs::FileExt,
+    os::unix::{fs::FileExt, io::AsRawFd},
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
 };
@@ -88,6 +88,48 @@ impl Records {
                 Ok(())
             }
             Records::File { file, .. } => file.read_exact_at(buf, offset),
+        }
+    }
+
+    /// Reads `buf` at `offset` only if that needs no wait on the disk (the
+    /// pages are in the page cache); false otherwise, `buf` then unfilled.
+    fn read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        match self {
+            Records::Memory(_) => self.read_at(offset, buf).is_ok(),
+            Records::File { file, .. } => {
+                let iov = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                };
+                // SAFETY: `iov` describes `buf`, writable for its whole
+                // length for the duration of the call; the fd is open.
+                let n = unsafe {
+                    libc::preadv2(
+                        file.as_raw_fd(),
+                        &iov,
+                        1,
+                        offset as libc::off_t,
+                        libc::RWF_NOWAIT,
+                    )
+                };
+                n == buf.len() as isize
+            }
+        }
+    }
+
+    /// Asks the kernel to start reading `len` bytes at `offset` (and not to
+    /// wait for them), so that many records' reads overlap.
+    fn prefetch(&self, offset: u64, len: usize) {
+        if let Records::File { file, .. } = self {
+            // SAFETY: a hint on an open fd; no memory is passed.
+            unsafe {
+                libc::posix_fadvise(
+                    file.as_raw_fd(),
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
         }
     }
 }
@@ -229,23 +271,41 @@ impl Codes {
         self.damaged.load(Ordering::Relaxed)
     }
 
-    /// Approximate dot product of `query` (full width) with `seq`'s
-    /// features, reading its record into `buf`.
-    pub fn dot(&self, query: &[f32], seq: u64, buf: &mut Vec<u8>) -> Scored {
+    /// Approximate dot products of `query` (full width) with each of
+    /// `seqs`' features. Records in the page cache are read at once; the
+    /// kernel is asked for all the others before the first is waited for,
+    /// so that a query's reads from disk overlap.
+    pub fn dot_many(&self, query: &[f32], seqs: &[u64]) -> Vec<Scored> {
+        let mut scored = vec![Scored::Absent; seqs.len()];
         if query.len() != self.dim {
-            return Scored::Absent;
+            return scored;
         }
-        let record: &[u8] = if let Some(&slot) = self.slots.get(&seq) {
-            buf.resize(self.record_len() as usize, 0);
-            if let Err(e) = self.records.read_at(slot as u64 * self.record_len(), buf) {
-                return self.unreadable(seq, &e.to_string());
+        let len = self.record_len();
+        let mut buf = vec![0u8; len as usize];
+        let mut missed = Vec::new();
+        for (i, &seq) in seqs.iter().enumerate() {
+            if let Some(&slot) = self.slots.get(&seq) {
+                let offset = slot as u64 * len;
+                if self.records.read_cached(offset, &mut buf) {
+                    scored[i] = self.score(query, seq, &buf);
+                } else {
+                    self.records.prefetch(offset, buf.len());
+                    missed.push((i, seq, offset));
+                }
+            } else if let Some(record) = self.unwritten.get(&seq) {
+                scored[i] = self.score(query, seq, record);
             }
-            buf
-        } else if let Some(record) = self.unwritten.get(&seq) {
-            record
-        } else {
-            return Scored::Absent;
-        };
+        }
+        for (i, seq, offset) in missed {
+            scored[i] = match self.records.read_at(offset, &mut buf) {
+                Ok(()) => self.score(query, seq, &buf),
+                Err(e) => self.unreadable(seq, &e.to_string()),
+            };
+        }
+        scored
+    }
+
+    fn score(&self, query: &[f32], seq: u64, record: &[u8]) -> Scored {
         match decode(record) {
             Some((held, scale, code)) if held == seq => {
                 // SAFETY: i8 and u8 have the same size and alignment, and
@@ -575,7 +635,7 @@ mod tests {
     }
 
     fn dot(codes: &Codes, query: &[f32], seq: u64) -> Scored {
-        codes.dot(query, seq, &mut Vec::new())
+        codes.dot_many(query, &[seq])[0]
     }
 
     #[test]

@@ -513,11 +513,12 @@ impl Index {
     /// Hits removed since the search are dropped.
     pub fn rescore(&self, query: &[f32], mut hits: Vec<Hit>, keep: usize) -> Vec<Hit> {
         if let Mode::Graph { codes, .. } = &self.mode {
-            let codes = read(codes);
-            let mut record = Vec::new();
+            let seqs: Vec<u64> = hits.iter().map(|h| h.seq).collect();
+            let scored = read(codes).dot_many(query, &seqs);
             hits = hits
                 .into_iter()
-                .filter_map(|hit| match codes.dot(query, hit.seq, &mut record) {
+                .zip(scored)
+                .filter_map(|(hit, scored)| match scored {
                     Scored::Dot(similarity) => Some(Hit { similarity, ..hit }),
                     // Kept on its graph score; the engine rebuilds.
                     Scored::Unreadable => Some(hit),

@@ -472,6 +472,10 @@ impl Codes {
             }
             left -= n;
         }
+        // An earlier conversion's file (a crash since).
+        if let Records::File { path, .. } = &codes.records {
+            remove_others(dir, &path.file_name().unwrap_or_default().to_string_lossy());
+        }
         Ok(codes)
     }
 }

@@ -133,7 +133,8 @@ impl<T: Display> Display for Bounds<T> {
 pub mod bounds {
     use super::Bounds;
 
-    /// hnsw_rs exits the process when asked for more connections than 256.
+    /// A point keeps up to `2 M` neighbours on layer 0 in a fixed run of
+    /// slots; past 256 a graph is all memory (hnswlib suggests 5 to 48).
     pub const HNSW_M: Bounds<usize> = Bounds::closed(2, 256);
     pub const EF: Bounds<usize> = Bounds::closed(1, 100_000);
     pub const BATCH_BUDGET_MS: Bounds<f64> = Bounds::closed(0.0, 1000.0);

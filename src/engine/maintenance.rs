@@ -11,9 +11,8 @@
 //! `pca_refit_growth`, and rebuilds the graph when tombstones pass
 //! `rebuild_tombstone_fraction`. Each job builds a new index without locks,
 //! then takes the write lock briefly to add what was inserted meanwhile and
-//! swap it in. A new graph is built by hnsw_rs in parallel and sealed into
-//! the flat graph before it is swapped in (`Index::seal`); inserts between
-//! builds go into the flat graph directly.
+//! swap it in. A new graph is built in parallel batches (`Index::add_batch`,
+//! on rayon's pool); inserts between builds go into the graph one by one.
 
 use std::{
     sync::{atomic::Ordering, Arc},
@@ -407,9 +406,6 @@ impl Shared {
                 break;
             }
         }
-        // hnsw_rs inserted the bulk in parallel; the few records still to
-        // come, and every later one, go into the flat graph.
-        index.seal();
         let mut slot = self.index.write().unwrap_or_else(|e| e.into_inner());
         if self.closed.load(Ordering::SeqCst) {
             // Shutdown saved the index in the slot; this one is dropped.

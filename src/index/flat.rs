@@ -1,45 +1,57 @@
-//! The search graph: HNSW over the projections in flat arrays, grown in
-//! place, saved and loaded as one file.
+//! The search graph: HNSW over the projections in flat arrays, built and
+//! grown in place, saved and loaded as one file.
 //!
-//! hnsw_rs builds the graph when the index is built from the store (its
-//! parallel insert), and the index then moves that graph into these arrays
-//! ([`FlatGraph::copy_of`]) and drops hnsw_rs's copy. hnsw_rs keeps a point
-//! as an `Arc` with a lock and, per neighbour, another `Arc`'d record, and
-//! its search allocates per candidate and locks per node (a quarter of
-//! hnswlib's queries per second on the same vectors, `cargo bench --bench
-//! index`), so searches ran on a flat copy beside it: dropping both took
-//! the daemon's RSS at a million images from 5.3 GB to 2.1 GB. Here vectors are contiguous,
-//! points are dense `u32` ids, and each point's layer-0 neighbours sit in a
-//! fixed run of `2 M` slots: about 0.5 KB a point at 100-d, written and
-//! read back as plain arrays.
+//! Vectors are contiguous, points are dense `u32` ids, and each point's
+//! layer-0 neighbours sit in a fixed run of `2 M` slots: about 0.5 KB a
+//! point at 100-d, written and read back as plain arrays.
 //!
 //! Searches run the way hnswlib's do: a per-thread visited array stamped
 //! with a generation number, two binary heaps of (similarity, id), and a
-//! prefetch of the next neighbour's vector. Inserts after the copy use
-//! hnswlib's algorithm too (random level, beam search of width
-//! `ef_construction` on each layer, the neighbour-selection heuristic,
-//! lists over their cap pruned by the same heuristic), split in two so
+//! prefetch of the next neighbour's vector. Inserts use hnswlib's
+//! algorithm too (random level, beam search of width `ef_construction` on
+//! each layer, `M` neighbours chosen by the neighbour-selection heuristic,
+//! lists over their cap, `2 M` on layer 0, pruned by the same heuristic), split in two so
 //! that searches are never held up by one: [`FlatGraph::plan`] works out
 //! every change on a shared reference, [`FlatGraph::apply`] writes them
 //! (a few copies of neighbour lists). The index serialises inserts, so no
 //! change lands between an insert's plan and its apply (`super::Index`).
+//!
+//! A build inserts many points at once ([`FlatGraph::plan_batch`]): the
+//! plans of a small batch run in parallel against the graph as it stands,
+//! then are applied in order, a neighbour list that an earlier plan of the
+//! same batch changed being merged again rather than overwritten. The
+//! points of one batch do not see each other while planned, as threads
+//! inserting at once into hnswlib's graph barely do; the first points of
+//! a graph go in one at a time. hnsw_rs built the graph before (its
+//! parallel insert, then a copy into these arrays): 4-5x hnswlib's build
+//! time for the same graph (`cargo bench --bench index`, which keeps it as
+//! a peer row).
 
 use std::{
     cell::RefCell,
     cmp::{Ordering, Reverse},
-    collections::{BinaryHeap, HashMap},
+    collections::{BinaryHeap, HashMap, HashSet},
     io::Write,
 };
 
-use hnsw_rs::prelude::{DistDot, Hnsw};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::vector::fastest_dot;
 
 /// First bytes of a saved graph.
 const MAGIC: &[u8; 8] = b"LKGRAPH1";
-/// Layers a point may reach (hnsw_rs's limit, which builds the first graph).
+/// Layers a point may reach.
 pub const MAX_LAYERS: usize = 16;
+/// A build inserts its first points one at a time, until the graph holds
+/// this many: while it is small, points planned together would miss too
+/// large a share of their true neighbours (each other).
+const SERIAL_UNTIL: usize = 2_000;
+/// Points planned together per thread, once the graph is past
+/// [`SERIAL_UNTIL`]: enough to keep every thread busy between two applies,
+/// few against the graph, so that the batch's points missing each other
+/// costs no recall (hnswlib's threads miss as many).
+const PLANS_PER_THREAD: usize = 8;
 
 /// The graph: every point's projected vector, seq and neighbour lists.
 pub struct FlatGraph {
@@ -93,55 +105,6 @@ impl FlatGraph {
         }
     }
 
-    /// Copies `graph` (built with `m` neighbours a point); None when it
-    /// holds no point. Lists longer than this graph's caps keep their
-    /// first (nearest) entries. No insert may run on `graph` meanwhile
-    /// (the index holds its builder's write lock).
-    pub fn copy_of(graph: &Hnsw<'static, f32, DistDot>, m: usize) -> Option<Self> {
-        let points = point_handles(graph);
-        let first = points.first()?;
-        let mut flat = FlatGraph::new(first.get_v().len(), m, points.len());
-        let ids: HashMap<(u8, i32), u32> = points
-            .iter()
-            .zip(0u32..)
-            .map(|(p, i)| (id_key(p.get_point_id()), i))
-            .collect();
-        let resolve = |layer: &[hnsw_rs::prelude::Neighbour], cap: usize| -> Vec<u32> {
-            let mut ids: Vec<u32> = layer
-                .iter()
-                .filter_map(|nb| ids.get(&id_key(nb.p_id)).copied())
-                .collect();
-            ids.truncate(cap);
-            ids
-        };
-        flat.top_layer = first.get_point_id().0;
-        for (p, i) in points.iter().zip(0u32..) {
-            flat.vectors.extend_from_slice(p.get_v());
-            flat.seqs.push(p.get_origin_id() as u64);
-            flat.links.resize(flat.links.len() + 2 * flat.m, 0);
-            flat.counts.push(0);
-            let layers = p.get_neighborhood_id();
-            if let Some(layer0) = layers.first() {
-                let list = resolve(layer0, 2 * flat.m);
-                flat.set_links(i, 0, &list);
-            }
-            let level = p.get_point_id().0;
-            if level > 0 {
-                let lists = layers
-                    .iter()
-                    .skip(1)
-                    .take(level as usize)
-                    .map(|l| resolve(l, flat.m))
-                    .collect();
-                flat.upper.insert(i, lists);
-            }
-            if level > flat.top_layer {
-                (flat.entry, flat.top_layer) = (i, level);
-            }
-        }
-        Some(flat)
-    }
-
     pub fn len(&self) -> usize {
         self.seqs.len()
     }
@@ -168,7 +131,11 @@ impl FlatGraph {
     /// of width `ef`, and the lists of those neighbours that gain it
     /// (pruned by the heuristic when over their cap).
     pub fn plan(&self, seq: u64, vector: Vec<f32>, level: u8, ef: usize) -> Planned {
-        let id = self.len() as u32;
+        self.plan_as(self.len() as u32, seq, vector, level, ef)
+    }
+
+    /// [`FlatGraph::plan`], for the point that will get id `id`.
+    fn plan_as(&self, id: u32, seq: u64, vector: Vec<f32>, level: u8, ef: usize) -> Planned {
         let mut planned = Planned {
             seq,
             vector,
@@ -187,9 +154,11 @@ impl FlatGraph {
         }
         let mut starts = vec![nearest];
         for layer in (0..=(level.min(self.top_layer)) as usize).rev() {
-            let found = self.search_layer(q, &starts, ef.max(self.m), layer, &|_| true);
+            let found = self.search_layer(q, &starts, ef.max(self.m), layer, None);
             let cap = self.cap(layer);
-            let chosen = self.select(&found, cap, |i| self.vector(i));
+            // M neighbours on every layer, as hnswlib chooses; a list may
+            // grow to its cap (2 M on layer 0) as later points link to it.
+            let chosen = self.select(&found, self.m, |i| self.vector(i));
             for &nb in &chosen {
                 let held = self.layer_links(nb, layer);
                 let list = if held.len() < cap {
@@ -218,6 +187,45 @@ impl FlatGraph {
     /// Writes a planned insert. It must be the next change to this graph
     /// after [`FlatGraph::plan`] (the index serialises inserts).
     pub fn apply(&mut self, planned: Planned) {
+        self.apply_merging(planned, &mut HashSet::new());
+    }
+
+    /// How many points a build plans together next ([`FlatGraph::plan_batch`]).
+    pub fn batch_size(&self) -> usize {
+        if self.len() < SERIAL_UNTIL {
+            1
+        } else {
+            PLANS_PER_THREAD * rayon::current_num_threads()
+        }
+    }
+
+    /// Plans the inserts of `points` (seq, projected unit vector, level),
+    /// in parallel, each against the graph as it stands, as the next ids
+    /// in order; [`FlatGraph::apply_batch`] writes them. Runs on rayon's
+    /// pool and takes no lock.
+    pub fn plan_batch(&self, points: Vec<(u64, Vec<f32>, u8)>, ef: usize) -> Vec<Planned> {
+        let first = self.len() as u32;
+        points
+            .into_par_iter()
+            .enumerate()
+            .map(|(j, (seq, vector, level))| self.plan_as(first + j as u32, seq, vector, level, ef))
+            .collect()
+    }
+
+    /// Writes the plans of one [`FlatGraph::plan_batch`], in order: a
+    /// neighbour list that an earlier plan of the batch changed gets the
+    /// new point merged in again (and pruned, when over its cap) instead
+    /// of the list that plan worked out, which would drop the earlier one.
+    pub fn apply_batch(&mut self, plans: Vec<Planned>) {
+        let mut touched = HashSet::new();
+        for planned in plans {
+            self.apply_merging(planned, &mut touched);
+        }
+    }
+
+    /// [`FlatGraph::apply`], where the lists in `touched` (point, layer)
+    /// changed since the plan was made; adds those this plan changes.
+    fn apply_merging(&mut self, planned: Planned, touched: &mut HashSet<(u32, u8)>) {
         assert_eq!(planned.id as usize, self.len(), "a stale insert plan");
         let Planned {
             seq,
@@ -237,6 +245,11 @@ impl FlatGraph {
         }
         self.set_links(id, 0, &own[0]);
         for (point, layer, list) in changed {
+            let list = if touched.insert((point, layer)) {
+                list
+            } else {
+                self.relinked(point, layer as usize, id)
+            };
             self.set_links(point, layer as usize, &list);
         }
         if was_empty || level > self.top_layer {
@@ -244,9 +257,35 @@ impl FlatGraph {
         }
     }
 
-    /// Up to `ef` points `keep` accepts, most similar to `q` (a unit vector)
-    /// first, as (similarity, seq).
-    pub fn search(&self, q: &[f32], ef: usize, keep: &dyn Fn(u64) -> bool) -> Vec<(f32, u64)> {
+    /// `point`'s list on `layer` as it stands, with `id` added; pruned by
+    /// the heuristic when that is over the cap.
+    fn relinked(&self, point: u32, layer: usize, id: u32) -> Vec<u32> {
+        let held = self.layer_links(point, layer);
+        let mut list = held.to_vec();
+        if held.contains(&id) {
+            return list;
+        }
+        list.push(id);
+        if list.len() <= self.cap(layer) {
+            return list;
+        }
+        let base = self.vector(point);
+        let mut candidates: Vec<Scored> = list
+            .iter()
+            .map(|&c| Scored(self.dot(base, self.vector(c)), c))
+            .collect();
+        candidates.sort_by(|a, b| b.cmp(a));
+        self.select(&candidates, self.cap(layer), |i| self.vector(i))
+    }
+
+    /// Up to `ef` points `keep` accepts (all when `None`), most similar to
+    /// `q` (a unit vector) first, as (similarity, seq).
+    pub fn search(
+        &self,
+        q: &[f32],
+        ef: usize,
+        keep: Option<&dyn Fn(u64) -> bool>,
+    ) -> Vec<(f32, u64)> {
         if self.len() == 0 {
             return Vec::new();
         }
@@ -278,17 +317,18 @@ impl FlatGraph {
     }
 
     /// Beam search of width `ef` on `layer` from `starts`: up to `ef`
-    /// points whose seq `keep` accepts, best first. Points it refuses still
-    /// lead the search on (inserts keep every point: removed ones still
-    /// carry the graph).
+    /// points whose seq `keep` accepts (all when `None`: no seq is looked
+    /// up), best first. Points it refuses still lead the search on (inserts
+    /// keep every point: removed ones still carry the graph).
     fn search_layer(
         &self,
         q: &[f32],
         starts: &[Scored],
         ef: usize,
         layer: usize,
-        keep: &dyn Fn(u64) -> bool,
+        keep: Option<&dyn Fn(u64) -> bool>,
     ) -> Vec<Scored> {
+        let keep = |i: u32| keep.is_none_or(|keep| keep(self.seqs[i as usize]));
         VISITED.with(|visited| {
             let mut visited = visited.borrow_mut();
             let stamp = visited.begin(self.len());
@@ -299,7 +339,7 @@ impl FlatGraph {
                 if marks[s.1 as usize] != stamp {
                     marks[s.1 as usize] = stamp;
                     candidates.push(s);
-                    if keep(self.seqs[s.1 as usize]) {
+                    if keep(s.1) {
                         results.push(Reverse(s));
                     }
                 }
@@ -313,9 +353,13 @@ impl FlatGraph {
                     break;
                 }
                 let neighbours = self.layer_links(c, layer);
+                if let Some(&first) = neighbours.first() {
+                    prefetch(self.vector(first));
+                }
                 for (k, &nb) in neighbours.iter().enumerate() {
                     if let Some(&next) = neighbours.get(k + 1) {
                         prefetch(self.vector(next));
+                        prefetch(&marks[next as usize..]);
                     }
                     let mark = &mut marks[nb as usize];
                     if *mark == stamp {
@@ -326,7 +370,7 @@ impl FlatGraph {
                     let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0);
                     if results.len() < ef || s > worst {
                         candidates.push(Scored(s, nb));
-                        if keep(self.seqs[nb as usize]) {
+                        if keep(nb) {
                             results.push(Reverse(Scored(s, nb)));
                             if results.len() > ef {
                                 results.pop();
@@ -555,43 +599,6 @@ impl<'a> Bytes<'a> {
             .collect())
     }
 }
-/// A handle on every point of `graph` whose insertion has finished, layer
-/// 0 first.
-///
-/// hnsw_rs keeps its points in one `parking_lot::RwLock` (`points_by_layer`)
-/// that every insert takes for writing. Its whole-graph iterator
-/// (`IntoIterator for &PointIndexation`) holds a read guard on that lock for
-/// its whole life and takes a *second* read guard each time it moves up a
-/// layer; parking_lot's lock is fair to writers, so once an insert queues
-/// for the write lock that second read waits for the writer, which waits
-/// for the first read: a deadlock (it hung the daemon under bulk inserts).
-///
-/// Here each layer is read through `get_layer_iterator`, which takes one
-/// read guard in its constructor and none in `next` (hnsw_rs 0.3.5, pinned
-/// in Cargo.toml), and the guard is held only while the layer's `Arc`s are
-/// cloned: no other lock is taken under it, so an insert waits at most that
-/// long. A point's neighbour lists are read afterwards, one point's lock at
-/// a time, with no layer guard held.
-///
-/// The top layer is read from the entry point *before* the layers: a point
-/// is made the entry point only at the end of its insertion, so every point
-/// whose insertion had finished when this was called lies at or below it.
-fn point_handles(graph: &Hnsw<'static, f32, DistDot>) -> Vec<PointHandle> {
-    let indexation = graph.get_point_indexation();
-    let top = indexation.get_max_level_observed() as usize;
-    let mut points = Vec::with_capacity(indexation.get_nb_point());
-    for layer in 0..=top {
-        // One statement: the layer's read guard lives only while it runs.
-        points.extend(indexation.get_layer_iterator(layer));
-    }
-    points
-}
-
-type PointHandle = std::sync::Arc<hnsw_rs::hnsw::Point<'static, f32>>;
-
-fn id_key(p: hnsw_rs::prelude::PointId) -> (u8, i32) {
-    (p.0, p.1)
-}
 
 /// A similarity and a point, ordered by similarity (then id, for a total order).
 #[derive(Clone, Copy, PartialEq)]
@@ -615,12 +622,14 @@ impl Ord for Scored {
 /// search takes the next stamp instead of clearing the array.
 #[derive(Default)]
 struct Visited {
-    stamp: u32,
-    marks: Vec<u32>,
+    /// Two bytes a point, as hnswlib's: half the cache a search touches
+    /// (the array is cleared once every 65,535 searches instead).
+    stamp: u16,
+    marks: Vec<u16>,
 }
 
 impl Visited {
-    fn begin(&mut self, n: usize) -> u32 {
+    fn begin(&mut self, n: usize) -> u16 {
         if self.marks.len() < n {
             self.marks.resize(n, 0);
         }
@@ -639,7 +648,7 @@ thread_local! {
 
 /// Asks the CPU to start loading `v` (its first cache line) into cache.
 #[inline]
-fn prefetch(v: &[f32]) {
+fn prefetch<T>(v: &[T]) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint; it never faults and reads nothing
     // into the program. SSE is part of the x86_64 baseline.
@@ -671,7 +680,10 @@ mod tests {
             .collect()
     }
 
-    fn graph_of(points: &[Vec<f32>]) -> Hnsw<'static, f32, DistDot> {
+    fn graph_of(
+        points: &[Vec<f32>],
+    ) -> hnsw_rs::prelude::Hnsw<'static, f32, hnsw_rs::prelude::DistDot> {
+        use hnsw_rs::prelude::{DistDot, Hnsw};
         let graph = Hnsw::new(16, points.len(), 16, 100, DistDot {});
         let refs: Vec<(&[f32], usize)> = points
             .iter()
@@ -695,12 +707,34 @@ mod tests {
         flat
     }
 
+    /// `points` (seqs from 1) inserted as a build does, but in batches of
+    /// 16 once 200 are in (a build waits for [`SERIAL_UNTIL`]), so that
+    /// small tests plan most points together.
+    fn built(points: &[Vec<f32>], m: usize, ef: usize) -> FlatGraph {
+        let mut flat = FlatGraph::new(points[0].len(), m, points.len());
+        let mut rng = StdRng::seed_from_u64(13);
+        let mut next = 0;
+        while next < points.len() {
+            let n = if next < 200 { 1 } else { 16 };
+            let batch: Vec<(u64, Vec<f32>, u8)> = (next..(next + n).min(points.len()))
+                .map(|i| {
+                    let level = flat.level_for(1.0 - rng.random::<f64>());
+                    (i as u64 + 1, points[i].clone(), level)
+                })
+                .collect();
+            next += batch.len();
+            let plans = flat.plan_batch(batch, ef);
+            flat.apply_batch(plans);
+        }
+        flat
+    }
+
     /// Points (seq `i + 1`) that are not their own nearest neighbour.
     fn self_misses(flat: &FlatGraph, points: &[Vec<f32>]) -> usize {
         points
             .iter()
             .enumerate()
-            .filter(|(i, p)| flat.search(p, 32, &|_| true)[0].1 != *i as u64 + 1)
+            .filter(|(i, p)| flat.search(p, 32, None)[0].1 != *i as u64 + 1)
             .count()
     }
 
@@ -735,16 +769,18 @@ mod tests {
     }
 
     #[test]
-    fn copy_holds_every_point_and_finds_each_first() {
+    fn a_batched_build_holds_every_point_and_finds_each_first() {
         let points = random_points(1500, 24, 2);
-        let flat = FlatGraph::copy_of(&graph_of(&points), 16).expect("points");
+        let flat = built(&points, 16, 100);
         assert_eq!(flat.len(), points.len());
         let misses = self_misses(&flat, &points);
         assert!(misses <= 3, "{misses} points did not find themselves");
+        assert!(flat.counts.iter().all(|&c| c as usize <= 32));
+        assert!(flat.upper.values().flatten().all(|l| l.len() <= 16));
     }
 
     #[test]
-    fn recall_is_at_least_hnsw_rs_own_for_a_copy_and_for_a_graph_grown_in_place() {
+    fn recall_is_at_least_hnsw_rs_own_built_in_batches_or_one_by_one() {
         let points = random_points(3000, 32, 3);
         let queries = random_points(200, 32, 4);
         let graph = graph_of(&points);
@@ -755,26 +791,31 @@ mod tests {
                 .map(|n| n.d_id as u64)
                 .collect()
         });
-        let copy = FlatGraph::copy_of(&graph, 16).expect("points");
-        let copied = recall(&points, &queries, |q| {
-            copy.search(q, 48, &|_| true).iter().map(|h| h.1).collect()
+        let batched = built(&points, 16, 100);
+        let in_batches = recall(&points, &queries, |q| {
+            batched.search(q, 48, None).iter().map(|h| h.1).collect()
         });
         let grown = grown(&points, 16, 100);
-        let inserted = recall(&points, &queries, |q| {
-            grown.search(q, 48, &|_| true).iter().map(|h| h.1).collect()
+        let one_by_one = recall(&points, &queries, |q| {
+            grown.search(q, 48, None).iter().map(|h| h.1).collect()
         });
-        for (what, ours) in [("copy", copied), ("grown in place", inserted)] {
+        eprintln!("recall: hnsw_rs {theirs}, in batches {in_batches}, one by one {one_by_one}");
+        // A new point keeps M neighbours, as in hnswlib: on these uniform
+        // 32-d points (far harder than photo embeddings, on which recall at
+        // each ef matches hnsw_rs's or beats it: BENCHMARKS.md) that leaves
+        // recall about 0.01 below hnsw_rs's at this ef.
+        for (what, ours) in [("in batches", in_batches), ("one by one", one_by_one)] {
             assert!(
-                ours >= 0.9 && ours >= theirs - 0.01,
+                ours >= 0.95 && ours >= theirs - 0.02,
                 "{what}: recall {ours} vs hnsw_rs {theirs}"
             );
         }
     }
 
     #[test]
-    fn inserts_after_a_copy_are_found_and_keep_the_caps() {
+    fn inserts_after_a_build_are_found_and_keep_the_caps() {
         let points = random_points(2000, 24, 6);
-        let mut flat = FlatGraph::copy_of(&graph_of(&points[..1000]), 8).expect("points");
+        let mut flat = built(&points[..1000], 8, 64);
         let mut rng = StdRng::seed_from_u64(12);
         for (i, p) in points.iter().enumerate().skip(1000) {
             let level = flat.level_for(1.0 - rng.random::<f64>());
@@ -789,6 +830,33 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_merges_the_lists_its_plans_share() {
+        // Lists far below their cap (32), so that nothing is pruned: every
+        // neighbour both new points chose must link back to both, where
+        // the second plan's list (worked out without the first point)
+        // written as it was would drop the first.
+        let mut points = random_points(21, 8, 8);
+        let twin = unit(points[20].iter().map(|x| x + 0.02).collect());
+        points.push(twin);
+        let mut flat = built(&points[..20], 16, 32);
+        let batch: Vec<(u64, Vec<f32>, u8)> = (20..22)
+            .map(|i| (i as u64 + 1, points[i].clone(), 0))
+            .collect();
+        let plans = flat.plan_batch(batch, 32);
+        let shared: Vec<u32> = plans[0].own[0]
+            .iter()
+            .filter(|nb| plans[1].own[0].contains(nb))
+            .copied()
+            .collect();
+        assert!(!shared.is_empty(), "the two plans share no neighbour");
+        flat.apply_batch(plans);
+        for nb in shared {
+            let list = flat.layer_links(nb, 0);
+            assert!(list.contains(&20) && list.contains(&21), "{nb}: {list:?}");
+        }
+    }
+
+    #[test]
     fn a_written_graph_reads_back_the_same_and_damage_is_an_error() {
         let points = random_points(700, 16, 7);
         let flat = grown(&points, 6, 40);
@@ -796,7 +864,7 @@ mod tests {
         flat.write(&mut bytes).expect("write");
         let back = FlatGraph::read(&bytes).expect("read");
         for q in points.iter().take(40) {
-            assert_eq!(flat.search(q, 20, &|_| true), back.search(q, 20, &|_| true));
+            assert_eq!(flat.search(q, 20, None), back.search(q, 20, None));
         }
         assert!(FlatGraph::read(&bytes[..bytes.len() / 2]).is_err());
         let mut extra = bytes.clone();
@@ -817,10 +885,10 @@ mod tests {
     #[test]
     fn filtered_points_never_come_back() {
         let points = random_points(800, 16, 5);
-        let flat = FlatGraph::copy_of(&graph_of(&points), 16).expect("points");
+        let flat = built(&points, 16, 100);
         let keep = |seq: u64| !seq.is_multiple_of(3);
         for q in points.iter().take(50) {
-            let found = flat.search(q, 20, &keep);
+            let found = flat.search(q, 20, Some(&keep));
             assert_eq!(found.len(), 20);
             assert!(found.iter().all(|h| keep(h.1)));
             assert!(found.windows(2).all(|w| w[0].0 >= w[1].0));

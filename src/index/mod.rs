@@ -6,13 +6,10 @@
 //! the full features. Projections are unit vectors, so cosine distance is
 //! `1 - dot`.
 //!
-//! A graph is built in two stages. While the index is built from the store,
-//! hnsw_rs inserts the points in parallel (its SIMD dot distance; its cosine
-//! has no SIMD path); then [`Index::seal`] moves the graph into flat arrays
-//! ([`flat`]) and drops hnsw_rs's copy. From then on searches, inserts,
-//! saves and loads work on the flat graph alone: it takes a quarter of
-//! hnsw_rs's memory, searches several times faster, and loads as fast as
-//! its file can be read. The engine seals an index before it serves it.
+//! The graph lives in flat arrays ([`flat`]): a build from the store inserts
+//! its points in parallel batches ([`Index::add_batch`]), later inserts go
+//! in one at a time, and a saved graph loads as fast as its file can be
+//! read.
 //!
 //! In graph mode the index also keeps every point's full features as 8-bit
 //! codes ([`codes`]), so that [`Index::rescore`] can re-rank the graph's
@@ -31,25 +28,19 @@
 //! taken in this order, outermost first, and a method holds two of them at
 //! once only where it says so:
 //!
-//! 1. `builder` (hnsw_rs while building: a read guard across each of its
-//!    inserts and searches, the write guard across the seal);
-//! 2. `inserting` (serialises inserts into the flat graph, across the
-//!    whole insert, so that nothing changes between its plan and apply);
-//! 3. `tombstones` (held by a search across the graph search, because the
+//! 1. `inserting` (serialises inserts into the flat graph, across the
+//!    whole insert or batch, so that nothing changes between a plan and
+//!    its apply);
+//! 2. `tombstones` (held by a search across the graph search, because the
 //!    search filter reads it);
-//! 4. `codes`, then `flat` (each alone, never both; the seal takes `flat`
-//!    under `builder`); `codes` is held across its file's positioned reads
-//!    and writes, which take no lock of ours;
-//! 5. hnsw_rs's own locks, always last: its layer table, entry point, point
-//!    count and per-point neighbour lists. hnsw_rs calls back into our code
-//!    only through the search filter, which takes no lock (it reads the
-//!    `tombstones` guard its caller already holds).
+//! 3. `codes`, then `flat` (each alone, never both); `codes` is held across
+//!    its file's positioned reads and writes, which take no lock of ours.
 //!
-//! Nothing here takes a lock while holding one of hnsw_rs's, and hnsw_rs's
-//! whole-graph iterator, which re-takes its layer lock and deadlocks
-//! against a queued insert, is never used ([`flat`]'s `point_handles`; the
-//! seal copies with no insert running). The engine's index slot
-//! (`engine::Shared::index`) comes before all of these.
+//! A batch's plans run on rayon's pool while its caller holds `inserting`
+//! and a `flat` read guard; the plans themselves take no lock. So
+//! [`Index::add_batch`] must not be called from a rayon task (a worker
+//! waiting for `inserting` there could be the one the plans need). The
+//! engine's index slot (`engine::Shared::index`) comes before all of these.
 
 mod codes;
 mod flat;
@@ -61,8 +52,8 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
-use hnsw_rs::prelude::{DistDot, Hnsw};
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::pca::Projection;
@@ -105,10 +96,8 @@ enum Mode {
     Graph {
         projection: Arc<Projection>,
         params: GraphParams,
-        /// hnsw_rs, while the graph is being built; `None` once sealed
-        /// (boxed, as are the other large fields: the other mode is small).
-        builder: Box<RwLock<Option<Hnsw<'static, f32, DistDot>>>>,
-        /// The graph once sealed (empty before).
+        /// The graph (boxed, as are the other large fields: the other mode
+        /// is small).
         flat: Box<RwLock<FlatGraph>>,
         /// Serialises inserts into `flat`; draws their levels.
         inserting: Box<Mutex<StdRng>>,
@@ -133,7 +122,6 @@ impl Index {
     }
 
     /// An empty graph index over `projection`, sized for `capacity` points.
-    /// Points added go to hnsw_rs until [`Index::seal`].
     pub fn graph(projection: Arc<Projection>, params: GraphParams, capacity: usize) -> Self {
         let codes = Codes::new(projection.in_dim(), capacity);
         Self::building(projection, params, capacity, codes)
@@ -157,27 +145,12 @@ impl Index {
         capacity: usize,
         codes: Codes,
     ) -> Self {
-        let graph = Hnsw::new(
-            params.m,
-            capacity.max(1024),
-            flat::MAX_LAYERS,
-            params.ef_construction,
-            DistDot {},
-        );
-        let empty = FlatGraph::new(projection.out_dim(), params.m, 0);
-        Self::over(
-            projection,
-            Some(graph),
-            empty,
-            params,
-            codes,
-            HashSet::new(),
-        )
+        let empty = FlatGraph::new(projection.out_dim(), params.m, capacity);
+        Self::over(projection, empty, params, codes, HashSet::new())
     }
 
     fn over(
         projection: Arc<Projection>,
-        builder: Option<Hnsw<'static, f32, DistDot>>,
         flat: FlatGraph,
         params: GraphParams,
         codes: Codes,
@@ -187,7 +160,6 @@ impl Index {
             mode: Mode::Graph {
                 projection,
                 params,
-                builder: Box::new(RwLock::new(builder)),
                 flat: Box::new(RwLock::new(flat)),
                 inserting: Box::new(Mutex::new(StdRng::seed_from_u64(0x9a7f))),
                 codes: Box::new(RwLock::new(codes)),
@@ -196,30 +168,7 @@ impl Index {
         }
     }
 
-    /// Moves a graph index's graph out of hnsw_rs into the flat graph that
-    /// searches, inserts and saves use from then on (about a second per
-    /// million points; searches and inserts wait meanwhile). Does nothing
-    /// when sealed already or exact.
-    pub fn seal(&self) {
-        let Mode::Graph {
-            builder,
-            flat,
-            params,
-            ..
-        } = &self.mode
-        else {
-            return;
-        };
-        let mut builder = write(builder);
-        if let Some(graph) = builder.take() {
-            if let Some(copy) = FlatGraph::copy_of(&graph, params.m) {
-                *write(flat) = copy;
-            }
-        }
-    }
-
-    /// Writes a graph index's graph ([`FlatGraph::write`], sealing it
-    /// first) into `dir` and saves its re-rank codes there ([`Codes::dump`]:
+    /// Writes a graph index's graph ([`FlatGraph::write`]) into `dir` and saves its re-rank codes there ([`Codes::dump`]:
     /// a link to their file and a table); returns the files'
     /// checksums, which [`Index::load_graph`] needs. `None` for an exact
     /// index, which has nothing to save.
@@ -227,7 +176,6 @@ impl Index {
         let Mode::Graph { flat, codes, .. } = &self.mode else {
             return Ok(None);
         };
-        self.seal();
         // The graph (0.6 GB at a million images) while the codes' file is
         // synced and linked (each under its own lock, taken alone).
         let (graph, codes) = std::thread::scope(|scope| {
@@ -286,7 +234,6 @@ impl Index {
         }
         Ok(Self::over(
             projection,
-            None,
             flat,
             params,
             codes,
@@ -313,27 +260,14 @@ impl Index {
             Mode::Exact(map) => {
                 write(map).insert(seq, features.to_vec());
             }
-            Mode::Graph {
-                projection,
-                builder,
-                codes,
-                ..
-            } => {
-                let projected = projection.project(features);
-                let building = read(builder);
-                if let Some(graph) = building.as_ref() {
-                    write(codes).insert(seq, features);
-                    graph.insert_slice((&projected, seq as usize));
-                    return;
-                }
-                drop(building);
-                self.insert_flat(seq, features, projected);
+            Mode::Graph { projection, .. } => {
+                self.insert_flat(seq, features, projection.project(features));
             }
         }
     }
 
-    /// Inserts into the sealed graph: the insert is planned under a read
-    /// guard (searches go on) and applied under the write guard.
+    /// Inserts into the graph: the insert is planned under a read guard
+    /// (searches go on) and applied under the write guard.
     fn insert_flat(&self, seq: u64, features: &[f32], projected: Vec<f32>) {
         let Mode::Graph {
             params,
@@ -355,7 +289,10 @@ impl Index {
         write(flat).apply(planned);
     }
 
-    /// Adds many records, in parallel where the mode allows.
+    /// Adds many records; in graph mode in parallel batches
+    /// ([`FlatGraph::plan_batch`]), each planned under a read guard of the
+    /// graph and applied under its write guard, so that searches go on.
+    /// Not from a rayon task (see the lock order).
     pub fn add_batch(&self, batch: &[(u64, Vec<f32>)]) {
         match &self.mode {
             Mode::Exact(map) => {
@@ -366,33 +303,38 @@ impl Index {
             }
             Mode::Graph {
                 projection,
-                builder,
+                params,
+                flat,
+                inserting,
                 codes,
-                ..
             } => {
-                let projected: Vec<(u64, Vec<f32>)> = batch
-                    .iter()
+                let mut projected: Vec<(u64, Vec<f32>)> = batch
+                    .par_iter()
                     .map(|(seq, f)| (*seq, projection.project(f)))
                     .collect();
-                let building = read(builder);
-                let Some(graph) = building.as_ref() else {
-                    drop(building);
-                    for ((seq, features), (_, projected)) in batch.iter().zip(projected) {
-                        self.insert_flat(*seq, features, projected);
-                    }
-                    return;
-                };
+                let mut rng = inserting.lock().unwrap_or_else(|e| e.into_inner());
                 {
                     let mut codes = write(codes);
                     for (seq, features) in batch {
                         codes.insert(*seq, features);
                     }
                 }
-                let refs: Vec<(&[f32], usize)> = projected
-                    .iter()
-                    .map(|(s, v)| (v.as_slice(), *s as usize))
-                    .collect();
-                graph.parallel_insert_slice(&refs);
+                let mut rest = projected.drain(..);
+                loop {
+                    let plans = {
+                        let flat = read(flat);
+                        let points: Vec<(u64, Vec<f32>, u8)> = rest
+                            .by_ref()
+                            .take(flat.batch_size())
+                            .map(|(seq, v)| (seq, v, flat.level_for(1.0 - rng.random::<f64>())))
+                            .collect();
+                        if points.is_empty() {
+                            break;
+                        }
+                        flat.plan_batch(points, params.ef_construction)
+                    };
+                    write(flat).apply_batch(plans);
+                }
             }
         }
     }
@@ -461,10 +403,7 @@ impl Index {
     pub fn size(&self) -> usize {
         match &self.mode {
             Mode::Exact(map) => read(map).len(),
-            Mode::Graph { builder, flat, .. } => match read(builder).as_ref() {
-                Some(graph) => graph.get_nb_point(),
-                None => read(flat).len(),
-            },
+            Mode::Graph { flat, .. } => read(flat).len(),
         }
     }
 
@@ -542,28 +481,20 @@ impl Index {
     }
 
     fn search_graph(&self, q: &[f32], n: usize, exclude: Option<u64>, ef: usize) -> Vec<Hit> {
-        let Mode::Graph { builder, flat, .. } = &self.mode else {
+        let Mode::Graph { flat, .. } = &self.mode else {
             return Vec::new();
         };
         let ef = ef.max(n);
-        let building = read(builder);
         let tombstones = read(&self.tombstones);
-        let keep = |seq: u64| Some(seq) != exclude && !tombstones.contains(&seq);
-        let found: Vec<(f32, u64)> = match building.as_ref() {
-            None => read(flat).search(q, ef, &keep),
-            Some(graph) => {
-                // The filter costs a call per visited node: skip it when
-                // there is nothing to filter.
-                let keep_id = |id: &usize| keep(*id as u64);
-                let hits = if exclude.is_none() && tombstones.is_empty() {
-                    graph.search(q, n, ef)
-                } else {
-                    graph.search_filter(q, n, ef, Some(&keep_id))
-                };
-                hits.iter()
-                    .map(|nb| (1.0 - nb.distance, nb.d_id as u64))
-                    .collect()
-            }
+        let found: Vec<(f32, u64)> = if tombstones.is_empty() {
+            // Nothing to filter in the search (it then looks no seq up):
+            // one more, for the one excluded.
+            let mut found = read(flat).search(q, ef + usize::from(exclude.is_some()), None);
+            found.retain(|&(_, seq)| Some(seq) != exclude);
+            found
+        } else {
+            let keep = |seq: u64| Some(seq) != exclude && !tombstones.contains(&seq);
+            read(flat).search(q, ef, Some(&keep))
         };
         let mut seen = HashSet::new();
         found
@@ -668,14 +599,13 @@ mod tests {
     }
 
     #[test]
-    fn a_sealed_graph_takes_inserts_and_a_saved_one_loads_the_same() {
+    fn a_built_graph_takes_inserts_and_a_saved_one_loads_the_same() {
         let pts = points(700, 32);
         let index = Index::graph(projection_of(&pts), PARAMS, pts.len());
         let (old, new) = pts.split_at(400);
         fill(&index, old);
-        index.seal();
         assert_eq!(index.size(), 400);
-        // Added after the seal: inserted into the flat graph.
+        // Added one by one, as the engine's inserts are.
         for (seq, v) in new {
             index.add(*seq, v);
         }
@@ -849,7 +779,7 @@ mod tests {
             assert_eq!(loaded.search(v, 5, None), index.search(v, 5, None));
         }
 
-        // Damaged or unlisted files are refused before hnsw_rs reads them.
+        // Damaged or unlisted files are refused before they are parsed.
         assert!(load(&FileSums::new()).is_err());
         for name in sums.keys() {
             let path = dir.path().join(name);

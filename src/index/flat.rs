@@ -10,8 +10,8 @@
 //! prefetch of the next neighbour's vector. Inserts use hnswlib's
 //! algorithm too (random level, beam search of width `ef_construction` on
 //! each layer, `M` neighbours chosen by the neighbour-selection heuristic,
-//! lists over their cap, `2 M` on layer 0, pruned by the same heuristic), split in two so
-//! that searches are never held up by one: [`FlatGraph::plan`] works out
+//! lists over their cap, `2 M` on layer 0, pruned by the same heuristic),
+//! split in two so that searches are never held up by one: [`FlatGraph::plan`] works out
 //! every change on a shared reference, [`FlatGraph::apply`] writes them
 //! (a few copies of neighbour lists). The index serialises inserts, so no
 //! change lands between an insert's plan and its apply (`super::Index`).
@@ -155,27 +155,12 @@ impl FlatGraph {
         let mut starts = vec![nearest];
         for layer in (0..=(level.min(self.top_layer)) as usize).rev() {
             let found = self.search_layer(q, &starts, ef.max(self.m), layer, None);
-            let cap = self.cap(layer);
             // M neighbours on every layer, as hnswlib chooses; a list may
             // grow to its cap (2 M on layer 0) as later points link to it.
             let chosen = self.select(&found, self.m, |i| self.vector(i));
             for &nb in &chosen {
-                let held = self.layer_links(nb, layer);
-                let list = if held.len() < cap {
-                    let mut list = held.to_vec();
-                    list.push(id);
-                    list
-                } else {
-                    let base = self.vector(nb);
-                    let vector_of = |i: u32| if i == id { q } else { self.vector(i) };
-                    let mut candidates: Vec<Scored> = held
-                        .iter()
-                        .chain(std::iter::once(&id))
-                        .map(|&c| Scored(self.dot(base, vector_of(c)), c))
-                        .collect();
-                    candidates.sort_by(|a, b| b.cmp(a));
-                    self.select(&candidates, cap, vector_of)
-                };
+                let vector_of = |i: u32| if i == id { q } else { self.vector(i) };
+                let list = self.joined(nb, layer, id, vector_of);
                 planned.changed.push((nb, layer as u8, list));
             }
             planned.own[layer] = chosen;
@@ -248,7 +233,7 @@ impl FlatGraph {
             let list = if touched.insert((point, layer)) {
                 list
             } else {
-                self.relinked(point, layer as usize, id)
+                self.joined(point, layer as usize, id, |i| self.vector(i))
             };
             self.set_links(point, layer as usize, &list);
         }
@@ -258,24 +243,28 @@ impl FlatGraph {
     }
 
     /// `point`'s list on `layer` as it stands, with `id` added; pruned by
-    /// the heuristic when that is over the cap.
-    fn relinked(&self, point: u32, layer: usize, id: u32) -> Vec<u32> {
-        let held = self.layer_links(point, layer);
-        let mut list = held.to_vec();
-        if held.contains(&id) {
-            return list;
-        }
+    /// the heuristic when that is over the cap. `vector_of` gives every
+    /// point's vector, `id`'s included (not yet in the graph while planned).
+    fn joined<'a>(
+        &'a self,
+        point: u32,
+        layer: usize,
+        id: u32,
+        vector_of: impl Fn(u32) -> &'a [f32],
+    ) -> Vec<u32> {
+        let mut list = self.layer_links(point, layer).to_vec();
         list.push(id);
-        if list.len() <= self.cap(layer) {
+        let cap = self.cap(layer);
+        if list.len() <= cap {
             return list;
         }
         let base = self.vector(point);
         let mut candidates: Vec<Scored> = list
             .iter()
-            .map(|&c| Scored(self.dot(base, self.vector(c)), c))
+            .map(|&c| Scored(self.dot(base, vector_of(c)), c))
             .collect();
         candidates.sort_by(|a, b| b.cmp(a));
-        self.select(&candidates, self.cap(layer), |i| self.vector(i))
+        self.select(&candidates, cap, vector_of)
     }
 
     /// Up to `ef` points `keep` accepts (all when `None`), most similar to

@@ -39,8 +39,9 @@ Per lib:
       qps_batch   all queries in one call with --threads threads
       qps_single  one query per call, 1 thread (includes the Python call
                   overhead per query, a few µs)
-    Each timing repeats the pass until --min-seconds have passed (at least one
-    pass) after one untimed warm-up pass; QPS = queries answered / time.
+    Each timing is one untimed warm-up pass, then --trials trials, each
+    repeating the pass until --min-seconds have passed (at least one pass);
+    QPS = queries answered / time, the median trial's.
 """
 import argparse
 import gc
@@ -103,18 +104,22 @@ def recall_at_k(found, truth):
     return hits / float(truth.size)
 
 
-def timed(fn, n_queries, min_seconds):
-    """Warm-up once, then repeat fn until min_seconds; returns (last result, qps)."""
+def timed(fn, n_queries, min_seconds, trials):
+    """Warm-up once, then `trials` trials, each repeating fn until min_seconds;
+    returns (last result, the median trial's qps)."""
     out = fn()
-    passes = 0
-    start = time.perf_counter()
-    while True:
-        out = fn()
-        passes += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            break
-    return out, passes * n_queries / elapsed
+    qps = []
+    for _ in range(trials):
+        passes = 0
+        start = time.perf_counter()
+        while True:
+            out = fn()
+            passes += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        qps.append(passes * n_queries / elapsed)
+    return out, sorted(qps)[trials // 2]
 
 
 class Hnswlib:
@@ -205,9 +210,9 @@ def run_lib(name, a, base, queries, truth):
     nq = queries.shape[0]
     for ef in a.efs:
         peer.set_ef(ef)
-        found, qps_b = timed(lambda: peer.search_batch(queries, a.k), nq, a.min_seconds)
+        found, qps_b = timed(lambda: peer.search_batch(queries, a.k), nq, a.min_seconds, a.trials)
         rec = recall_at_k(found, truth)
-        found1, qps_s = timed(lambda: peer.search_single(queries, a.k), nq, a.min_seconds)
+        found1, qps_s = timed(lambda: peer.search_single(queries, a.k), nq, a.min_seconds, a.trials)
         rec1 = recall_at_k(found1, truth)
         run = {"ef": ef, "recall": round(rec, 5), "qps_batch": round(qps_b, 1),
                "qps_single": round(qps_s, 1)}
@@ -233,7 +238,7 @@ def child_args(a, lib):
     return [sys.executable, os.path.abspath(__file__), "--base", a.base, "--queries", a.queries,
             "--dim", str(a.dim), "--truth", a.truth, "--k", str(a.k), "--m", str(a.m),
             "--ef-construction", str(a.ef_construction), "--efs", ",".join(map(str, a.efs)),
-            "--threads", str(a.threads), "--min-seconds", str(a.min_seconds), "--lib", lib]
+            "--threads", str(a.threads), "--min-seconds", str(a.min_seconds), "--trials", str(a.trials), "--lib", lib]
 
 
 def main():
@@ -249,11 +254,14 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="build and batch-search threads")
     ap.add_argument("--min-seconds", type=float, default=0.2,
                     help="repeat each timed pass until this long (default 0.2)")
+    ap.add_argument("--trials", type=int, default=1,
+                    help="timed trials per figure; the median is reported (default 1)")
     ap.add_argument("--lib", choices=("hnswlib", "faiss", "both"), default="both")
     a = ap.parse_args()
     a.efs = [int(v) for v in a.efs.split(",") if v.strip()]
     params = {"dim": a.dim, "k": a.k, "m": a.m, "ef_construction": a.ef_construction,
-              "threads": a.threads, "min_seconds": a.min_seconds}
+              "threads": a.threads, "min_seconds": a.min_seconds,
+              "trials": a.trials}
 
     if a.lib == "both":
         # Each lib in a fresh process: clean RSS deltas, no OpenMP/thread-pool crosstalk.

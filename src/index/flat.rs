@@ -5,9 +5,11 @@
 //! layer-0 neighbours sit in a fixed run of `2 M` slots: about 0.5 KB a
 //! point at 100-d, written and read back as plain arrays.
 //!
-//! Searches run the way hnswlib's do: a per-thread visited array stamped
-//! with a generation number, two binary heaps of (similarity, id), and a
-//! prefetch of the next neighbour's vector. Inserts use hnswlib's
+//! Searches run the way hnswlib's do (a per-thread visited array stamped
+//! with a generation number, two binary heaps of (similarity, id)) and
+//! score a point's unseen neighbours the way FAISS does: four at a time
+//! (AVX-512 or AVX2 where the CPU has them), the next four's vectors and
+//! the next candidate's list prefetched meanwhile. Inserts use hnswlib's
 //! algorithm too (random level, beam search of width `ef_construction` on
 //! each layer, `M` neighbours chosen by the neighbour-selection heuristic,
 //! lists over their cap, `2 M` on layer 0, pruned by the same heuristic),
@@ -37,7 +39,7 @@ use std::{
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::vector::fastest_dot;
+use crate::vector::{fastest_dot, fastest_dot4, Dot4};
 
 /// First bytes of a saved graph.
 const MAGIC: &[u8; 8] = b"LKGRAPH1";
@@ -71,6 +73,7 @@ pub struct FlatGraph {
     entry: u32,
     top_layer: u8,
     dot: fn(&[f32], &[f32]) -> f32,
+    dot4: Dot4,
 }
 
 /// An insert worked out by [`FlatGraph::plan`], for [`FlatGraph::apply`].
@@ -102,6 +105,7 @@ impl FlatGraph {
             entry: 0,
             top_layer: 0,
             dot: fastest_dot(),
+            dot4: fastest_dot4(),
         }
     }
 
@@ -321,7 +325,7 @@ impl FlatGraph {
         VISITED.with(|visited| {
             let mut visited = visited.borrow_mut();
             let stamp = visited.begin(self.len());
-            let marks = &mut visited.marks;
+            let Visited { marks, fresh, .. } = &mut *visited;
             let mut candidates: BinaryHeap<Scored> = BinaryHeap::with_capacity(4 * ef);
             let mut results: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(ef + 1);
             for &s in starts {
@@ -341,28 +345,47 @@ impl FlatGraph {
                 if results.len() >= ef && sim < worst {
                     break;
                 }
-                let neighbours = self.layer_links(c, layer);
-                if let Some(&first) = neighbours.first() {
-                    prefetch(self.vector(first));
+                if let Some(next) = candidates.peek() {
+                    // Likely the next point expanded: its list on its way.
+                    self.prefetch_links(next.1, layer);
                 }
-                for (k, &nb) in neighbours.iter().enumerate() {
-                    if let Some(&next) = neighbours.get(k + 1) {
-                        prefetch(self.vector(next));
-                        prefetch(&marks[next as usize..]);
-                    }
+                // The neighbours not seen yet, then their similarities four
+                // at a time, the next four's vectors on their way into the
+                // cache meanwhile (FAISS's order of work).
+                fresh.clear();
+                for &nb in self.layer_links(c, layer) {
                     let mark = &mut marks[nb as usize];
-                    if *mark == stamp {
-                        continue;
+                    if *mark != stamp {
+                        *mark = stamp;
+                        fresh.push(nb);
                     }
-                    *mark = stamp;
-                    let s = self.dot(q, self.vector(nb));
-                    let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0);
-                    if results.len() < ef || s > worst {
-                        candidates.push(Scored(s, nb));
-                        if keep(nb) {
-                            results.push(Reverse(Scored(s, nb)));
-                            if results.len() > ef {
-                                results.pop();
+                }
+                fresh.iter().take(4).for_each(|&f| self.prefetch_vector(f));
+                for (g, group) in fresh.chunks(4).enumerate() {
+                    fresh
+                        .iter()
+                        .skip(4 * (g + 1))
+                        .take(4)
+                        .for_each(|&f| self.prefetch_vector(f));
+                    let sims = match *group {
+                        [a, b, c, d] => (self.dot4)(q, [a, b, c, d].map(|i| self.vector(i))),
+                        _ => {
+                            let mut sims = [0.0; 4];
+                            for (s, &nb) in sims.iter_mut().zip(group) {
+                                *s = self.dot(q, self.vector(nb));
+                            }
+                            sims
+                        }
+                    };
+                    for (&s, &nb) in sims.iter().zip(group) {
+                        let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0);
+                        if results.len() < ef || s > worst {
+                            candidates.push(Scored(s, nb));
+                            if keep(nb) {
+                                results.push(Reverse(Scored(s, nb)));
+                                if results.len() > ef {
+                                    results.pop();
+                                }
                             }
                         }
                     }
@@ -403,6 +426,27 @@ impl FlatGraph {
             2 * self.m
         } else {
             self.m
+        }
+    }
+
+    /// Asks the CPU to load all of point `i`'s vector into the cache.
+    fn prefetch_vector(&self, i: u32) {
+        let v = self.vector(i);
+        for line in (0..v.len()).step_by(16) {
+            prefetch(&v[line..]);
+        }
+        prefetch(&v[v.len().saturating_sub(1)..]);
+    }
+
+    /// Asks the CPU to load point `i`'s layer-0 list (when `layer` is 0).
+    fn prefetch_links(&self, i: u32, layer: usize) {
+        if layer == 0 {
+            prefetch(&self.counts[i as usize..]);
+            let at = i as usize * 2 * self.m;
+            let list = &self.links[at..at + 2 * self.m];
+            for line in (0..list.len()).step_by(16) {
+                prefetch(&list[line..]);
+            }
         }
     }
 
@@ -615,6 +659,9 @@ struct Visited {
     /// (the array is cleared once every 65,535 searches instead).
     stamp: u16,
     marks: Vec<u16>,
+    /// The neighbours of the point being expanded that the search has
+    /// not seen yet (kept to reuse its allocation).
+    fresh: Vec<u32>,
 }
 
 impl Visited {

@@ -431,11 +431,7 @@ impl FlatGraph {
 
     /// Asks the CPU to load all of point `i`'s vector into the cache.
     fn prefetch_vector(&self, i: u32) {
-        let v = self.vector(i);
-        for line in (0..v.len()).step_by(16) {
-            prefetch(&v[line..]);
-        }
-        prefetch(&v[v.len().saturating_sub(1)..]);
+        prefetch_lines(self.vector(i));
     }
 
     /// Asks the CPU to load point `i`'s layer-0 list (when `layer` is 0).
@@ -443,10 +439,7 @@ impl FlatGraph {
         if layer == 0 {
             prefetch(&self.counts[i as usize..]);
             let at = i as usize * 2 * self.m;
-            let list = &self.links[at..at + 2 * self.m];
-            for line in (0..list.len()).step_by(16) {
-                prefetch(&list[line..]);
-            }
+            prefetch_lines(&self.links[at..at + 2 * self.m]);
         }
     }
 
@@ -680,6 +673,16 @@ impl Visited {
 
 thread_local! {
     static VISITED: RefCell<Visited> = RefCell::new(Visited::default());
+}
+
+/// Asks the CPU to load every cache line of `v` (a 64-byte line's worth
+/// of items at a time, and the last item for the line a misaligned slice
+/// ends in).
+fn prefetch_lines<T>(v: &[T]) {
+    for line in (0..v.len()).step_by((64 / std::mem::size_of::<T>().max(1)).max(1)) {
+        prefetch(&v[line..]);
+    }
+    prefetch(&v[v.len().saturating_sub(1)..]);
 }
 
 /// Asks the CPU to start loading `v` (its first cache line) into cache.

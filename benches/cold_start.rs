@@ -14,7 +14,12 @@
 //! graph, one call at a time: the first 500 calls (caches cold, as after a
 //! restart), then 2,000 more (steady state).
 //!
-//! Environment: BENCH_SIZES (default "100000,1000000").
+//! Environment: BENCH_SIZES (default "100000,1000000"); BENCH_DATA_DIR, when
+//! set, keeps each size's database in `BENCH_DATA_DIR/<size>` and a later
+//! run reuses it: the bulk write and the rebuild start are skipped ("-" in
+//! the table) and the run times the saved-graph start and the queries, for
+//! profiling Query by id at a million without rebuilding one each time;
+//! BENCH_QUERIES (default 2000) sets the steady-state calls.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -22,9 +27,10 @@ mod common;
 #[path = "support/drawn_store.rs"]
 mod drawn_store;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{bench_sizes, query_by_id, rss_mib, Daemon};
+use common::{bench_sizes, env_usize, query_by_id, rss_mib, Daemon};
 use drawn_store::{build_store, record_id};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -32,32 +38,54 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 async fn main() {
     let sizes = bench_sizes("100000,1000000");
     println!("\n## Cold start: process start to health SERVING\n");
-    println!("| stored images | bulk write s | start, graph rebuilt from store s | clean stop s | start, saved graph loaded s | RSS after start MiB | Query by id p50 / p99 ms, first 500 | next 2,000 |");
+    let queries = env_usize("BENCH_QUERIES", 2000);
+    println!("| stored images | bulk write s | start, graph rebuilt from store s | clean stop s | start, saved graph loaded s | RSS after start MiB | Query by id p50 / p99 ms, first 500 | next {queries} |");
     println!("|---|---|---|---|---|---|---|---|");
+    let kept = std::env::var_os("BENCH_DATA_DIR").map(PathBuf::from);
     for n in sizes {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let t = Instant::now();
-        build_store(dir.path(), n);
-        let write = t.elapsed().as_secs_f64();
-        eprintln!("{n}: bulk write {write:.1} s");
+        let temp;
+        let (dir, reused) = match &kept {
+            Some(root) => {
+                let dir = root.join(n.to_string());
+                (dir.clone(), dir.join("index").is_dir())
+            }
+            None => {
+                temp = tempfile::tempdir().expect("tempdir");
+                (temp.path().to_path_buf(), false)
+            }
+        };
         let args = ["--pca-min-images", "1000"];
+        let (mut write, mut rebuilt, mut stop) =
+            ("-".to_string(), "-".to_string(), "-".to_string());
+        if !reused {
+            // A kept database without a saved graph is an interrupted one.
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("data dir");
+            let t = Instant::now();
+            build_store(&dir, n);
+            write = format!("{:.1}", t.elapsed().as_secs_f64());
+            eprintln!("{n}: bulk write {write} s");
+            let t = Instant::now();
+            let daemon = Daemon::start_waiting(&dir, &args, Duration::from_secs(3600)).await;
+            rebuilt = format!("{:.1}", t.elapsed().as_secs_f64());
+            eprintln!("{n}: first start (graph rebuilt from the store) {rebuilt} s");
+            let t = Instant::now();
+            daemon.stop();
+            stop = format!("{:.1}", t.elapsed().as_secs_f64());
+            eprintln!("{n}: clean stop {stop} s");
+        }
         let t = Instant::now();
-        let daemon = Daemon::start_waiting(dir.path(), &args, Duration::from_secs(3600)).await;
-        let rebuilt = t.elapsed().as_secs_f64();
-        eprintln!("{n}: first start (graph rebuilt from the store) {rebuilt:.1} s");
-        let t = Instant::now();
-        daemon.stop();
-        let stop = t.elapsed().as_secs_f64();
-        eprintln!("{n}: clean stop {stop:.1} s");
-        let t = Instant::now();
-        let daemon = Daemon::start_waiting(dir.path(), &args, Duration::from_secs(3600)).await;
+        let daemon = Daemon::start_waiting(&dir, &args, Duration::from_secs(3600)).await;
         let loaded = t.elapsed().as_secs_f64();
-        eprintln!("{n}: second start (saved graph loaded) {loaded:.1} s");
+        eprintln!(
+            "{n}: start with the saved graph {loaded:.1} s (pid {})",
+            daemon.pid()
+        );
         let rss = rss_mib(daemon.pid());
         let (p50, p99) = query_latency(&daemon, n, 500, 5).await;
-        let (warm50, warm99) = query_latency(&daemon, n, 2000, 6).await;
+        let (warm50, warm99) = query_latency(&daemon, n, queries, 6).await;
         daemon.stop();
-        println!("| {n} | {write:.1} | {rebuilt:.1} | {stop:.1} | {loaded:.1} | {rss:.0} | {p50:.2} / {p99:.2} | {warm50:.2} / {warm99:.2} |");
+        println!("| {n} | {write} | {rebuilt} | {stop} | {loaded:.1} | {rss:.0} | {p50:.2} / {p99:.2} | {warm50:.2} / {warm99:.2} |");
     }
 }
 

@@ -373,9 +373,7 @@ impl Engine {
                 })
             }
             ImageSource::Id(id) => {
-                if id.is_empty() {
-                    return Err(Error::InvalidArgument("image id is empty".into()));
-                }
+                check_stored_id(&id)?;
                 let record = self.get(id).await?;
                 let shared = self.shared.clone();
                 let seq = record.seq;
@@ -390,6 +388,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// Refuses an id no stored image can have, before the store is asked.
+fn check_stored_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::InvalidArgument("image id is empty".into()));
+    }
+    insert::check_id(id)
 }
 
 impl Resolved {

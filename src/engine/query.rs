@@ -9,7 +9,7 @@
 
 use super::local;
 use super::verdict::{Measured, Side, Tier};
-use super::{blocking, Engine, ImageSource, Resolved, Shared};
+use super::{blocking, check_stored_id, Engine, ImageSource, Resolved, Shared};
 use crate::error::{Error, Result};
 use crate::index::Hit;
 use crate::store::Decision;
@@ -63,11 +63,25 @@ impl Engine {
                 )))
             }
         };
-        // A query by id skips the keypoint check: it keeps its speed (a
-        // stored image's copies were named when it or they were inserted).
-        let query = self.resolve_with(image, false).await?;
         let shared = self.shared.clone();
-        blocking(move || shared.nearest(&query, k, min_similarity)).await
+        match image {
+            // A query by id skips the keypoint check: it keeps its speed (a
+            // stored image's copies were named when it or they were
+            // inserted). Its record is read on the same blocking thread as
+            // the search: one hand-off per call, not two.
+            ImageSource::Id(id) => {
+                check_stored_id(&id)?;
+                blocking(move || {
+                    let record = shared.store.get(&id)?.ok_or(Error::NotFound(id))?;
+                    shared.nearest(&Resolved::stored(record), k, min_similarity)
+                })
+                .await
+            }
+            image => {
+                let query = self.resolve_with(image, false).await?;
+                blocking(move || shared.nearest(&query, k, min_similarity)).await
+            }
+        }
     }
 }
 

@@ -35,7 +35,11 @@ impl Daemon {
 
     /// [`Daemon::start`] with a longer wait, for big databases.
     pub async fn start_waiting(data_dir: &Path, extra: &[&str], wait: Duration) -> Daemon {
-        let binary = Path::new(env!("CARGO_BIN_EXE_lookalike"));
+        // LOOKALIKE_BIN runs another build instead (a "before", for A/B).
+        let other = std::env::var_os("LOOKALIKE_BIN").map(PathBuf::from);
+        let binary = other
+            .as_deref()
+            .unwrap_or(Path::new(env!("CARGO_BIN_EXE_lookalike")));
         let inner = ChildDaemon::start(binary, data_dir, extra, wait)
             .await
             .expect("start lookalike");

@@ -2,6 +2,14 @@ use std::{num::NonZeroU64, ops::Bound};
 
 use super::*;
 
+/// lookalike: a leaf above this many bytes of keys and values splits,
+/// however few entries it holds (see `Data::split_by_bytes`).
+const LEAF_SPLIT_BYTES: u64 = 8 * 1024;
+
+/// lookalike: a leaf merges into its left sibling only below this many
+/// bytes (and below sled's four entries).
+const LEAF_MERGE_BYTES: u64 = 1024;
+
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Node {
     pub(crate) prefix_len: u8,
@@ -605,7 +613,8 @@ impl Node {
             16
         };
 
-        let size_checks = self.data.len() > threshold;
+        let size_checks =
+            self.data.len() > threshold || self.data.split_by_bytes();
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
         size_checks && safety_checks
@@ -620,7 +629,8 @@ impl Node {
             4
         };
 
-        let size_checks = self.data.len() < threshold;
+        let size_checks = self.data.len() < threshold
+            && (self.data.is_index() || self.data.rss() < LEAF_MERGE_BYTES);
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
         size_checks && safety_checks
@@ -669,6 +679,36 @@ impl Data {
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>() as u64,
         }
+    }
+
+    /// lookalike: whether a leaf of few, large values should split although
+    /// it holds no more than the 16 entries that split a leaf by count. A
+    /// read of one key deserializes its whole leaf, so 16 values of 5 KB
+    /// (or keypoint lists of 20 KB) cost a 16x larger read and copy than
+    /// the value itself; leaves are split once they pass
+    /// `LEAF_SPLIT_BYTES`, down to two entries. Both halves of such a split
+    /// hold at least `LEAF_MERGE_BYTES`, so neither is merged straight back
+    /// (a leaf merges only below that size: see `Node::should_merge`).
+    fn split_by_bytes(&self) -> bool {
+        let leaf = match *self {
+            Data::Leaf(ref leaf) => leaf,
+            Data::Index(_) => return false,
+        };
+        // Where `Node::split` cuts: the first `len / 2 + 1` entries stay.
+        let len = leaf.keys.len();
+        if len < 3 {
+            return false;
+        }
+        let bytes = |range: std::ops::Range<usize>| -> u64 {
+            range
+                .map(|i| (leaf.keys[i].len() + leaf.values[i].len()) as u64)
+                .sum()
+        };
+        let cut = len / 2 + 1;
+        let (left, right) = (bytes(0..cut), bytes(cut..len));
+        left + right > LEAF_SPLIT_BYTES
+            && left >= LEAF_MERGE_BYTES
+            && right >= LEAF_MERGE_BYTES
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -1671,8 +1671,20 @@ impl Tree {
             }
 
             if view.should_split() {
-                self.split_node(&view, &parent_view, root_pid, guard)?;
-                retry!();
+                // lookalike: a split only reshapes the tree, and reads split
+                // the nodes they pass too; when it cannot be written (a full
+                // disk), the traversal goes on over the unsplit node, which
+                // still holds every key, so a read does not fail for it (a
+                // write fails on its own). The split is retried by the
+                // next traversal that passes the node.
+                match self.split_node(&view, &parent_view, root_pid, guard) {
+                    Ok(()) => {
+                        retry!();
+                    }
+                    Err(e) => {
+                        debug!("split of node {} deferred: {:?}", view.pid, e);
+                    }
+                }
             }
 
             if undershot {

@@ -10,6 +10,7 @@
 //! best candidates of a query (see `engine::query`), so a copy that the
 //! cosine ranks second or tenth comes first once its geometry agrees.
 
+mod nearest;
 mod orb;
 mod verify;
 

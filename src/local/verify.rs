@@ -9,6 +9,7 @@
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+use super::nearest::nearest_two;
 use super::{Keypoint, Keypoints};
 
 /// Largest Hamming distance (of 256 bits) a match may have.
@@ -49,50 +50,18 @@ impl Evidence {
     }
 }
 
-#[inline(always)]
-fn hamming(a: &[u64; 4], b: &[u64; 4]) -> u32 {
-    (a[0] ^ b[0]).count_ones()
-        + (a[1] ^ b[1]).count_ones()
-        + (a[2] ^ b[2]).count_ones()
-        + (a[3] ^ b[3]).count_ones()
-}
-
 /// Each keypoint of `a` with its nearest in `b`, when close and clearly
 /// nearer than the second nearest; one match per keypoint of `b`.
 fn matches(a: &Keypoints, b: &Keypoints) -> Vec<(usize, usize)> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("popcnt") {
-        // SAFETY: the CPU has POPCNT, checked just above.
-        return unsafe { matches_popcnt(a, b) };
-    }
-    matches_portable(a, b)
-}
-
-/// [`matches_portable`] compiled with the POPCNT instruction (the baseline
-/// x86-64 target counts bits in software, 10x slower here).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "popcnt")]
-unsafe fn matches_popcnt(a: &Keypoints, b: &Keypoints) -> Vec<(usize, usize)> {
-    matches_portable(a, b)
-}
-
-#[inline(always)]
-fn matches_portable(a: &Keypoints, b: &Keypoints) -> Vec<(usize, usize)> {
+    let descriptors =
+        |k: &Keypoints| -> Vec<[u64; 4]> { k.points.iter().map(|p| p.descriptor).collect() };
+    let nearest = nearest_two(&descriptors(a), &descriptors(b));
     let mut best_for_b: Vec<Option<(u32, usize)>> = vec![None; b.points.len()];
-    for (i, p) in a.points.iter().enumerate() {
-        let (mut d1, mut d2, mut j1) = (u32::MAX, u32::MAX, 0);
-        for (j, q) in b.points.iter().enumerate() {
-            let d = hamming(&p.descriptor, &q.descriptor);
-            if d < d1 {
-                (d2, d1, j1) = (d1, d, j);
-            } else if d < d2 {
-                d2 = d;
-            }
-        }
-        if d1 <= MAX_DISTANCE && (d1 as f32) < RATIO * d2 as f32 {
-            match best_for_b[j1] {
-                Some((d, _)) if d <= d1 => {}
-                _ => best_for_b[j1] = Some((d1, i)),
+    for (i, n) in nearest.into_iter().enumerate() {
+        if n.d1 <= MAX_DISTANCE && (n.d1 as f32) < RATIO * n.d2 as f32 {
+            match best_for_b[n.j1] {
+                Some((d, _)) if d <= n.d1 => {}
+                _ => best_for_b[n.j1] = Some((n.d1, i)),
             }
         }
     }

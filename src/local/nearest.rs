@@ -196,6 +196,15 @@ mod tests {
                     "{n} descriptors, sparse {sparse}"
                 );
                 #[cfg(target_arch = "x86_64")]
+                if n > 0 && std::arch::is_x86_feature_detected!("popcnt") {
+                    // SAFETY: the CPU has POPCNT, checked just above.
+                    let counted = unsafe { nearest_two_popcnt(&a, &b) };
+                    assert_eq!(
+                        counted, expected,
+                        "POPCNT, {n} descriptors, sparse {sparse}"
+                    );
+                }
+                #[cfg(target_arch = "x86_64")]
                 if n > 0
                     && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vpopcntdq")

@@ -7,7 +7,8 @@
 //! path this loop took about 15 % of both cores. One descriptor at a time
 //! (POPCNT on four 64-bit words) is the portable path; where the CPU has
 //! AVX-512 VPOPCNTDQ, 16 descriptors of the other set are compared at once,
-//! laid out word by word ([`Columns`]).
+//! laid out word by word ([`Columns`]); with AVX2 only, 8 at once, bits
+//! counted by table lookup (no AVX2 instruction counts them).
 //!
 //! Every path gives the same answer, ties included: `d1` is the smallest
 //! distance, `j1` the first index that has it, `d2` the smallest distance
@@ -35,6 +36,10 @@ pub(super) fn nearest_two(a: &[[u64; 4]], b: &[[u64; 4]]) -> Vec<NearestTwo> {
             // SAFETY: the CPU has both features, checked just above.
             return unsafe { nearest_two_avx512(a, &Columns::of(b)) };
         }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { nearest_two_avx2(a, &Columns::of(b)) };
+        }
         if std::arch::is_x86_feature_detected!("popcnt") {
             // SAFETY: the CPU has POPCNT, checked just above.
             return unsafe { nearest_two_popcnt(a, b) };
@@ -43,6 +48,7 @@ pub(super) fn nearest_two(a: &[[u64; 4]], b: &[[u64; 4]]) -> Vec<NearestTwo> {
     nearest_two_portable(a, b)
 }
 
+#[inline(always)]
 fn hamming(a: &[u64; 4], b: &[u64; 4]) -> u32 {
     (a[0] ^ b[0]).count_ones()
         + (a[1] ^ b[1]).count_ones()
@@ -60,20 +66,22 @@ unsafe fn nearest_two_popcnt(a: &[[u64; 4]], b: &[[u64; 4]]) -> Vec<NearestTwo> 
 
 #[inline(always)]
 fn nearest_two_portable(a: &[[u64; 4]], b: &[[u64; 4]]) -> Vec<NearestTwo> {
-    a.iter()
-        .map(|p| {
-            let (mut d1, mut d2, mut j1) = (u32::MAX, u32::MAX, 0);
-            for (j, q) in b.iter().enumerate() {
-                let d = hamming(p, q);
-                if d < d1 {
-                    (d2, d1, j1) = (d1, d, j);
-                } else if d < d2 {
-                    d2 = d;
-                }
+    // A plain loop, not a closure: a closure is compiled on its own,
+    // without the POPCNT of `nearest_two_popcnt` that inlines this.
+    let mut out = Vec::with_capacity(a.len());
+    for p in a {
+        let (mut d1, mut d2, mut j1) = (u32::MAX, u32::MAX, 0);
+        for (j, q) in b.iter().enumerate() {
+            let d = hamming(p, q);
+            if d < d1 {
+                (d2, d1, j1) = (d1, d, j);
+            } else if d < d2 {
+                d2 = d;
             }
-            NearestTwo { d1, j1, d2 }
-        })
-        .collect()
+        }
+        out.push(NearestTwo { d1, j1, d2 });
+    }
+    out
 }
 
 /// Lanes of one AVX-512 register of 32-bit words.
@@ -161,6 +169,82 @@ unsafe fn nearest_two_avx512(a: &[[u64; 4]], b: &Columns) -> Vec<NearestTwo> {
     out
 }
 
+/// [`nearest_two_avx512`] with AVX2: 8 descriptors of `b` at a time, bits
+/// counted per byte by a 16-entry table (`vpshufb`) and summed into each
+/// 32-bit lane. Distances are at most 256, so signed compares serve, with
+/// `i32::MAX` for "none yet".
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn nearest_two_avx2(a: &[[u64; 4]], b: &Columns) -> Vec<NearestTwo> {
+    use std::arch::x86_64::*;
+
+    const WIDE: usize = 8;
+    let chunks = b.len.div_ceil(WIDE);
+    let bits = _mm256_setr_epi8(
+        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3,
+        3, 4,
+    );
+    let nibble = _mm256_set1_epi8(0x0F);
+    let (ones8, ones16) = (_mm256_set1_epi8(1), _mm256_set1_epi16(1));
+    let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let (none, len) = (_mm256_set1_epi32(i32::MAX), _mm256_set1_epi32(b.len as i32));
+    let mut out = Vec::with_capacity(a.len());
+    for p in a {
+        let q: [__m256i; 8] =
+            std::array::from_fn(|w| _mm256_set1_epi32((p[w / 2] >> (32 * (w % 2))) as u32 as i32));
+        let (mut d1, mut d2, mut j1) = (none, none, _mm256_setzero_si256());
+        for c in 0..chunks {
+            let at = c * WIDE;
+            // Per byte, the bits set over all eight words (at most 64).
+            let mut per_byte = _mm256_setzero_si256();
+            for (w, qw) in q.iter().enumerate() {
+                // SAFETY: each column holds a multiple of 16 words, so
+                // `chunks * 8` of them.
+                let column = _mm256_loadu_si256(b.words[w].as_ptr().add(at).cast());
+                let x = _mm256_xor_si256(*qw, column);
+                let lo = _mm256_shuffle_epi8(bits, _mm256_and_si256(x, nibble));
+                let hi =
+                    _mm256_shuffle_epi8(bits, _mm256_and_si256(_mm256_srli_epi16(x, 4), nibble));
+                per_byte = _mm256_add_epi8(per_byte, _mm256_add_epi8(lo, hi));
+            }
+            let pairs = _mm256_maddubs_epi16(per_byte, ones8);
+            let d = _mm256_madd_epi16(pairs, ones16);
+            let j = _mm256_add_epi32(iota, _mm256_set1_epi32(at as i32));
+            // Padding lanes are never nearest.
+            let d = _mm256_blendv_epi8(none, d, _mm256_cmpgt_epi32(len, j));
+            let closer = _mm256_cmpgt_epi32(d1, d);
+            d2 = _mm256_blendv_epi8(_mm256_min_epi32(d2, d), d1, closer);
+            d1 = _mm256_blendv_epi8(d1, d, closer);
+            j1 = _mm256_blendv_epi8(j1, j, closer);
+        }
+        let (mut n1, mut n2, mut m1) = ([0i32; WIDE], [0i32; WIDE], [0i32; WIDE]);
+        _mm256_storeu_si256(n1.as_mut_ptr().cast(), d1);
+        _mm256_storeu_si256(n2.as_mut_ptr().cast(), d2);
+        _mm256_storeu_si256(m1.as_mut_ptr().cast(), j1);
+        // As in the AVX-512 merge: the nearest at its first index, then the
+        // best of the other lanes' nearest and that lane's own second.
+        let best = *n1.iter().min().unwrap_or(&i32::MAX);
+        let lane = (0..WIDE)
+            .filter(|&l| n1[l] == best)
+            .min_by_key(|&l| m1[l])
+            .unwrap_or(0);
+        let second = (0..WIDE)
+            .map(|l| if l == lane { n2[l] } else { n1[l] })
+            .min()
+            .unwrap_or(i32::MAX);
+        let wide = |d: i32| if d == i32::MAX { u32::MAX } else { d as u32 };
+        out.push(NearestTwo {
+            d1: wide(best),
+            j1: m1[lane] as usize,
+            d2: wide(second),
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +287,12 @@ mod tests {
                         counted, expected,
                         "POPCNT, {n} descriptors, sparse {sparse}"
                     );
+                }
+                #[cfg(target_arch = "x86_64")]
+                if n > 0 && std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2, checked just above.
+                    let wide = unsafe { nearest_two_avx2(&a, &Columns::of(&b)) };
+                    assert_eq!(wide, expected, "AVX2, {n} descriptors, sparse {sparse}");
                 }
                 #[cfg(target_arch = "x86_64")]
                 if n > 0

@@ -194,7 +194,9 @@ fn corners(img: &GrayImage) -> Vec<(f32, i32, i32)> {
             let p = at(0);
             let (hi, lo) = (p + FAST_THRESHOLD, p - FAST_THRESHOLD);
             let ring: [i16; 16] = std::array::from_fn(|i| at(ring_at[i]));
-            if !arc_of_nine(&ring, |v| v > hi) && !arc_of_nine(&ring, |v| v < lo) {
+            if !arc_of_nine(ring_mask(&ring, |v| v > hi))
+                && !arc_of_nine(ring_mask(&ring, |v| v < lo))
+            {
                 continue;
             }
             let s: i32 = ring
@@ -247,19 +249,25 @@ fn corners(img: &GrayImage) -> Vec<(f32, i32, i32)> {
     ranked
 }
 
-fn arc_of_nine(ring: &[i16; 16], test: impl Fn(i16) -> bool) -> bool {
-    let mut run = 0;
-    for i in 0..16 + 8 {
-        if test(ring[i % 16]) {
-            run += 1;
-            if run >= 9 {
-                return true;
-            }
-        } else {
-            run = 0;
-        }
+/// Bit `i` set where ring pixel `i` passes `test`.
+#[inline(always)]
+fn ring_mask(ring: &[i16; 16], test: impl Fn(i16) -> bool) -> u32 {
+    ring.iter()
+        .enumerate()
+        .fold(0, |m, (i, &v)| m | (u32::from(test(v)) << i))
+}
+
+/// Whether 9 neighbouring pixels of the 16 (the ring wraps round) are all
+/// in `mask`: without branches, the ring written twice so that a run may
+/// cross pixel 0, then each bit kept only if the 8 after it are set too.
+#[inline(always)]
+fn arc_of_nine(mask: u32) -> bool {
+    let twice = mask | (mask << 16);
+    let mut run = twice;
+    for k in 1..9 {
+        run &= twice >> k;
     }
-    false
+    run != 0
 }
 
 /// Harris corner response over a 7 x 7 window of central differences.
@@ -411,4 +419,28 @@ fn box_blur(img: &GrayImage) -> GrayImage {
         }
     }
     GrayImage::from_raw(w as u32, h as u32, out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arc_of_nine;
+
+    /// The bit trick against walking the ring, for every one of the 65,536
+    /// masks.
+    #[test]
+    fn arc_of_nine_agrees_with_walking_the_ring() {
+        for mask in 0u32..1 << 16 {
+            let mut run = 0;
+            let mut walked = false;
+            for i in 0..16 + 8 {
+                if mask >> (i % 16) & 1 == 1 {
+                    run += 1;
+                    walked |= run >= 9;
+                } else {
+                    run = 0;
+                }
+            }
+            assert_eq!(arc_of_nine(mask), walked, "mask {mask:#06x}");
+        }
+    }
 }

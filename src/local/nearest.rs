@@ -84,6 +84,13 @@ fn nearest_two_portable(a: &[[u64; 4]], b: &[[u64; 4]]) -> Vec<NearestTwo> {
     out
 }
 
+/// Word `w` (0..8) of a descriptor, as 32 bits: the layout of [`Columns`]
+/// and of the query words the kernels compare with them.
+#[inline(always)]
+fn word(d: &[u64; 4], w: usize) -> u32 {
+    (d[w / 2] >> (32 * (w % 2))) as u32
+}
+
 /// Lanes of one AVX-512 register of 32-bit words.
 const LANES: usize = 16;
 
@@ -101,8 +108,7 @@ impl Columns {
         let mut words: [Vec<u32>; 8] = std::array::from_fn(|_| vec![0u32; padded]);
         for (j, d) in b.iter().enumerate() {
             for (w, column) in words.iter_mut().enumerate() {
-                let word = d[w / 2] >> (32 * (w % 2));
-                column[j] = word as u32;
+                column[j] = word(d, w);
             }
         }
         Columns {
@@ -132,8 +138,7 @@ unsafe fn nearest_two_avx512(a: &[[u64; 4]], b: &Columns) -> Vec<NearestTwo> {
     let max = _mm512_set1_epi32(-1); // u32::MAX in every lane
     let mut out = Vec::with_capacity(a.len());
     for p in a {
-        let q: [__m512i; 8] =
-            std::array::from_fn(|w| _mm512_set1_epi32((p[w / 2] >> (32 * (w % 2))) as u32 as i32));
+        let q: [__m512i; 8] = std::array::from_fn(|w| _mm512_set1_epi32(word(p, w) as i32));
         let (mut d1, mut d2, mut j1) = (max, max, _mm512_setzero_si512());
         for c in 0..chunks {
             let at = c * LANES;
@@ -193,8 +198,7 @@ unsafe fn nearest_two_avx2(a: &[[u64; 4]], b: &Columns) -> Vec<NearestTwo> {
     let (none, len) = (_mm256_set1_epi32(i32::MAX), _mm256_set1_epi32(b.len as i32));
     let mut out = Vec::with_capacity(a.len());
     for p in a {
-        let q: [__m256i; 8] =
-            std::array::from_fn(|w| _mm256_set1_epi32((p[w / 2] >> (32 * (w % 2))) as u32 as i32));
+        let q: [__m256i; 8] = std::array::from_fn(|w| _mm256_set1_epi32(word(p, w) as i32));
         let (mut d1, mut d2, mut j1) = (none, none, _mm256_setzero_si256());
         for c in 0..chunks {
             let at = c * WIDE;

@@ -48,7 +48,8 @@ impl Engine {
             let similarity = dot(&x.features, &y.features).clamp(-1.0, 1.0);
             let distance = shared.distance(x.siamese.as_deref(), y.siamese.as_deref());
             let evidence = match (&a.keypoints, &b.keypoints) {
-                (Some(x), Some(y)) => Some(local::verify(x, y)),
+                // As a query is checked against a stored image.
+                (Some(x), Some(y)) => Some(local::verify(x, &y.stored())),
                 _ => None,
             };
             let measured = Measured {

@@ -14,7 +14,7 @@ mod nearest;
 mod orb;
 mod verify;
 
-pub use orb::{analysed, extract, extract_grey, ANALYSED_SIDE, MAX_KEYPOINTS};
+pub use orb::{analysed, extract, extract_grey, ANALYSED_SIDE, MAX_KEYPOINTS, QUERY_KEYPOINTS};
 pub use verify::{verify, Evidence, SAME_PICTURE_COVERAGE, SAME_PICTURE_INLIERS};
 
 use crate::error::{Error, Result};
@@ -48,14 +48,26 @@ const FORMAT: u8 = 1;
 const POINT_BYTES: usize = 2 + 2 + 1 + 1 + 32;
 
 impl Keypoints {
-    /// Compact encoding, about 38 bytes per keypoint.
+    /// What an image keeps once stored: its strongest [`MAX_KEYPOINTS`]
+    /// (points are kept strongest first). A query checks all it found
+    /// against these, so that is how two uploaded images are compared too.
+    pub fn stored(&self) -> Keypoints {
+        Keypoints {
+            points: self.points.iter().take(MAX_KEYPOINTS).cloned().collect(),
+            ..*self
+        }
+    }
+
+    /// Compact encoding of [`Keypoints::stored`], about 38 bytes per
+    /// keypoint.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(7 + self.points.len() * POINT_BYTES);
+        let points = &self.points[..self.points.len().min(MAX_KEYPOINTS)];
+        let mut out = Vec::with_capacity(7 + points.len() * POINT_BYTES);
         out.push(FORMAT);
         out.extend((self.width.min(u16::MAX as u32) as u16).to_le_bytes());
         out.extend((self.height.min(u16::MAX as u32) as u16).to_le_bytes());
-        out.extend((self.points.len().min(u16::MAX as usize) as u16).to_le_bytes());
-        for p in self.points.iter().take(u16::MAX as usize) {
+        out.extend((points.len() as u16).to_le_bytes());
+        for p in points {
             out.extend(((p.x * 8.0).round().clamp(0.0, 65535.0) as u16).to_le_bytes());
             out.extend(((p.y * 8.0).round().clamp(0.0, 65535.0) as u16).to_le_bytes());
             let turn = p.angle.rem_euclid(std::f32::consts::TAU) / std::f32::consts::TAU;
@@ -144,8 +156,11 @@ mod tests {
 
     #[test]
     fn keypoints_read_back_as_written() {
-        let points = extract(&photo("bird-duck.jpg"));
-        let bytes = points.to_bytes();
+        let found = extract(&photo("bird-duck.jpg"));
+        assert!(found.points.len() > MAX_KEYPOINTS, "{}", found.points.len());
+        let points = found.stored();
+        assert_eq!(points.points[..], found.points[..MAX_KEYPOINTS]);
+        let bytes = found.to_bytes();
         assert_eq!(bytes.len(), 7 + points.points.len() * POINT_BYTES);
         let back = Keypoints::from_bytes(&bytes).expect("decode");
         assert_eq!((back.width, back.height), (points.width, points.height));

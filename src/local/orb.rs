@@ -15,15 +15,26 @@ use super::{Keypoint, Keypoints};
 
 /// Longest side the image is analysed at (larger images are shrunk first).
 pub const ANALYSED_SIDE: u32 = 480;
-/// Keypoints kept per image at most.
+/// Keypoints stored per image at most (the strongest; see
+/// [`super::Keypoints::to_bytes`]).
 pub const MAX_KEYPOINTS: usize = 320;
-/// Pyramid levels and the shrink between two.
-const LEVELS: usize = 6;
+/// Keypoints found per image at most, the side a query checks with: twice
+/// what is stored, so a copy whose own additions are rich in corners (a
+/// caption's letters, a screenshot's frame) keeps the photo's corners too.
+/// Only the pair count costs: each is checked against a stored image's
+/// [`MAX_KEYPOINTS`].
+pub const QUERY_KEYPOINTS: usize = 640;
+/// Pyramid levels and the shrink between two: eight levels span 6.3x, the
+/// zoom of a copy that keeps 15 % of a large photo against that photo as
+/// stored (analysed at a quarter or an eighth of its size).
+const LEVELS: usize = 8;
 const LEVEL_SCALE: f32 = 1.3;
 /// Radius of the patch a descriptor reads (pixels of its level).
 const PATCH: i32 = 13;
-/// FAST's brightness threshold (grey levels).
-const FAST_THRESHOLD: i16 = 18;
+/// FAST's brightness threshold (grey levels): low enough that sky, water
+/// and walls keep a few corners (each grid cell keeps its strongest, so
+/// textured parts lose nothing).
+const FAST_THRESHOLD: i16 = 12;
 /// Smallest level side worth searching.
 const MIN_LEVEL_SIDE: u32 = 2 * PATCH as u32 + 12;
 /// Keypoints per cell of an 8 x 8 grid over each level, so they spread.
@@ -77,7 +88,8 @@ fn pattern() -> &'static [[(f32, f32); 2]; 256] {
 }
 
 /// Keypoints of `image`, analysed with its longest side at most
-/// [`ANALYSED_SIDE`]. An image too small for one patch has none.
+/// [`ANALYSED_SIDE`], strongest first, at most [`QUERY_KEYPOINTS`]. An
+/// image too small for one patch has none.
 pub fn extract(image: &RgbImage) -> Keypoints {
     extract_grey(analysed(image))
 }
@@ -103,7 +115,7 @@ pub fn analysed(image: &RgbImage) -> GrayImage {
     }
 }
 
-/// Keypoints of an image made by [`analysed`].
+/// Keypoints of an image made by [`analysed`] (as [`extract`]).
 pub fn extract_grey(base: GrayImage) -> Keypoints {
     let (bw, bh) = base.dimensions();
     // Corners of every level first, as (response, level, x, y); only the
@@ -133,7 +145,7 @@ pub fn extract_grey(base: GrayImage) -> Keypoints {
         smoothed.push(box_blur(&level_img));
     }
     found.sort_by(|a, b| b.0.total_cmp(&a.0));
-    found.truncate(MAX_KEYPOINTS);
+    found.truncate(QUERY_KEYPOINTS);
     let points = found
         .into_iter()
         .map(|(_, level, x, y)| {

@@ -167,9 +167,18 @@ fn coverage(a: &Keypoints, b: &Keypoints, fit: Similarity, inliers: &[(usize, us
     };
     let in_a: Vec<usize> = inliers.iter().map(|m| m.0).collect();
     let in_b: Vec<usize> = inliers.iter().map(|m| m.1).collect();
-    let on_a = covered(a, overlap(a, b, &inverse), &in_a);
-    let on_b = covered(b, overlap(b, a, &forward), &in_b);
+    let on_a = covered(a, overlap(a, b, &inverse), &in_a, &|p: &Keypoint| {
+        lands_in(b, forward(p.x, p.y))
+    });
+    let on_b = covered(b, overlap(b, a, &forward), &in_b, &|p: &Keypoint| {
+        lands_in(a, inverse(p.x, p.y))
+    });
     on_a.max(on_b)
+}
+
+/// Whether a point lies inside `k`'s frame.
+fn lands_in(k: &Keypoints, (x, y): (f32, f32)) -> bool {
+    (0.0..=k.width as f32).contains(&x) && (0.0..=k.height as f32).contains(&y)
 }
 
 /// Keypoints per grid cell for the cell to count as textured.
@@ -193,12 +202,23 @@ fn overlap(side: &Keypoints, other: &Keypoints, map: &dyn Fn(f32, f32) -> (f32, 
 
 /// Of the textured cells of a 4 x 4 grid over `region` of `side`, the
 /// share holding one of the keypoints `inliers` (indices into `side`).
-fn covered(side: &Keypoints, [x0, y0, x1, y1]: [f32; 4], inliers: &[usize]) -> f32 {
+/// Only keypoints `shared` (those the other image's frame shows) count:
+/// `region` is a bounding box, and a turned copy's frame covers only part
+/// of it.
+fn covered(
+    side: &Keypoints,
+    [x0, y0, x1, y1]: [f32; 4],
+    inliers: &[usize],
+    shared: &dyn Fn(&Keypoint) -> bool,
+) -> f32 {
     if x1 <= x0 || y1 <= y0 {
         return 0.0;
     }
     let cell = |i: usize| {
         let p = &side.points[i];
+        if !shared(p) {
+            return None;
+        }
         let (u, v) = ((p.x - x0) / (x1 - x0), (p.y - y0) / (y1 - y0));
         ((0.0..1.0).contains(&u) && (0.0..1.0).contains(&v))
             .then(|| (v * 4.0) as usize * 4 + (u * 4.0) as usize)

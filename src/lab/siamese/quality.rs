@@ -137,7 +137,7 @@ fn pair(
 ) -> Pair {
     let d = distance(&a.siamese, &b.siamese);
     // As the daemon checks a query (b) against a stored image (a).
-    let evidence = local::verify(&b.keypoints, &a.keypoints);
+    let evidence = local::verify(&b.keypoints, &a.keypoints.stored());
     // Inliers count as far as their coverage reaches the rule's.
     let spread = (evidence.coverage / local::SAME_PICTURE_COVERAGE).min(1.0);
     Pair {

@@ -1,0 +1,167 @@
+//! How often the keypoint check alone calls a copy "one picture", per copy
+//! family of `lookalike eval near-dup` (both plans), and how often it says
+//! so of unrelated photos (each copy against 12 other photos), on folders of
+//! photos: a one-minute measure of a change to `lookalike::local`, before
+//! the full eval with distractors.
+//!
+//! `cargo run --release --example keypoint_pass_rates -- DIR...`; photos
+//! are first shrunk to 2048 px at most. `LK_SEEDS=N` makes N seeded copy
+//! sets per photo, `LK_FAM=crop,text` keeps only those families,
+//! `LK_DEBUG=1` prints every copy's evidence.
+use lookalike::lab::eval::plan;
+use lookalike::local::{self, Keypoints};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+/// A copy's family, its inliers and coverage against its photo, and the
+/// same against unrelated photos.
+type Outcome = (String, usize, f32, Vec<(usize, f32)>);
+
+/// Keypoints as the daemon stores them.
+fn kp(bytes: &[u8]) -> Keypoints {
+    qkp(bytes).stored()
+}
+
+/// Keypoints as the daemon finds them in a query.
+fn qkp(bytes: &[u8]) -> Keypoints {
+    let d = lookalike::decode::for_network(bytes, u64::MAX, 224, None, true).expect("decode");
+    local::extract_grey(d.for_keypoints.expect("keypoints asked for"))
+}
+
+/// The photo, shrunk to 2048 px at most and re-encoded.
+fn shrunk(bytes: Vec<u8>) -> Vec<u8> {
+    let img = lookalike::decode::decode(&bytes, u64::MAX).unwrap();
+    let (w, h) = img.dimensions();
+    if w.max(h) <= 2048 {
+        return bytes;
+    }
+    let s = 2048.0 / w.max(h) as f32;
+    let img = image::imageops::resize(
+        &img,
+        (w as f32 * s) as u32,
+        (h as f32 * s) as u32,
+        image::imageops::FilterType::Triangle,
+    );
+    lookalike::lab::augment::encode_jpeg(&img, 92).unwrap()
+}
+
+fn main() {
+    let mut files = Vec::new();
+    for dir in std::env::args().skip(1) {
+        for e in walkdir(&std::path::PathBuf::from(dir)) {
+            files.push(e);
+        }
+    }
+    files.sort();
+    let t = std::time::Instant::now();
+    let stored: Vec<(Keypoints, Vec<plan::Variant>)> = files
+        .par_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let bytes = shrunk(std::fs::read(f).unwrap());
+            let img = lookalike::decode::decode(&bytes, u64::MAX).unwrap();
+            let fams = std::env::var("LK_FAM").unwrap_or_default();
+            let seeds = std::env::var("LK_SEEDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1u64);
+            let mut v = Vec::new();
+            for seed in 0..seeds {
+                let s = i as u64 + 1 + seed * 1000;
+                v.extend(plan::hard_variants(&img, s).unwrap());
+                v.extend(plan::variants(&img, s).unwrap());
+            }
+            v.retain(|x| fams.is_empty() || fams.split(',').any(|f| f == x.family));
+            (kp(&bytes), v)
+        })
+        .collect();
+    let mut npoints = 0usize;
+    for s in &stored {
+        npoints += s.0.points.len();
+    }
+    eprintln!(
+        "{} photos, mean {} stored points, {:.1}s",
+        files.len(),
+        npoints / files.len(),
+        t.elapsed().as_secs_f64()
+    );
+    // family -> (n, passed, inliers sum)
+    let results: Vec<Outcome> = stored
+        .par_iter()
+        .enumerate()
+        .flat_map_iter(|(i, (s, vars))| {
+            let stored = &stored;
+            let files = &files;
+            let n = stored.len();
+            vars.iter().map(move |v| {
+                let q = qkp(&v.bytes);
+                let e = local::verify(&q, s);
+                // negatives: 12 other photos
+                let negs: Vec<(usize, f32)> = (1..=12.min(n - 1))
+                    .map(|k| {
+                        let o = (i + k * 7) % n;
+                        let o = if o == i { (o + 1) % n } else { o };
+                        let e = local::verify(&q, &stored[o].0);
+                        (e.inliers, e.coverage)
+                    })
+                    .collect();
+                if std::env::var("LK_DEBUG").is_ok() {
+                    println!(
+                        "case {} {} {} {} {:.2} q{} s{}",
+                        files[i].display(),
+                        v.label,
+                        e.same_picture(),
+                        e.inliers,
+                        e.coverage,
+                        q.points.len(),
+                        s.points.len()
+                    );
+                }
+                (v.family.to_string(), e.inliers, e.coverage, negs)
+            })
+        })
+        .collect();
+    let mut fam: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let (mut neg_n, mut neg_pass, mut neg_8) = (0, 0, 0);
+    for (f, inl, cov, negs) in &results {
+        let e = fam.entry(f.clone()).or_default();
+        e.0 += 1;
+        if *inl >= local::SAME_PICTURE_INLIERS && *cov >= local::SAME_PICTURE_COVERAGE {
+            e.1 += 1;
+        } else if std::env::var("LK_DEBUG").is_ok() {
+            println!("miss {f} {inl} {cov:.2}");
+        }
+        for &(i, c) in negs {
+            neg_n += 1;
+            if i >= local::SAME_PICTURE_INLIERS && c >= local::SAME_PICTURE_COVERAGE {
+                neg_pass += 1;
+            }
+            if i >= 8 {
+                neg_8 += 1;
+            }
+        }
+    }
+    let (mut tn, mut tp) = (0, 0);
+    for (f, (n, p)) in &fam {
+        println!("{f:20} {p:4}/{n:4} {:.3}", *p as f64 / *n as f64);
+        tn += n;
+        tp += p;
+    }
+    println!(
+        "all {tp}/{tn} {:.4}; negatives passing {neg_pass}/{neg_n}, >=8 inliers {neg_8}; {:.1}s",
+        tp as f64 / tn as f64,
+        t.elapsed().as_secs_f64()
+    );
+}
+
+fn walkdir(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).unwrap() {
+            out.extend(walkdir(&e.unwrap().path()));
+        }
+    } else {
+        out.push(p.to_path_buf());
+    }
+    out
+}

@@ -9,13 +9,13 @@
 //! sets per photo, `LK_FAM=crop,text` keeps only those families,
 //! `LK_DEBUG=1` prints every copy's evidence.
 use lookalike::lab::eval::plan;
-use lookalike::local::{self, Keypoints};
+use lookalike::local::{self, Evidence, Keypoints};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 /// A copy's family, its inliers and coverage against its photo, and the
 /// same against unrelated photos.
-type Outcome = (String, usize, f32, Vec<(usize, f32)>);
+type Outcome = (&'static str, Evidence, Vec<Evidence>);
 
 /// Keypoints as the daemon stores them.
 fn kp(bytes: &[u8]) -> Keypoints {
@@ -46,13 +46,8 @@ fn shrunk(bytes: Vec<u8>) -> Vec<u8> {
 }
 
 fn main() {
-    let mut files = Vec::new();
-    for dir in std::env::args().skip(1) {
-        for e in walkdir(&std::path::PathBuf::from(dir)) {
-            files.push(e);
-        }
-    }
-    files.sort();
+    let dirs: Vec<std::path::PathBuf> = std::env::args().skip(1).map(Into::into).collect();
+    let files = lookalike::files::image_files(&dirs).expect("photo folders");
     let t = std::time::Instant::now();
     let stored: Vec<(Keypoints, Vec<plan::Variant>)> = files
         .par_iter()
@@ -85,7 +80,6 @@ fn main() {
         npoints / files.len(),
         t.elapsed().as_secs_f64()
     );
-    // family -> (n, passed, inliers sum)
     let results: Vec<Outcome> = stored
         .par_iter()
         .enumerate()
@@ -97,12 +91,11 @@ fn main() {
                 let q = qkp(&v.bytes);
                 let e = local::verify(&q, s);
                 // negatives: 12 other photos
-                let negs: Vec<(usize, f32)> = (1..=12.min(n - 1))
+                let negs: Vec<Evidence> = (1..=12.min(n - 1))
                     .map(|k| {
                         let o = (i + k * 7) % n;
                         let o = if o == i { (o + 1) % n } else { o };
-                        let e = local::verify(&q, &stored[o].0);
-                        (e.inliers, e.coverage)
+                        local::verify(&q, &stored[o].0)
                     })
                     .collect();
                 if std::env::var("LK_DEBUG").is_ok() {
@@ -117,28 +110,21 @@ fn main() {
                         s.points.len()
                     );
                 }
-                (v.family.to_string(), e.inliers, e.coverage, negs)
+                (v.family, e, negs)
             })
         })
         .collect();
-    let mut fam: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    // Per family: copies, and copies passing.
+    let mut fam: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let (mut neg_n, mut neg_pass, mut neg_8) = (0, 0, 0);
-    for (f, inl, cov, negs) in &results {
-        let e = fam.entry(f.clone()).or_default();
-        e.0 += 1;
-        if *inl >= local::SAME_PICTURE_INLIERS && *cov >= local::SAME_PICTURE_COVERAGE {
-            e.1 += 1;
-        } else if std::env::var("LK_DEBUG").is_ok() {
-            println!("miss {f} {inl} {cov:.2}");
-        }
-        for &(i, c) in negs {
+    for (f, e, negs) in &results {
+        let counts = fam.entry(f).or_default();
+        counts.0 += 1;
+        counts.1 += usize::from(e.same_picture());
+        for n in negs {
             neg_n += 1;
-            if i >= local::SAME_PICTURE_INLIERS && c >= local::SAME_PICTURE_COVERAGE {
-                neg_pass += 1;
-            }
-            if i >= 8 {
-                neg_8 += 1;
-            }
+            neg_pass += usize::from(n.same_picture());
+            neg_8 += usize::from(n.inliers >= 8);
         }
     }
     let (mut tn, mut tp) = (0, 0);
@@ -152,16 +138,4 @@ fn main() {
         tp as f64 / tn as f64,
         t.elapsed().as_secs_f64()
     );
-}
-
-fn walkdir(p: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if p.is_dir() {
-        for e in std::fs::read_dir(p).unwrap() {
-            out.extend(walkdir(&e.unwrap().path()));
-        }
-    } else {
-        out.push(p.to_path_buf());
-    }
-    out
 }

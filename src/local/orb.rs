@@ -212,46 +212,31 @@ fn corners(img: &GrayImage) -> Vec<(f32, i32, i32)> {
     let ring_at: [isize; 16] = std::array::from_fn(|i| (CIRCLE[i].1 * w + CIRCLE[i].0) as isize);
     let mut score = vec![0u16; (w * h) as usize];
     let mut candidates = Vec::new();
-    let t = FAST_THRESHOLD as u8;
     let (lo_x, hi_x) = (border as usize, (w - border) as usize);
-    let mut maybe = vec![false; hi_x.saturating_sub(lo_x)];
+    let n = hi_x.saturating_sub(lo_x);
+    let mut scratch = RowScratch::new(n);
     for y in border..h - border {
         let row = (y * w) as usize;
-        let wu = w as usize;
-        // Quick reject for the whole row at once (branch-free, so it
-        // vectorises): an arc of 9 of the 16 holds pixel 0 or 8 (above,
-        // below) and pixel 4 or 12 (right, left).
-        let centre = &raw[row + lo_x..row + hi_x];
-        let up = &raw[row - 3 * wu + lo_x..row - 3 * wu + hi_x];
-        let down = &raw[row + 3 * wu + lo_x..row + 3 * wu + hi_x];
-        let right = &raw[row + lo_x + 3..row + hi_x + 3];
-        let left = &raw[row + lo_x - 3..row + hi_x - 3];
-        for (i, m) in maybe.iter_mut().enumerate() {
-            let p = centre[i];
-            let (hi, lo) = (p.saturating_add(t), p.saturating_sub(t));
-            let (a, b, c, d) = (up[i], down[i], right[i], left[i]);
-            let bright = ((a > hi) | (b > hi)) & ((c > hi) | (d > hi));
-            let dark = ((a < lo) | (b < lo)) & ((c < lo) | (d < lo));
-            *m = bright | dark;
-        }
-        for (i, _) in maybe.iter().enumerate().filter(|(_, &m)| m) {
-            let x = (lo_x + i) as i32;
-            let c = row as isize + x as isize;
-            let at = |o: isize| raw[(c + o) as usize] as i16;
-            let p = at(0);
-            let (hi, lo) = (p + FAST_THRESHOLD, p - FAST_THRESHOLD);
-            let ring: [i16; 16] = std::array::from_fn(|i| at(ring_at[i]));
-            if !arc_of_nine(ring_mask(&ring, |v| v > hi))
-                && !arc_of_nine(ring_mask(&ring, |v| v < lo))
-            {
-                continue;
+        scratch.mark(raw, row + lo_x, &ring_at);
+        // Eight flags (0 or 1) at a time: most bytes are not corners.
+        for (at, flags) in scratch.corner.chunks(8).enumerate() {
+            let mut bytes = [0u8; 8];
+            bytes[..flags.len()].copy_from_slice(flags);
+            let mut word = u64::from_le_bytes(bytes);
+            while word != 0 {
+                let x = (lo_x + 8 * at + word.trailing_zeros() as usize / 8) as i32;
+                word &= word - 1;
+                let c = row as isize + x as isize;
+                let p = raw[c as usize] as i16;
+                let s: i32 = ring_at
+                    .iter()
+                    .map(|&o| {
+                        ((raw[(c + o) as usize] as i16 - p).abs() - FAST_THRESHOLD).max(0) as i32
+                    })
+                    .sum();
+                score[c as usize] = s.min(u16::MAX as i32) as u16;
+                candidates.push((x, y));
             }
-            let s: i32 = ring
-                .iter()
-                .map(|&v| ((v - p).abs() - FAST_THRESHOLD).max(0) as i32)
-                .sum();
-            score[c as usize] = s.min(u16::MAX as i32) as u16;
-            candidates.push((x, y));
         }
     }
     let cell_w = (w as f32 / 8.0).max(1.0);
@@ -296,12 +281,87 @@ fn corners(img: &GrayImage) -> Vec<(f32, i32, i32)> {
     ranked
 }
 
-/// Bit `i` set where ring pixel `i` passes `test`.
-#[inline(always)]
-fn ring_mask(ring: &[i16; 16], test: impl Fn(i16) -> bool) -> u32 {
-    ring.iter()
-        .enumerate()
-        .fold(0, |m, (i, &v)| m | (u32::from(test(v)) << i))
+/// One row of FAST's test, for every pixel at once: per pixel, which ring
+/// pixels are brighter than the centre by more than the threshold (bits
+/// 0-7 and 8-15 in two bytes) and which darker, written ring pixel by ring
+/// pixel over the whole row, then the arc test, all branch-free so that it
+/// vectorises; only the corners are then visited one by one.
+struct RowScratch {
+    bright: [Vec<u8>; 2],
+    dark: [Vec<u8>; 2],
+    above: Vec<u8>,
+    below: Vec<u8>,
+    /// 1 where the pixel is a FAST-9 corner, else 0.
+    corner: Vec<u8>,
+}
+
+impl RowScratch {
+    fn new(n: usize) -> Self {
+        let row = || vec![0u8; n];
+        RowScratch {
+            bright: [row(), row()],
+            dark: [row(), row()],
+            above: row(),
+            below: row(),
+            corner: row(),
+        }
+    }
+
+    /// Marks the corners among `raw[start..]` (as many pixels as the
+    /// scratch is wide); `ring_at` is the circle as offsets in `raw`.
+    fn mark(&mut self, raw: &[u8], start: usize, ring_at: &[isize; 16]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { self.mark_avx2(raw, start, ring_at) };
+        }
+        self.mark_portable(raw, start, ring_at)
+    }
+
+    /// [`RowScratch::mark_portable`] compiled for AVX2 (twice the lanes).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn mark_avx2(&mut self, raw: &[u8], start: usize, ring_at: &[isize; 16]) {
+        self.mark_portable(raw, start, ring_at)
+    }
+
+    #[inline(always)]
+    fn mark_portable(&mut self, raw: &[u8], start: usize, ring_at: &[isize; 16]) {
+        let n = self.corner.len();
+        let t = FAST_THRESHOLD as u8;
+        let centre = &raw[start..][..n];
+        for ((a, b), &p) in self.above.iter_mut().zip(self.below.iter_mut()).zip(centre) {
+            (*a, *b) = (p.saturating_add(t), p.saturating_sub(t));
+        }
+        for (k, &offset) in ring_at.iter().enumerate() {
+            let ring = &raw[(start as isize + offset) as usize..][..n];
+            let (half, bit) = (k / 8, k % 8);
+            let (brighter, darker) = (&mut self.bright[half], &mut self.dark[half]);
+            if bit == 0 {
+                brighter.fill(0);
+                darker.fill(0);
+            }
+            let limits = self.above.iter().zip(&self.below);
+            for (((br, dk), &v), (&a, &b)) in brighter
+                .iter_mut()
+                .zip(darker.iter_mut())
+                .zip(ring)
+                .zip(limits)
+            {
+                *br |= u8::from(v > a) << bit;
+                *dk |= u8::from(v < b) << bit;
+            }
+        }
+        let halves = self.bright[0]
+            .iter()
+            .zip(&self.bright[1])
+            .zip(self.dark[0].iter().zip(&self.dark[1]));
+        for (c, ((&b0, &b1), (&d0, &d1))) in self.corner.iter_mut().zip(halves) {
+            let b = u32::from(b0) | u32::from(b1) << 8;
+            let d = u32::from(d0) | u32::from(d1) << 8;
+            *c = u8::from(arc_of_nine(b) | arc_of_nine(d));
+        }
+    }
 }
 
 /// Whether 9 neighbouring pixels of the 16 (the ring wraps round) are all
@@ -318,38 +378,60 @@ fn arc_of_nine(mask: u32) -> bool {
 }
 
 /// Harris corner response over a 7 x 7 window of central differences.
+/// The sums are of whole numbers (at most 49 x 255², exact in `f32`), so
+/// they are added as integers, then weighed in floating point.
 fn harris(img: &GrayImage, x: i32, y: i32) -> f32 {
-    let w = img.width() as i32;
-    let px = |x: i32, y: i32| img.as_raw()[(y * w + x) as usize] as f32;
-    let (mut a, mut b, mut c) = (0.0f32, 0.0f32, 0.0f32);
-    for dy in -3..=3 {
-        for dx in -3..=3 {
-            let (u, v) = (x + dx, y + dy);
-            let ix = px(u + 1, v) - px(u - 1, v);
-            let iy = px(u, v + 1) - px(u, v - 1);
+    let w = img.width() as usize;
+    let raw = img.as_raw();
+    let (x, y) = (x as usize, y as usize);
+    let (mut a, mut b, mut c) = (0i32, 0i32, 0i32);
+    for v in y - 3..=y + 3 {
+        let (above, row, below) = (&raw[(v - 1) * w..], &raw[v * w..], &raw[(v + 1) * w..]);
+        for u in x - 3..=x + 3 {
+            let ix = i32::from(row[u + 1]) - i32::from(row[u - 1]);
+            let iy = i32::from(below[u]) - i32::from(above[u]);
             a += ix * ix;
             b += iy * iy;
             c += ix * iy;
         }
     }
+    let (a, b, c) = (a as f32, b as f32, c as f32);
     a * b - c * c - 0.04 * (a + b) * (a + b)
 }
 
-/// Angle of the intensity centroid of the patch around (x, y).
+/// Half-width of the patch's disc on each row, `dy` = -PATCH..=PATCH.
+fn disc() -> &'static [i32; 2 * PATCH as usize + 1] {
+    static DISC: std::sync::OnceLock<[i32; 2 * PATCH as usize + 1]> = std::sync::OnceLock::new();
+    DISC.get_or_init(|| {
+        std::array::from_fn(|i| {
+            let dy = i as i32 - PATCH;
+            (0..=PATCH)
+                .filter(|dx| dx * dx + dy * dy <= PATCH * PATCH)
+                .max()
+                .unwrap_or(0)
+        })
+    })
+}
+
+/// Angle of the intensity centroid of the disc of radius [`PATCH`] around
+/// (x, y). The moments are whole numbers (below 2^24, exact in `f32`), so
+/// they are added as integers, row by row over the disc.
 fn orientation(img: &GrayImage, x: i32, y: i32) -> f32 {
     let w = img.width() as i32;
-    let (mut m10, mut m01) = (0.0f32, 0.0f32);
-    for dy in -PATCH..=PATCH {
-        for dx in -PATCH..=PATCH {
-            if dx * dx + dy * dy > PATCH * PATCH {
-                continue;
-            }
-            let v = img.as_raw()[((y + dy) * w + x + dx) as usize] as f32;
-            m10 += dx as f32 * v;
-            m01 += dy as f32 * v;
+    let raw = img.as_raw();
+    let (mut m10, mut m01) = (0i32, 0i32);
+    for (dy, &half) in (-PATCH..=PATCH).zip(disc()) {
+        let start = ((y + dy) * w + x - half) as usize;
+        let row = &raw[start..][..(2 * half + 1) as usize];
+        let (mut sum, mut moment) = (0i32, 0i32);
+        for (dx, &v) in (-half..=half).zip(row) {
+            sum += i32::from(v);
+            moment += dx * i32::from(v);
         }
+        m10 += moment;
+        m01 += dy * sum;
     }
-    m01.atan2(m10)
+    (m01 as f32).atan2(m10 as f32)
 }
 
 /// Orientations the descriptor's pattern is turned to (as ORB: its tests
@@ -391,9 +473,10 @@ fn describe(img: &GrayImage, x: i32, y: i32, angle: f32) -> [u64; 4] {
     let raw = img.as_raw();
     let at = |(dx, dy): (i32, i32)| raw[((y + dy) * w + x + dx) as usize];
     let mut out = [0u64; 4];
-    for (i, [p, q]) in turned_patterns()[step].iter().enumerate() {
-        if at(*p) < at(*q) {
-            out[i / 64] |= 1 << (i % 64);
+    // Branch-free: each test is a coin toss to the branch predictor.
+    for (word, pairs) in out.iter_mut().zip(turned_patterns()[step].chunks_exact(64)) {
+        for (bit, [p, q]) in pairs.iter().enumerate() {
+            *word |= u64::from(at(*p) < at(*q)) << bit;
         }
     }
     out
@@ -442,27 +525,42 @@ fn shrink(img: &GrayImage, nw: u32, nh: u32) -> GrayImage {
 /// costs a few additions whatever the window.
 fn box_blur(img: &GrayImage) -> GrayImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        return img.clone();
+    }
     let src = img.as_raw();
     let clamp = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
+    // Sums of five along each row: the edges clamped one by one, the rest
+    // over whole rows (so that it vectorises).
     let mut rows = vec![0u16; src.len()];
-    for y in 0..h {
-        let line = &src[y * w..][..w];
-        let mut sum: u16 = (-2..=2).map(|d| line[clamp(d, w)] as u16).sum();
-        for x in 0..w {
-            rows[y * w + x] = sum;
-            sum =
-                sum + line[clamp(x as isize + 3, w)] as u16 - line[clamp(x as isize - 2, w)] as u16;
+    let inner = if w >= 5 { 2..w - 2 } else { 0..0 };
+    for (line, out) in src.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
+        for x in (0..w).filter(|x| !inner.contains(x)) {
+            out[x] = (-2..=2)
+                .map(|d| line[clamp(x as isize + d, w)] as u16)
+                .sum();
+        }
+        let shifted = |d: usize| line.get(d..).unwrap_or(&[]).iter().map(|&v| v as u16);
+        let fives = shifted(0)
+            .zip(shifted(1))
+            .zip(shifted(2))
+            .zip(shifted(3))
+            .zip(shifted(4));
+        for (o, ((((a, b), c), d), e)) in out[inner.clone()].iter_mut().zip(fives) {
+            *o = a + b + c + d + e;
         }
     }
+    // Then sums of five such sums down each column, running.
     let mut out = vec![0u8; src.len()];
     let mut sums: Vec<u32> = (0..w)
         .map(|x| (-2..=2).map(|d| rows[clamp(d, h) * w + x] as u32).sum())
         .collect();
-    for y in 0..h {
+    for (y, line) in out.chunks_exact_mut(w).enumerate() {
         let (add, drop) = (clamp(y as isize + 3, h) * w, clamp(y as isize - 2, h) * w);
-        for x in 0..w {
-            out[y * w + x] = ((sums[x] * 2622) >> 16) as u8; // / 25
-            sums[x] = sums[x] + rows[add + x] as u32 - rows[drop + x] as u32;
+        let (add, drop) = (&rows[add..][..w], &rows[drop..][..w]);
+        for (((o, sum), &a), &d) in line.iter_mut().zip(sums.iter_mut()).zip(add).zip(drop) {
+            *o = ((*sum * 2622) >> 16) as u8; // / 25
+            *sum = *sum + a as u32 - d as u32;
         }
     }
     GrayImage::from_raw(w as u32, h as u32, out).unwrap_or_default()
@@ -470,7 +568,114 @@ fn box_blur(img: &GrayImage) -> GrayImage {
 
 #[cfg(test)]
 mod tests {
-    use super::{arc_of_nine, query_set, LEVELS, MAX_KEYPOINTS, QUERY_KEYPOINTS};
+    use super::*;
+    use image::GrayImage;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    /// Noise over smooth shading: flat runs, edges and corners, so that
+    /// every branch of the tests below is taken.
+    fn texture(rng: &mut StdRng, w: u32, h: u32) -> GrayImage {
+        GrayImage::from_fn(w, h, |x, y| {
+            let shade = ((x * 7 + y * 3) % 200) as i32;
+            let noise = if rng.random_bool(0.3) {
+                rng.random_range(-60..60)
+            } else {
+                0
+            };
+            image::Luma([(shade + noise).clamp(0, 255) as u8])
+        })
+    }
+
+    /// The row-at-once FAST test against walking the ring pixel by pixel,
+    /// on every path the CPU can run.
+    #[test]
+    fn fast_rows_agree_with_walking_the_ring() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let img = texture(&mut rng, 97, 61);
+        let (w, raw) = (img.width() as i32, img.as_raw());
+        let ring_at: [isize; 16] =
+            std::array::from_fn(|i| (CIRCLE[i].1 * w + CIRCLE[i].0) as isize);
+        let (lo, hi) = (3usize, (w - 3) as usize);
+        let mut scratch = RowScratch::new(hi - lo);
+        let mut seen = 0;
+        for y in 3..img.height() as usize - 3 {
+            let start = y * w as usize + lo;
+            let expected: Vec<u8> = (0..hi - lo)
+                .map(|i| {
+                    let c = (start + i) as isize;
+                    let p = raw[c as usize] as i16;
+                    let ring: Vec<i16> = ring_at
+                        .iter()
+                        .map(|&o| raw[(c + o) as usize] as i16)
+                        .collect();
+                    let arc = |test: &dyn Fn(i16) -> bool| {
+                        (0..16).any(|from| (0..9).all(|k| test(ring[(from + k) % 16])))
+                    };
+                    u8::from(arc(&|v| v > p + FAST_THRESHOLD) || arc(&|v| v < p - FAST_THRESHOLD))
+                })
+                .collect();
+            seen += expected.iter().filter(|&&c| c == 1).count();
+            scratch.mark_portable(raw, start, &ring_at);
+            assert_eq!(scratch.corner, expected, "row {y}");
+            scratch.mark(raw, start, &ring_at);
+            assert_eq!(scratch.corner, expected, "row {y}, fastest path");
+        }
+        assert!(seen > 50, "only {seen} corners: the test image is too flat");
+    }
+
+    /// The running box blur against summing each 5 x 5 window, edges
+    /// clamped, at every small size (where edges meet) and a larger one.
+    #[test]
+    fn box_blur_agrees_with_summing_each_window() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let sizes = (1..9).flat_map(|w| (1..9).map(move |h| (w, h)));
+        for (w, h) in sizes.chain([(53, 31)]) {
+            let img = texture(&mut rng, w, h);
+            let clamp = |i: i32, n: u32| i.clamp(0, n as i32 - 1) as u32;
+            let expected = GrayImage::from_fn(w, h, |x, y| {
+                let sum: u32 = (-2..=2)
+                    .flat_map(|dy| (-2..=2).map(move |dx| (dx, dy)))
+                    .map(|(dx, dy)| {
+                        let (u, v) = (clamp(x as i32 + dx, w), clamp(y as i32 + dy, h));
+                        img.get_pixel(u, v)[0] as u32
+                    })
+                    .sum();
+                image::Luma([((sum * 2622) >> 16) as u8])
+            });
+            assert_eq!(box_blur(&img), expected, "{w}x{h}");
+        }
+    }
+
+    /// Harris and the orientation, summed in integers, against the same
+    /// sums in floating point pixel by pixel.
+    #[test]
+    fn integer_moments_agree_with_floating_point() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let img = texture(&mut rng, 64, 64);
+        let w = img.width() as i32;
+        let px = |x: i32, y: i32| img.as_raw()[(y * w + x) as usize] as f32;
+        for (x, y) in [(13, 13), (20, 31), (50, 50), (32, 17)] {
+            let (mut a, mut b, mut c) = (0.0f32, 0.0f32, 0.0f32);
+            let (mut m10, mut m01) = (0.0f32, 0.0f32);
+            for dy in -PATCH..=PATCH {
+                for dx in -PATCH..=PATCH {
+                    if dx.abs() <= 3 && dy.abs() <= 3 {
+                        let (u, v) = (x + dx, y + dy);
+                        let ix = px(u + 1, v) - px(u - 1, v);
+                        let iy = px(u, v + 1) - px(u, v - 1);
+                        (a, b, c) = (a + ix * ix, b + iy * iy, c + ix * iy);
+                    }
+                    if dx * dx + dy * dy <= PATCH * PATCH {
+                        m10 += dx as f32 * px(x + dx, y + dy);
+                        m01 += dy as f32 * px(x + dx, y + dy);
+                    }
+                }
+            }
+            let response = a * b - c * c - 0.04 * (a + b) * (a + b);
+            assert_eq!(harris(&img, x, y), response, "harris at {x},{y}");
+            assert_eq!(orientation(&img, x, y), m01.atan2(m10), "angle at {x},{y}");
+        }
+    }
 
     /// The bit trick against walking the ring, for every one of the 65,536
     /// masks.

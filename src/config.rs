@@ -293,7 +293,7 @@ pub struct Config {
     pub similar_similarity: f32,
 
     /// Skip the keypoint check: no keypoints are computed or stored (about
-    /// 12 KB an image), matches are ranked by cosine alone and the verdict
+    /// 18 KB an image), matches are ranked by cosine alone and the verdict
     /// is the Siamese network's. Inserts and image queries get faster;
     /// heavy crops, screenshots and stickered copies are then often missed.
     #[arg(

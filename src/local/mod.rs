@@ -5,7 +5,7 @@
 //! that keeps 15 % of it, or shows it small inside a screenshot, drifts
 //! away from it. Keypoints do not: [`extract`] finds a few hundred per
 //! image (ORB-style, [`orb`]), stored compactly with the record
-//! ([`Keypoints::to_bytes`], about 12 KB), and [`verify`] counts the
+//! ([`Keypoints::to_bytes`], about 18 KB), and [`verify`] counts the
 //! matches one scale-rotation-shift explains. The engine runs it on the
 //! best candidates of a query (see `engine::query`), so a copy that the
 //! cosine ranks second or tenth comes first once its geometry agrees.
@@ -53,15 +53,20 @@ impl Keypoints {
     /// against these, so that is how two uploaded images are compared too.
     pub fn stored(&self) -> Keypoints {
         Keypoints {
-            points: self.points.iter().take(MAX_KEYPOINTS).cloned().collect(),
+            points: self.stored_points().to_vec(),
             ..*self
         }
+    }
+
+    /// The points [`Keypoints::stored`] keeps.
+    fn stored_points(&self) -> &[Keypoint] {
+        &self.points[..self.points.len().min(MAX_KEYPOINTS)]
     }
 
     /// Compact encoding of [`Keypoints::stored`], about 38 bytes per
     /// keypoint.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let points = &self.points[..self.points.len().min(MAX_KEYPOINTS)];
+        let points = self.stored_points();
         let mut out = Vec::with_capacity(7 + points.len() * POINT_BYTES);
         out.push(FORMAT);
         out.extend((self.width.min(u16::MAX as u32) as u16).to_le_bytes());

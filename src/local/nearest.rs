@@ -2,9 +2,10 @@
 //! descriptor of another, by Hamming distance: the inner loop of the
 //! keypoint check ([`super::verify`]).
 //!
-//! Two sets of up to 320 descriptors make 102,400 distances per candidate,
-//! and a query checks 24 to 64 candidates, an insert 24: on the bulk-insert
-//! path this loop took about 15 % of both cores. One descriptor at a time
+//! A query's 640 descriptors against a stored image's 480 make 307,200
+//! distances per candidate, and a query checks 24 to 64 candidates, an
+//! insert 24: on the bulk-insert path this loop took about 15 % of both
+//! cores (with 320 stored). One descriptor at a time
 //! (POPCNT on four 64-bit words) is the portable path; where the CPU has
 //! AVX-512 VPOPCNTDQ, 16 descriptors of the other set are compared at once,
 //! laid out word by word ([`Columns`]); with AVX2 only, 8 at once, bits

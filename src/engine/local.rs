@@ -23,7 +23,7 @@ use crate::store::Attachment;
 /// of a photo ranks within the first few dozen by cosine among 10,000
 /// photos, rarely lower (measured offline on 2,730 copies: checking the
 /// best 16, 24, 32 or 48 found 0.9799, 0.9828, 0.9835 and 0.9850 first;
-/// each check costs about 0.19 ms).
+/// each check costs about 0.14 ms on a 2-core Xeon VM).
 pub(super) const CHECKED_CANDIDATES: usize = 24;
 
 /// When none of the first [`CHECKED_CANDIDATES`] shows one picture, the

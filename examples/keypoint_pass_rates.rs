@@ -1,13 +1,16 @@
 //! How often the keypoint check alone calls a copy "one picture", per copy
 //! family of `lookalike eval near-dup` (both plans), and how often it says
-//! so of unrelated photos (each copy against 12 other photos), on folders of
-//! photos: a one-minute measure of a change to `lookalike::local`, before
-//! the full eval with distractors.
+//! so of unrelated photos (each copy against 12 other photos) and of
+//! different photos shown in one app's frame (every ordered pair, each in
+//! the screenshot family's frame), on folders of photos: a one-minute
+//! measure of a change to `lookalike::local`, before the full eval with
+//! distractors.
 //!
 //! `cargo run --release --example keypoint_pass_rates -- DIR...`; photos
 //! are first shrunk to 2048 px at most. `LK_SEEDS=N` makes N seeded copy
 //! sets per photo, `LK_FAM=crop,text` keeps only those families,
-//! `LK_DEBUG=1` prints every copy's evidence.
+//! `LK_DEBUG=1` prints every copy's evidence, and that of each framed pair
+//! with enough inliers.
 use lookalike::lab::eval::plan;
 use lookalike::local::{self, Evidence, Keypoints};
 use rayon::prelude::*;
@@ -100,12 +103,13 @@ fn main() {
                     .collect();
                 if std::env::var("LK_DEBUG").is_ok() {
                     println!(
-                        "case {} {} {} {} {:.2} q{} s{}",
+                        "case {} {} {} {} {:.2} {:.2} q{} s{}",
                         files[i].display(),
                         v.label,
                         e.same_picture(),
                         e.inliers,
                         e.coverage,
+                        e.unexplained,
                         q.points.len(),
                         s.points.len()
                     );
@@ -127,6 +131,24 @@ fn main() {
             neg_8 += usize::from(n.inliers >= 8);
         }
     }
+    // Unexplained share of the copies that pass without that rule.
+    let mut un: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
+    for (f, e, _) in &results {
+        if e.inliers >= local::SAME_PICTURE_INLIERS && e.coverage >= local::SAME_PICTURE_COVERAGE {
+            un.entry(f).or_default().push(e.unexplained);
+        }
+    }
+    for (f, v) in &mut un {
+        v.sort_by(f32::total_cmp);
+        let q = |p: f64| v[((v.len() - 1) as f64 * p) as usize];
+        println!(
+            "unexplained {f:20} p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(1.0)
+        );
+    }
     let (mut tn, mut tp) = (0, 0);
     for (f, (n, p)) in &fam {
         println!("{f:20} {p:4}/{n:4} {:.3}", *p as f64 / *n as f64);
@@ -137,5 +159,73 @@ fn main() {
         "all {tp}/{tn} {:.4}; negatives passing {neg_pass}/{neg_n}, >=8 inliers {neg_8}; {:.1}s",
         tp as f64 / tn as f64,
         t.elapsed().as_secs_f64()
+    );
+    framed(&files);
+}
+
+/// Different photos shown in one app's frame (the screenshot family's
+/// title bar and caption): every ordered pair of the photos, the query's
+/// title the stored one's or another, how many the check calls one
+/// picture.
+fn framed(files: &[std::path::PathBuf]) {
+    const TITLES: [&str; 2] = ["MY PHOTOS - GALLERY", "SHARED WITH YOU"];
+    let shot = |f: &std::path::PathBuf, title: &str| {
+        let img = lookalike::decode::decode(&shrunk(std::fs::read(f).unwrap()), u64::MAX).unwrap();
+        let shot = lookalike::lab::augment::screenshot(&img, 0.6, 0.3, title);
+        lookalike::lab::augment::encode_jpeg(&shot, 90).unwrap()
+    };
+    let stored: Vec<Keypoints> = files.par_iter().map(|f| kp(&shot(f, TITLES[0]))).collect();
+    let queries: Vec<[Keypoints; 2]> = files
+        .par_iter()
+        .map(|f| TITLES.map(|t| qkp(&shot(f, t))))
+        .collect();
+    let evidence: Vec<Evidence> = (0..files.len())
+        .into_par_iter()
+        .flat_map_iter(|i| {
+            let (stored, queries) = (&stored, &queries);
+            (0..files.len())
+                .filter(move |&j| j != i)
+                .flat_map(move |j| {
+                    (0..TITLES.len()).map(move |t| {
+                        let e = local::verify(&queries[i][t], &stored[j]);
+                        if std::env::var("LK_DEBUG").is_ok()
+                            && e.inliers >= local::SAME_PICTURE_INLIERS
+                        {
+                            println!(
+                                "framed {} {} title{t} {} {} {:.2} {:.2}",
+                                files[i].display(),
+                                files[j].display(),
+                                e.same_picture(),
+                                e.inliers,
+                                e.coverage,
+                                e.unexplained
+                            );
+                        }
+                        e
+                    })
+                })
+        })
+        .collect();
+    let old = evidence
+        .iter()
+        .filter(|e| {
+            e.inliers >= local::SAME_PICTURE_INLIERS && e.coverage >= local::SAME_PICTURE_COVERAGE
+        })
+        .collect::<Vec<_>>();
+    let mut un: Vec<f32> = old.iter().map(|e| e.unexplained).collect();
+    un.sort_by(f32::total_cmp);
+    let q = |p: f64| {
+        un.get(((un.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    println!(
+        "framed: passing {}/{} (inliers and coverage alone {}); their unexplained min {:.2} p10 {:.2} p50 {:.2}",
+        evidence.iter().filter(|e| e.same_picture()).count(),
+        evidence.len(),
+        old.len(),
+        q(0.0),
+        q(0.1),
+        q(0.5)
     );
 }

@@ -101,7 +101,11 @@ mod tests {
     use super::*;
 
     fn evidence(inliers: usize, coverage: f32) -> Option<Evidence> {
-        Some(Evidence { inliers, coverage })
+        Some(Evidence {
+            inliers,
+            coverage,
+            unexplained: 0.0,
+        })
     }
 
     #[test]

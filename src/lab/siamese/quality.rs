@@ -6,7 +6,9 @@
 //! shipped model was), the 10 of its `--hard` plan (heavy crops,
 //! screenshots, stickers...; see [`crate::lab::eval::plan`]); negative pairs are every two different
 //! validation photos, split into same-class ("two fish": similar, not
-//! duplicate) and other-class pairs. Five scores are compared on the same
+//! duplicate) and other-class pairs, and with the harder copies also every
+//! two shown in one app's frame (the screenshot family's title bar and
+//! caption: alike around the photos, which differ). Five scores are compared on the same
 //! pairs: the Siamese distance, the CNN cosine, a 64-bit dHash Hamming
 //! distance, the keypoint check's inliers (see [`crate::local`]) and the
 //! daemon's verdict (Siamese distance, or the keypoints when they show one
@@ -29,6 +31,7 @@ use super::photos::Photo;
 use crate::decode;
 use crate::embed::Embedder;
 use crate::error::Result;
+use crate::lab::augment;
 use crate::lab::eval::plan;
 use crate::local::{self, Evidence, Keypoints};
 use crate::siamese::{distance, Siamese};
@@ -39,6 +42,8 @@ const SEED: u64 = 2026;
 /// Label of negative pairs of one class / of two classes.
 pub const SAME_CLASS: &str = "negative, same class";
 pub const OTHER_CLASS: &str = "negative, other class";
+/// Label of negative pairs of two photos in one app's frame.
+pub const ONE_FRAME: &str = "negative, one app frame";
 
 /// One image's descriptors.
 struct Described {
@@ -52,7 +57,8 @@ struct Described {
 #[derive(Debug, Clone)]
 pub struct Pair {
     pub positive: bool,
-    /// Transform family for positives, [`SAME_CLASS`] / [`OTHER_CLASS`] else.
+    /// Transform family for positives, [`SAME_CLASS`] / [`OTHER_CLASS`] /
+    /// [`ONE_FRAME`] else.
     pub family: String,
     /// The validation photos involved (for the two-fold check).
     pub photos: (usize, usize),
@@ -109,6 +115,18 @@ pub fn score_pairs(
             ));
         }
     }
+    let framed = if hard {
+        let shots = photos
+            .par_iter()
+            .map(|p| {
+                let shot = augment::screenshot(&p.image, 0.6, 0.3, "MY PHOTOS - GALLERY");
+                decode::decode(&augment::encode_jpeg(&shot, 90)?, 1 << 28)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        describe(embedder, siamese, shots)?
+    } else {
+        Vec::new()
+    };
     for i in 0..photos.len() {
         for j in i + 1..photos.len() {
             let family = if photos[i].class == photos[j].class {
@@ -123,6 +141,15 @@ pub fn score_pairs(
                 &originals[i],
                 &originals[j],
             ));
+            if hard {
+                pairs.push(pair(
+                    false,
+                    ONE_FRAME.into(),
+                    (i, j),
+                    &framed[i],
+                    &framed[j],
+                ));
+            }
         }
     }
     Ok(pairs)
@@ -333,6 +360,7 @@ pub struct QualityReport {
     pub positives: usize,
     pub negatives: usize,
     pub same_class_negatives: usize,
+    pub one_frame_negatives: usize,
     pub methods: Vec<MethodReport>,
 }
 
@@ -373,6 +401,7 @@ pub fn report(pairs: &[Pair], target: f64, shipped: Option<f32>) -> QualityRepor
         positives: pairs.iter().filter(|p| p.positive).count(),
         negatives: pairs.iter().filter(|p| !p.positive).count(),
         same_class_negatives: pairs.iter().filter(|p| p.family == SAME_CLASS).count(),
+        one_frame_negatives: pairs.iter().filter(|p| p.family == ONE_FRAME).count(),
         methods,
     }
 }
@@ -418,8 +447,12 @@ impl QualityReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{} positive pairs, {} negative pairs ({} same class); thresholds at precision >= {}\n",
-            self.positives, self.negatives, self.same_class_negatives, self.target_precision
+            "{} positive pairs, {} negative pairs ({} same class, {} in one app frame); thresholds at precision >= {}\n",
+            self.positives,
+            self.negatives,
+            self.same_class_negatives,
+            self.one_frame_negatives,
+            self.target_precision
         );
         let _ = writeln!(out, "| method | ROC AUC | threshold | precision | recall | held-out precision | held-out recall | shipped precision | shipped recall |");
         let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
@@ -505,6 +538,7 @@ mod tests {
         let copy = Evidence {
             inliers: local::SAME_PICTURE_INLIERS,
             coverage: local::SAME_PICTURE_COVERAGE,
+            unexplained: 0.0,
         };
         let framed = Evidence {
             coverage: 0.3,

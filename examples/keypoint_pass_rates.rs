@@ -109,7 +109,7 @@ fn main() {
                         e.same_picture(),
                         e.inliers,
                         e.coverage,
-                        e.unexplained,
+                        e.unexplained.unwrap_or(f32::NAN),
                         q.points.len(),
                         s.points.len()
                     );
@@ -135,7 +135,9 @@ fn main() {
     let mut un: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
     for (f, e, _) in &results {
         if e.inliers >= local::SAME_PICTURE_INLIERS && e.coverage >= local::SAME_PICTURE_COVERAGE {
-            un.entry(f).or_default().push(e.unexplained);
+            un.entry(f)
+                .or_default()
+                .push(e.unexplained.unwrap_or(f32::NAN));
         }
     }
     for (f, v) in &mut un {
@@ -198,7 +200,7 @@ fn framed(files: &[std::path::PathBuf]) {
                                 e.same_picture(),
                                 e.inliers,
                                 e.coverage,
-                                e.unexplained
+                                e.unexplained.unwrap_or(f32::NAN)
                             );
                         }
                         e
@@ -212,7 +214,10 @@ fn framed(files: &[std::path::PathBuf]) {
             e.inliers >= local::SAME_PICTURE_INLIERS && e.coverage >= local::SAME_PICTURE_COVERAGE
         })
         .collect::<Vec<_>>();
-    let mut un: Vec<f32> = old.iter().map(|e| e.unexplained).collect();
+    let mut un: Vec<f32> = old
+        .iter()
+        .map(|e| e.unexplained.unwrap_or(f32::NAN))
+        .collect();
     un.sort_by(f32::total_cmp);
     let q = |p: f64| {
         un.get(((un.len().max(1) - 1) as f64 * p) as usize)

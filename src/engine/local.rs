@@ -104,7 +104,7 @@ mod tests {
         Some(Evidence {
             inliers,
             coverage,
-            unexplained: 0.0,
+            unexplained: Some(0.0),
         })
     }
 

@@ -35,8 +35,10 @@ pub struct Evidence {
     pub coverage: f32,
     /// The share of the shared keypoints that lie where no inlier is (0..1,
     /// see `Grids::unexplained`): what a sticker hides on a copy, the whole
-    /// photo on two different photos in one app frame.
-    pub unexplained: f32,
+    /// photo on two different photos in one app frame. Measured only when
+    /// the inliers and their coverage meet the rule (it is what decides
+    /// then), `None` else.
+    pub unexplained: Option<f32>,
 }
 
 /// Inliers, and their coverage, that make a pair one picture: among the
@@ -59,7 +61,9 @@ impl Evidence {
     pub fn same_picture(&self) -> bool {
         self.inliers >= SAME_PICTURE_INLIERS
             && self.coverage >= SAME_PICTURE_COVERAGE
-            && self.unexplained < SAME_PICTURE_UNEXPLAINED
+            && self
+                .unexplained
+                .is_some_and(|u| u < SAME_PICTURE_UNEXPLAINED)
     }
 }
 
@@ -171,11 +175,16 @@ pub fn verify(a: &Keypoints, b: &Keypoints) -> Evidence {
 /// side that is flat, few keypoints); two different photos framed alike
 /// (a screenshot's title bar and caption) have them in the frame around
 /// the photos, which on both sides hold most keypoints and no inlier.
-fn spread(a: &Keypoints, b: &Keypoints, fit: Similarity, inliers: &[(usize, usize)]) -> (f32, f32) {
+fn spread(
+    a: &Keypoints,
+    b: &Keypoints,
+    fit: Similarity,
+    inliers: &[(usize, usize)],
+) -> (f32, Option<f32>) {
     let [sa, sb, tx, ty] = fit;
     let norm = sa * sa + sb * sb;
     if inliers.is_empty() || norm == 0.0 {
-        return (0.0, 1.0);
+        return (0.0, None);
     }
     let forward = |x: f32, y: f32| (sa * x - sb * y + tx, sb * x + sa * y + ty);
     let inverse = |x: f32, y: f32| {
@@ -190,10 +199,10 @@ fn spread(a: &Keypoints, b: &Keypoints, fit: Similarity, inliers: &[(usize, usiz
     let on_b = Grids::new(b, overlap(b, a, &forward), &in_b, &|p: &Keypoint| {
         lands_in(a, inverse(p.x, p.y))
     });
-    (
-        on_a.covered().max(on_b.covered()),
-        on_a.unexplained().min(on_b.unexplained()),
-    )
+    let covered = on_a.covered().max(on_b.covered());
+    let unexplained = (inliers.len() >= SAME_PICTURE_INLIERS && covered >= SAME_PICTURE_COVERAGE)
+        .then(|| on_a.unexplained().min(on_b.unexplained()));
+    (covered, unexplained)
 }
 
 /// Whether a point lies inside `k`'s frame.

@@ -538,7 +538,7 @@ mod tests {
         let copy = Evidence {
             inliers: local::SAME_PICTURE_INLIERS,
             coverage: local::SAME_PICTURE_COVERAGE,
-            unexplained: 0.0,
+            unexplained: Some(0.0),
         };
         let framed = Evidence {
             coverage: 0.3,

@@ -10,7 +10,8 @@
 //! are first shrunk to 2048 px at most. `LK_SEEDS=N` makes N seeded copy
 //! sets per photo, `LK_FAM=crop,text` keeps only those families,
 //! `LK_DEBUG=1` prints every copy's evidence, and that of each framed pair
-//! with enough inliers.
+//! with enough inliers; `LK_FRAME=0.5,0.0` frames the photos at 50 % of
+//! the canvas, at its left (0.6, 0.3 unless set).
 use lookalike::lab::eval::plan;
 use lookalike::local::{self, Evidence, Keypoints};
 use rayon::prelude::*;
@@ -171,9 +172,17 @@ fn main() {
 /// picture.
 fn framed(files: &[std::path::PathBuf]) {
     const TITLES: [&str; 2] = ["MY PHOTOS - GALLERY", "SHARED WITH YOU"];
+    // The photo's share of the canvas and where it sits across it.
+    let frame: (f32, f32) = std::env::var("LK_FRAME")
+        .ok()
+        .and_then(|v| {
+            let (a, l) = v.split_once(',')?;
+            Some((a.parse().ok()?, l.parse().ok()?))
+        })
+        .unwrap_or((0.6, 0.3));
     let shot = |f: &std::path::PathBuf, title: &str| {
         let img = lookalike::decode::decode(&shrunk(std::fs::read(f).unwrap()), u64::MAX).unwrap();
-        let shot = lookalike::lab::augment::screenshot(&img, 0.6, 0.3, title);
+        let shot = lookalike::lab::augment::screenshot(&img, frame.0, frame.1, title);
         lookalike::lab::augment::encode_jpeg(&shot, 90).unwrap()
     };
     let stored: Vec<Keypoints> = files.par_iter().map(|f| kp(&shot(f, TITLES[0]))).collect();

@@ -14,7 +14,7 @@ use lookalike::api::proto::{CompareRequest, InsertRequest, Match, QueryRequest};
 use lookalike::lab::augment;
 
 /// Keypoint matches the daemon calls a duplicate at (engine::local).
-const VERIFIED: u32 = 12;
+const VERIFIED: u32 = 10;
 
 fn copies(img: &RgbImage, i: usize) -> Vec<(&'static str, Vec<u8>)> {
     let jpeg = |img: &RgbImage| augment::encode_jpeg(img, 90).expect("jpeg");

@@ -41,10 +41,14 @@ pub struct Evidence {
     pub unexplained: Option<f32>,
 }
 
-/// Inliers, and their coverage, that make a pair one picture: among the
-/// best 48 candidates by cosine of 2,730 copies queried over 10,368
-/// photos, 2 unrelated pairs in 124,778 had both, 86 % of the copies did.
-pub const SAME_PICTURE_INLIERS: usize = 12;
+/// Inliers, and their coverage, that make a pair one picture. Of the
+/// 134,882 ordered pairs of different photos among the class photos and
+/// the near-dup bases, 2 have 9 or more inliers over half the shared part
+/// (two photos of the Qutub Minar, its banded tower at one geometry), 15
+/// have 8 or more (`examples/keypoint_false_matches.rs`); 10 rather than
+/// 12 (until 2026-12-06) gives the verdict 0.9657 of the validation copies
+/// instead of 0.9621, at the same precision.
+pub const SAME_PICTURE_INLIERS: usize = 10;
 pub const SAME_PICTURE_COVERAGE: f32 = 0.5;
 /// The most of a picture's keypoints that may lie where no inlier is (the
 /// largest rectangle free of inliers, on the side where it holds fewer; see

@@ -351,6 +351,9 @@ pub struct MethodReport {
     /// Share of each family's pairs called duplicate at the threshold
     /// (recall for transforms, false-positive rate for negatives).
     pub duplicate_rate: BTreeMap<String, f64>,
+    /// The same at the model's own threshold (empty where `shipped` is
+    /// `None`).
+    pub shipped_duplicate_rate: BTreeMap<String, f64>,
 }
 
 /// What [`report`] measures.
@@ -364,6 +367,21 @@ pub struct QualityReport {
     pub methods: Vec<MethodReport>,
 }
 
+/// Share of each family's pairs that `method` scores at or above
+/// `threshold`.
+fn duplicate_rates(pairs: &[&Pair], method: usize, threshold: f32) -> BTreeMap<String, f64> {
+    let mut tally: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for p in pairs {
+        let e = tally.entry(&p.family).or_default();
+        e.0 += usize::from(p.scores[method] >= threshold);
+        e.1 += 1;
+    }
+    tally
+        .into_iter()
+        .map(|(family, (hit, n))| (family.to_string(), hit as f64 / n as f64))
+        .collect()
+}
+
 /// The full report over `pairs` at `target` precision; `shipped`: the
 /// model's Siamese threshold, when it has one.
 pub fn report(pairs: &[Pair], target: f64, shipped: Option<f32>) -> QualityReport {
@@ -371,28 +389,20 @@ pub fn report(pairs: &[Pair], target: f64, shipped: Option<f32>) -> QualityRepor
     let methods = (0..METHODS.len())
         .map(|m| {
             let threshold = calibrate(&all, m, target);
-            let mut duplicate_rate = BTreeMap::new();
-            if let Some(t) = threshold {
-                let mut tally: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-                for p in &all {
-                    let e = tally.entry(&p.family).or_default();
-                    e.0 += usize::from(p.scores[m] >= t);
-                    e.1 += 1;
-                }
-                for (family, (hit, n)) in tally {
-                    duplicate_rate.insert(family.to_string(), hit as f64 / n as f64);
-                }
-            }
+            let shipped = shipped.filter(|_| m == SIAMESE || m == VERDICT);
             MethodReport {
                 method: METHODS[m].to_string(),
                 auc: roc_auc(&all, m),
                 threshold: threshold.map(|t| display_threshold(m, t)),
                 overall: threshold.map(|t| at_threshold(&all, m, t)),
                 held_out: held_out(&all, m, target),
-                shipped: shipped
-                    .filter(|_| m == SIAMESE || m == VERDICT)
-                    .map(|t| at_threshold(&all, m, -t)),
-                duplicate_rate,
+                shipped: shipped.map(|t| at_threshold(&all, m, -t)),
+                duplicate_rate: threshold
+                    .map(|t| duplicate_rates(&all, m, t))
+                    .unwrap_or_default(),
+                shipped_duplicate_rate: shipped
+                    .map(|t| duplicate_rates(&all, m, -t))
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -479,8 +489,18 @@ impl QualityReport {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let _ = writeln!(out, "\nShare of pairs called duplicate at each threshold (recall for transforms, false-positive rate for negatives):\n");
-        let header: Vec<&str> = self.methods.iter().map(|m| m.method.as_str()).collect();
+        let _ = writeln!(out, "\nShare of pairs called duplicate at each threshold, then at the shipped one (recall for transforms, false-positive rate for negatives):\n");
+        let shipped: Vec<&MethodReport> = self
+            .methods
+            .iter()
+            .filter(|m| !m.shipped_duplicate_rate.is_empty())
+            .collect();
+        let header: Vec<String> = self
+            .methods
+            .iter()
+            .map(|m| m.method.clone())
+            .chain(shipped.iter().map(|m| format!("{}, shipped", m.method)))
+            .collect();
         let _ = writeln!(out, "| pairs | {} |", header.join(" | "));
         let _ = writeln!(out, "|---|{}", "---|".repeat(header.len()));
         for family in families {
@@ -488,6 +508,11 @@ impl QualityReport {
                 .methods
                 .iter()
                 .map(|m| fmt(m.duplicate_rate.get(family).copied()))
+                .chain(
+                    shipped
+                        .iter()
+                        .map(|m| fmt(m.shipped_duplicate_rate.get(family).copied())),
+                )
                 .collect();
             let _ = writeln!(out, "| {family} | {} |", cells.join(" | "));
         }

@@ -54,10 +54,10 @@ pub const SAME_PICTURE_COVERAGE: f32 = 0.5;
 /// largest rectangle free of inliers, on the side where it holds fewer; see
 /// `Grids::unexplained`). A sticker hides up to a third of a photo and a
 /// copy's inliers thin out in places: 3 of 1,786 copies of the validation
-/// photos that met the other two rules went over 0.55 (a perspective warp,
-/// a crop, a caption). Two different photos in one app frame leave the
-/// photos unexplained: 146 of 156 such pairs that met them went over
-/// (`examples/keypoint_pass_rates.rs`).
+/// photos that met the other two rules (at 12 inliers) went over 0.55 (a
+/// perspective warp, a crop, a caption). Two different photos in one app
+/// frame leave the photos unexplained: 149 of 159 such pairs that met them
+/// (at 10 inliers) went over (`examples/keypoint_pass_rates.rs`).
 pub const SAME_PICTURE_UNEXPLAINED: f32 = 0.55;
 
 impl Evidence {

@@ -135,7 +135,7 @@ fn main() {
     // Unexplained share of the copies that pass without that rule.
     let mut un: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
     for (f, e, _) in &results {
-        if e.inliers >= local::SAME_PICTURE_INLIERS && e.coverage >= local::SAME_PICTURE_COVERAGE {
+        if e.enough_and_spread() {
             un.entry(f)
                 .or_default()
                 .push(e.unexplained.unwrap_or(f32::NAN));
@@ -219,9 +219,7 @@ fn framed(files: &[std::path::PathBuf]) {
         .collect();
     let old = evidence
         .iter()
-        .filter(|e| {
-            e.inliers >= local::SAME_PICTURE_INLIERS && e.coverage >= local::SAME_PICTURE_COVERAGE
-        })
+        .filter(|e| e.enough_and_spread())
         .collect::<Vec<_>>();
     let mut un: Vec<f32> = old
         .iter()

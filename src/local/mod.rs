@@ -202,8 +202,7 @@ mod tests {
             ("monument-statue-of-liberty-1.jpg", "windmill-post-mill.jpg"),
         ] {
             let e = verify(&shot(a), &shot(b).stored());
-            assert!(e.inliers >= SAME_PICTURE_INLIERS, "{a}, {b}: {e:?}");
-            assert!(e.coverage >= SAME_PICTURE_COVERAGE, "{a}, {b}: {e:?}");
+            assert!(e.enough_and_spread(), "{a}, {b}: {e:?}");
             assert!(!e.same_picture(), "{a}, {b}: {e:?}");
         }
         // The photo itself inside its screenshot does, and so does the

@@ -63,12 +63,24 @@ pub const SAME_PICTURE_UNEXPLAINED: f32 = 0.55;
 impl Evidence {
     /// Whether this evidence alone shows the two images are one picture.
     pub fn same_picture(&self) -> bool {
-        self.inliers >= SAME_PICTURE_INLIERS
-            && self.coverage >= SAME_PICTURE_COVERAGE
+        self.enough_and_spread()
             && self
                 .unexplained
                 .is_some_and(|u| u < SAME_PICTURE_UNEXPLAINED)
     }
+
+    /// The first two parts of [`Evidence::same_picture`]: enough inliers,
+    /// spread over enough of the shared part. `unexplained` is measured
+    /// only when they hold.
+    pub fn enough_and_spread(&self) -> bool {
+        enough_and_spread(self.inliers, self.coverage)
+    }
+}
+
+/// See [`Evidence::enough_and_spread`]; also asked while the evidence is
+/// being measured.
+fn enough_and_spread(inliers: usize, coverage: f32) -> bool {
+    inliers >= SAME_PICTURE_INLIERS && coverage >= SAME_PICTURE_COVERAGE
 }
 
 /// Each keypoint of `a` with its nearest in `b`, when close and clearly
@@ -204,7 +216,7 @@ fn spread(
         lands_in(a, inverse(p.x, p.y))
     });
     let covered = on_a.covered().max(on_b.covered());
-    let unexplained = (inliers.len() >= SAME_PICTURE_INLIERS && covered >= SAME_PICTURE_COVERAGE)
+    let unexplained = enough_and_spread(inliers.len(), covered)
         .then(|| on_a.unexplained().min(on_b.unexplained()));
     (covered, unexplained)
 }

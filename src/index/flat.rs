@@ -1,9 +1,10 @@
 //! The search graph: HNSW over the projections in flat arrays, built and
 //! grown in place, saved and loaded as one file.
 //!
-//! Vectors are contiguous, points are dense `u32` ids, and each point's
-//! layer-0 neighbours sit in a fixed run of `2 M` slots: about 0.5 KB a
-//! point at 100-d, written and read back as plain arrays.
+//! Vectors are contiguous and kept at half precision (`super::f16`: half
+//! the cache lines a search pulls in), points are dense `u32` ids, and
+//! each point's layer-0 neighbours sit in a fixed run of `2 M` slots: about
+//! 0.4 KB a point at 100-d, written and read back as plain arrays.
 //!
 //! Searches run the way hnswlib's do (a per-thread visited array stamped
 //! with a generation number, two binary heaps of (similarity, id)) and
@@ -38,11 +39,15 @@ use std::{
 
 use rayon::prelude::*;
 
+use super::f16;
 use crate::error::{Error, Result};
-use crate::vector::{fastest_dot, fastest_dot4, Dot4};
 
-/// First bytes of a saved graph.
-const MAGIC: &[u8; 8] = b"LKGRAPH1";
+/// First bytes of a saved graph: vectors at half precision, padded
+/// ([`f16::stride`]).
+const MAGIC: &[u8; 8] = b"LKGRAPH2";
+/// First bytes of a graph saved before 2026-12-06, vectors as `f32`s: read
+/// and narrowed, so an upgrade keeps its saved graph.
+const MAGIC_F32: &[u8; 8] = b"LKGRAPH1";
 /// Layers a point may reach.
 pub const MAX_LAYERS: usize = 16;
 /// A build inserts its first points one at a time, until the graph holds
@@ -60,8 +65,11 @@ pub struct FlatGraph {
     dim: usize,
     /// Most neighbours a point keeps on layers 1 and up; `2 m` on layer 0.
     m: usize,
-    /// Point `i`'s vector is `vectors[i * dim..(i + 1) * dim]`.
-    vectors: Vec<f32>,
+    /// Point `i`'s vector, at half precision and padded, is
+    /// `vectors[i * stride..(i + 1) * stride]` (see [`f16`]).
+    vectors: Vec<u16>,
+    /// `dim` rounded up to [`f16::LANES`].
+    stride: usize,
     seqs: Vec<u64>,
     /// Point `i`'s layer-0 neighbours are the first `counts[i]` of
     /// `links[i * 2m..(i + 1) * 2m]`.
@@ -72,14 +80,15 @@ pub struct FlatGraph {
     upper: HashMap<u32, Vec<Vec<u32>>>,
     entry: u32,
     top_layer: u8,
-    dot: fn(&[f32], &[f32]) -> f32,
-    dot4: Dot4,
+    dot: f16::Dot,
+    dot4: f16::Dot4,
 }
 
 /// An insert worked out by [`FlatGraph::plan`], for [`FlatGraph::apply`].
 pub struct Planned {
     seq: u64,
-    vector: Vec<f32>,
+    /// At half precision, padded, as the graph keeps it.
+    vector: Vec<u16>,
     /// The id the point gets: the graph's length when planned.
     id: u32,
     level: u8,
@@ -94,18 +103,20 @@ impl FlatGraph {
     /// (`2 m` on layer 0), with room for `capacity` points.
     pub fn new(dim: usize, m: usize, capacity: usize) -> Self {
         let m = m.clamp(1, u16::MAX as usize / 2);
+        let stride = f16::stride(dim);
         FlatGraph {
             dim,
             m,
-            vectors: Vec::with_capacity(capacity.saturating_mul(dim)),
+            vectors: Vec::with_capacity(capacity.saturating_mul(stride)),
+            stride,
             seqs: Vec::with_capacity(capacity),
             links: Vec::with_capacity(capacity.saturating_mul(2 * m)),
             counts: Vec::with_capacity(capacity),
             upper: HashMap::new(),
             entry: 0,
             top_layer: 0,
-            dot: fastest_dot(),
-            dot4: fastest_dot4(),
+            dot: f16::fastest_dot(),
+            dot4: f16::fastest_dot4(),
         }
     }
 
@@ -118,9 +129,10 @@ impl FlatGraph {
         self.dim
     }
 
-    /// The dot product this graph uses (AVX2 + FMA where the CPU has them).
-    pub fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
-        (self.dot)(a, b)
+    /// The dot product of `q` with a stored vector (AVX-512 or AVX2 where
+    /// the CPU has them).
+    fn dot(&self, q: &[f32], v: &[u16]) -> f32 {
+        (self.dot)(q, v)
     }
 
     /// The layer a new point reaches, from `uniform` in (0, 1]: hnswlib's
@@ -142,7 +154,7 @@ impl FlatGraph {
     fn plan_as(&self, id: u32, seq: u64, vector: Vec<f32>, level: u8, ef: usize) -> Planned {
         let mut planned = Planned {
             seq,
-            vector,
+            vector: f16::narrow(&vector),
             id,
             level,
             own: vec![Vec::new(); level as usize + 1],
@@ -151,7 +163,7 @@ impl FlatGraph {
         if self.len() == 0 {
             return planned;
         }
-        let q = planned.vector.as_slice();
+        let (q, narrow) = (vector.as_slice(), planned.vector.clone());
         let mut nearest = Scored(self.dot(q, self.vector(self.entry)), self.entry);
         for layer in (level as usize + 1..=self.top_layer as usize).rev() {
             nearest = self.greedy(q, nearest, layer);
@@ -163,7 +175,13 @@ impl FlatGraph {
             // grow to its cap (2 M on layer 0) as later points link to it.
             let chosen = self.select(&found, self.m, |i| self.vector(i));
             for &nb in &chosen {
-                let vector_of = |i: u32| if i == id { q } else { self.vector(i) };
+                let vector_of = |i: u32| {
+                    if i == id {
+                        narrow.as_slice()
+                    } else {
+                        self.vector(i)
+                    }
+                };
                 let list = self.joined(nb, layer, id, vector_of);
                 planned.changed.push((nb, layer as u8, list));
             }
@@ -254,7 +272,7 @@ impl FlatGraph {
         point: u32,
         layer: usize,
         id: u32,
-        vector_of: impl Fn(u32) -> &'a [f32],
+        vector_of: impl Fn(u32) -> &'a [u16],
     ) -> Vec<u32> {
         let mut list = self.layer_links(point, layer).to_vec();
         list.push(id);
@@ -262,10 +280,11 @@ impl FlatGraph {
         if list.len() <= cap {
             return list;
         }
-        let base = self.vector(point);
+        let mut base = Vec::with_capacity(self.dim);
+        f16::widen(self.vector(point), self.dim, &mut base);
         let mut candidates: Vec<Scored> = list
             .iter()
-            .map(|&c| Scored(self.dot(base, vector_of(c)), c))
+            .map(|&c| Scored(self.dot(&base, vector_of(c)), c))
             .collect();
         candidates.sort_by(|a, b| b.cmp(a));
         self.select(&candidates, cap, vector_of)
@@ -405,15 +424,19 @@ impl FlatGraph {
         &self,
         candidates: &[Scored],
         cap: usize,
-        vector_of: impl Fn(u32) -> &'a [f32],
+        vector_of: impl Fn(u32) -> &'a [u16],
     ) -> Vec<u32> {
         let mut chosen: Vec<u32> = Vec::with_capacity(cap);
+        let mut v = Vec::with_capacity(self.dim);
         for &Scored(to_base, c) in candidates {
             if chosen.len() >= cap {
                 break;
             }
-            let v = vector_of(c);
-            if chosen.iter().all(|&s| self.dot(v, vector_of(s)) <= to_base) {
+            f16::widen(vector_of(c), self.dim, &mut v);
+            if chosen
+                .iter()
+                .all(|&s| self.dot(&v, vector_of(s)) <= to_base)
+            {
                 chosen.push(c);
             }
         }
@@ -443,9 +466,9 @@ impl FlatGraph {
         }
     }
 
-    fn vector(&self, i: u32) -> &[f32] {
-        let at = i as usize * self.dim;
-        &self.vectors[at..at + self.dim]
+    fn vector(&self, i: u32) -> &[u16] {
+        let at = i as usize * self.stride;
+        &self.vectors[at..at + self.stride]
     }
 
     /// Point `i`'s neighbours on `layer` (empty above its level).
@@ -486,7 +509,7 @@ impl FlatGraph {
         }
         out.write_all(&[self.top_layer])?;
         write_all(out, &self.seqs, u64::to_le_bytes)?;
-        write_all(out, &self.vectors, f32::to_le_bytes)?;
+        write_all(out, &self.vectors, u16::to_le_bytes)?;
         write_all(out, &self.counts, u16::to_le_bytes)?;
         write_all(out, &self.links, u32::to_le_bytes)?;
         let mut upper: Vec<(&u32, &Vec<Vec<u32>>)> = self.upper.iter().collect();
@@ -507,9 +530,11 @@ impl FlatGraph {
     /// names what does not add up.
     pub fn read(bytes: &[u8]) -> Result<Self> {
         let mut r = Bytes(bytes);
-        if r.take(MAGIC.len())? != MAGIC {
-            return Err(malformed("it does not start with the graph file's magic"));
-        }
+        let half = match r.take(MAGIC.len())? {
+            m if m == MAGIC => true,
+            m if m == MAGIC_F32 => false,
+            _ => return Err(malformed("it does not start with the graph file's magic")),
+        };
         let [dim, m, n, entry] = [r.u64()?, r.u64()?, r.u64()?, r.u64()?];
         let top_layer = r.take(1)?[0];
         let sane = (1..=1 << 16).contains(&dim)
@@ -526,7 +551,12 @@ impl FlatGraph {
         let (dim, m, n) = (dim as usize, m as usize, n as usize);
         let mut flat = FlatGraph::new(dim, m, 0);
         flat.seqs = r.array(n, u64::from_le_bytes)?;
-        flat.vectors = r.array(n * dim, f32::from_le_bytes)?;
+        flat.vectors = if half {
+            r.array(n * flat.stride, u16::from_le_bytes)?
+        } else {
+            let wide = r.array(n * dim, f32::from_le_bytes)?;
+            wide.chunks_exact(dim).flat_map(f16::narrow).collect()
+        };
         flat.counts = r.array(n, u16::from_le_bytes)?;
         flat.links = r.array(n * 2 * m, u32::from_le_bytes)?;
         (flat.entry, flat.top_layer) = (entry as u32, top_layer);
@@ -909,8 +939,23 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(FlatGraph::read(&extra).is_err());
+        // A graph saved with f32 vectors (before 2026-12-06) reads back to
+        // the same graph: half precision survives a round trip to f32.
+        let vectors_at = 8 + 4 * 8 + 1 + 700 * 8;
+        let vectors_end = vectors_at + 700 * 16 * 2;
+        let mut old = b"LKGRAPH1".to_vec();
+        old.extend(&bytes[8..vectors_at]);
+        for h in bytes[vectors_at..vectors_end].chunks_exact(2) {
+            let wide = half::f16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f32();
+            old.extend(wide.to_le_bytes());
+        }
+        old.extend(&bytes[vectors_end..]);
+        let upgraded = FlatGraph::read(&old).expect("read an f32 graph");
+        for q in points.iter().take(40) {
+            assert_eq!(flat.search(q, 20, None), upgraded.search(q, 20, None));
+        }
         // A neighbour id past the end, in the first layer-0 list.
-        let links_at = 8 + 4 * 8 + 1 + 700 * 8 + 700 * 16 * 4 + 700 * 2;
+        let links_at = vectors_end + 700 * 2;
         let mut wild = bytes.clone();
         wild[links_at..links_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         let err = FlatGraph::read(&wild).err().expect("a wild id is refused");

@@ -43,6 +43,7 @@
 //! engine's index slot (`engine::Shared::index`) comes before all of these.
 
 mod codes;
+mod f16;
 mod flat;
 pub mod sums;
 

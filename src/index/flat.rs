@@ -152,18 +152,20 @@ impl FlatGraph {
 
     /// [`FlatGraph::plan`], for the point that will get id `id`.
     fn plan_as(&self, id: u32, seq: u64, vector: Vec<f32>, level: u8, ef: usize) -> Planned {
+        let narrow = f16::narrow(&vector);
         let mut planned = Planned {
             seq,
-            vector: f16::narrow(&vector),
+            vector: Vec::new(),
             id,
             level,
             own: vec![Vec::new(); level as usize + 1],
             changed: Vec::new(),
         };
         if self.len() == 0 {
+            planned.vector = narrow;
             return planned;
         }
-        let (q, narrow) = (vector.as_slice(), planned.vector.clone());
+        let q = vector.as_slice();
         let mut nearest = Scored(self.dot(q, self.vector(self.entry)), self.entry);
         for layer in (level as usize + 1..=self.top_layer as usize).rev() {
             nearest = self.greedy(q, nearest, layer);
@@ -188,6 +190,7 @@ impl FlatGraph {
             planned.own[layer] = chosen;
             starts = found;
         }
+        planned.vector = narrow;
         planned
     }
 

@@ -43,7 +43,9 @@
 //! which costs them 13x the distance work of the 100-d run), BENCH_DRAWN=1
 //! (drawn vectors at every size, to compare them with the real ones),
 //! BENCH_DUMP_DIR (writes each size's 100-d projections, queries and exact
-//! neighbours under DIR/SIZE/ as `scripts/peer_index.py` reads them).
+//! neighbours under DIR/SIZE/ as `scripts/peer_index.py` reads them),
+//! BENCH_HNSW_RS_UPTO (every size: the largest size at which hnsw_rs also
+//! builds its graph; at a million its build is 12 of the run's 32 minutes).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -73,8 +75,10 @@ const K: usize = 10;
 const M: usize = 24;
 const EF_CONSTRUCTION: usize = 200;
 /// Search widths swept; 16 to 32 is where recall@10 crosses 0.95 on these
-/// vectors, so 24 sits between them for the interpolation.
-const EFS: [usize; 7] = [16, 24, 32, 64, 128, 256, 512];
+/// vectors at 100k, so 24 sits between them for the interpolation; at a
+/// million every graph was past 0.95 at 16 already (0.97-0.98), so 10 and
+/// 12 (k is 10) bracket it there.
+const EFS: [usize; 9] = [10, 12, 16, 24, 32, 64, 128, 256, 512];
 /// Candidates re-ranked per query, as multiples of K (the daemon default is 8).
 const RERANKS: [usize; 4] = [2, 4, 8, 16];
 /// Each timed trial repeats the pass until this long, after a warm-up pass
@@ -735,6 +739,7 @@ fn main() {
     let sizes = env_list("BENCH_SIZES", "10000,100000");
     let nq = env_usize("BENCH_QUERIES", 500);
     let full_peers_upto = env_usize("BENCH_FULL_PEERS_UPTO", 100_000);
+    let hnsw_rs_upto = env_usize("BENCH_HNSW_RS_UPTO", usize::MAX);
     let files = photo_files();
     let real = RealSet {
         mirror_from: nq.min(files.len()),
@@ -789,7 +794,9 @@ fn main() {
         let runs = sweep(label, &pqueries, &exact_projected, graph_search);
         runs.iter()
             .for_each(|r| graph.add(n, &kind, graph_build, mem, r));
-        {
+        if n > hnsw_rs_upto {
+            eprintln!("size {n}: hnsw_rs skipped above BENCH_HNSW_RS_UPTO={hnsw_rs_upto}");
+        } else {
             let (theirs, build, mem) = build_hnsw_rs(&pbase);
             eprintln!("size {n}: hnsw_rs built its graph in {build:.1} s");
             let label = "hnsw_rs, its own build and search (100-d)";

@@ -62,6 +62,11 @@ pub enum EvalCommand {
         /// photo-label), to see what each family does.
         #[arg(long)]
         save_copies: Option<PathBuf>,
+        /// Also print (to stderr) every copy whose photo did not come
+        /// first: what came first instead, with its cosine, keypoint
+        /// matches and verdict, and where the photo came.
+        #[arg(long)]
+        misses: bool,
         #[command(flatten)]
         common: EvalArgs,
     },
@@ -128,13 +133,14 @@ pub async fn run(command: EvalCommand) -> Result<()> {
             by_label,
             hard,
             save_copies,
+            misses,
             common,
         } => (
             near_dup(
                 &images,
                 &distractors,
                 seed,
-                (by_label, hard, save_copies.as_deref()),
+                (by_label, hard, save_copies.as_deref(), misses),
                 &common,
             )
             .await?,
@@ -175,7 +181,7 @@ async fn near_dup(
     images: &[PathBuf],
     distractors: &[PathBuf],
     seed: u64,
-    (by_label, hard, save_copies): (bool, bool, Option<&Path>),
+    (by_label, hard, save_copies, misses): (bool, bool, Option<&Path>, bool),
     args: &EvalArgs,
 ) -> Result<Report> {
     let originals = super::collect_images(images)?;
@@ -233,6 +239,9 @@ async fn near_dup(
                 let mut by_cosine: Vec<&Match> = matches.iter().collect();
                 by_cosine.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
                 let cosine_rank = rank_of(&by_cosine.iter().map(|m| &m.id).collect::<Vec<_>>());
+                if misses && rank != Some(1) {
+                    eprintln!("{}", describe_miss(target, &v.label, &matches, rank));
+                }
                 let group = if by_label {
                     v.label.clone()
                 } else {
@@ -280,6 +289,29 @@ async fn near_dup(
         rows,
         notes,
     })
+}
+
+/// One line on a copy whose photo did not come first (`--misses`).
+fn describe_miss(target: &str, label: &str, matches: &[Match], rank: Option<usize>) -> String {
+    let facts = |m: &Match| {
+        format!(
+            "{} (cosine {:.3}, {} keypoint matches, {})",
+            m.id,
+            m.similarity,
+            m.keypoint_matches.map_or("no".into(), |n| n.to_string()),
+            if m.duplicate {
+                "duplicate"
+            } else {
+                "not a duplicate"
+            }
+        )
+    };
+    let first = matches.first().map_or("nothing".into(), facts);
+    let photo = match rank {
+        Some(r) => format!("at rank {r}: {}", facts(&matches[r - 1])),
+        None => format!("not in the first {}", matches.len()),
+    };
+    format!("miss: {target} {label}: first {first}; the photo {photo}")
 }
 
 /// What `eval groups` stores, and which files are one photo.

@@ -4,7 +4,7 @@
 //! Both run in-process (no daemon): they need the CNN's mid-network maps,
 //! and a training run is a batch job, not a service call.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -79,6 +79,12 @@ pub struct EvalSiameseArgs {
     /// distance finds closest (the confusions that set the threshold).
     #[arg(long, default_value_t = 0)]
     closest_negatives: usize,
+    /// Also write every pair scored, one per line, to this TSV: whether the
+    /// two are one photo, the family, both photos, the Siamese distance,
+    /// the cosine, the dHash bits that differ, the keypoint evidence
+    /// (inliers, coverage, unexplained share) and the shipped verdict.
+    #[arg(long)]
+    pairs: Option<PathBuf>,
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
@@ -162,6 +168,36 @@ pub fn eval(args: EvalSiameseArgs) -> Result<()> {
     if args.closest_negatives > 0 {
         print_closest_negatives(&pairs, &val, args.closest_negatives);
     }
+    if let Some(path) = &args.pairs {
+        write_pairs(path, &pairs, &val, siamese.threshold())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Every scored pair as a TSV row (see `EvalSiameseArgs::pairs`).
+fn write_pairs(path: &Path, pairs: &[quality::Pair], photos: &[Photo], shipped: f32) -> Result<()> {
+    let mut out = String::from(
+        "positive\tfamily\tphoto_a\tphoto_b\tsiamese_distance\tcosine\tdhash_bits\tinliers\tcoverage\tunexplained\tduplicate\n",
+    );
+    for p in pairs {
+        let e = &p.evidence;
+        let distance = -p.scores[quality::SIAMESE];
+        let duplicate = distance <= shipped || e.same_picture();
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{distance:.4}\t{:.4}\t{}\t{}\t{:.3}\t{}\t{duplicate}\n",
+            p.positive,
+            p.family,
+            photos[p.photos.0].path.display(),
+            photos[p.photos.1].path.display(),
+            p.scores[1],
+            -p.scores[2],
+            e.inliers,
+            e.coverage,
+            e.unexplained.map_or("-".into(), |u| format!("{u:.3}")),
+        ));
+    }
+    std::fs::write(path, out)?;
     Ok(())
 }
 

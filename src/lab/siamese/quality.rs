@@ -64,6 +64,8 @@ pub struct Pair {
     pub photos: (usize, usize),
     /// One per [`METHODS`].
     pub scores: [f32; 5],
+    /// The keypoint check behind the inliers' and the verdict's scores.
+    pub evidence: Evidence,
 }
 
 /// Names of the scores in [`Pair::scores`].
@@ -178,6 +180,7 @@ fn pair(
             evidence.inliers as f32 * spread,
             verdict_score(d, &evidence),
         ],
+        evidence,
     }
 }
 
@@ -530,6 +533,7 @@ mod tests {
             family: String::new(),
             photos: (0, 0),
             scores: [score; 5],
+            evidence: Evidence::default(),
         }
     }
 

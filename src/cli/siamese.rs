@@ -183,7 +183,9 @@ fn write_pairs(path: &Path, pairs: &[quality::Pair], photos: &[Photo], shipped: 
     for p in pairs {
         let e = &p.evidence;
         let distance = -p.scores[quality::SIAMESE];
-        let duplicate = distance <= shipped || e.same_picture();
+        // The verdict's score is at or above -t exactly when the daemon
+        // calls the pair a duplicate at threshold t.
+        let duplicate = p.scores[quality::VERDICT] >= -shipped;
         out.push_str(&format!(
             "{}\t{}\t{}\t{}\t{distance:.4}\t{:.4}\t{}\t{}\t{:.3}\t{}\t{duplicate}\n",
             p.positive,

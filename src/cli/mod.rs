@@ -253,7 +253,10 @@ fn print_comparison(c: &CompareResponse) {
     }
     if let (Some(distance), Some(threshold)) = (c.distance, c.threshold) {
         println!("distance    {distance:.4}  (Siamese, 0 = identical, 2 = opposite)");
-        println!("duplicate   {verdict}  (distance <= {threshold:.4}, or 12+ keypoint matches)");
+        println!(
+            "duplicate   {verdict}  (distance <= {threshold:.4}, or {}+ keypoint matches spread over the picture)",
+            lookalike::local::SAME_PICTURE_INLIERS
+        );
     } else {
         println!(
             "duplicate   {verdict}  (similarity >= {:.3}; no Siamese distance)",

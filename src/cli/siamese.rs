@@ -82,7 +82,8 @@ pub struct EvalSiameseArgs {
     /// Also write every pair scored, one per line, to this TSV: whether the
     /// two are one photo, the family, both photos, the Siamese distance,
     /// the cosine, the dHash bits that differ, the keypoint evidence
-    /// (inliers, coverage, unexplained share) and the shipped verdict.
+    /// (inliers, coverage, unexplained share), the shipped verdict and the
+    /// regional cosine.
     #[arg(long)]
     pairs: Option<PathBuf>,
 }
@@ -178,7 +179,7 @@ pub fn eval(args: EvalSiameseArgs) -> Result<()> {
 /// Every scored pair as a TSV row (see `EvalSiameseArgs::pairs`).
 fn write_pairs(path: &Path, pairs: &[quality::Pair], photos: &[Photo], shipped: f32) -> Result<()> {
     let mut out = String::from(
-        "positive\tfamily\tphoto_a\tphoto_b\tsiamese_distance\tcosine\tdhash_bits\tinliers\tcoverage\tunexplained\tduplicate\n",
+        "positive\tfamily\tphoto_a\tphoto_b\tsiamese_distance\tcosine\tdhash_bits\tinliers\tcoverage\tunexplained\tduplicate\tregional_cosine\n",
     );
     for p in pairs {
         let e = &p.evidence;
@@ -187,7 +188,7 @@ fn write_pairs(path: &Path, pairs: &[quality::Pair], photos: &[Photo], shipped: 
         // calls the pair a duplicate at threshold t.
         let duplicate = p.scores[quality::VERDICT] >= -shipped;
         out.push_str(&format!(
-            "{}\t{}\t{}\t{}\t{distance:.4}\t{:.4}\t{}\t{}\t{:.3}\t{}\t{duplicate}\n",
+            "{}\t{}\t{}\t{}\t{distance:.4}\t{:.4}\t{}\t{}\t{:.3}\t{}\t{duplicate}\t{:.4}\n",
             p.positive,
             p.family,
             photos[p.photos.0].path.display(),
@@ -197,6 +198,7 @@ fn write_pairs(path: &Path, pairs: &[quality::Pair], photos: &[Photo], shipped: 
             e.inliers,
             e.coverage,
             e.unexplained.map_or("-".into(), |u| format!("{u:.3}")),
+            p.scores[quality::REGIONAL],
         ));
     }
     std::fs::write(path, out)?;

@@ -9,5 +9,6 @@
 
 pub mod photos;
 pub mod quality;
+pub mod regions;
 pub mod train;
 pub mod views;

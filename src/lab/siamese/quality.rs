@@ -8,11 +8,12 @@
 //! validation photos, split into same-class ("two fish": similar, not
 //! duplicate) and other-class pairs, and with the harder copies also every
 //! two shown in one app's frame (the screenshot family's title bar and
-//! caption: alike around the photos, which differ). Five scores are compared on the same
+//! caption: alike around the photos, which differ). Seven scores are compared on the same
 //! pairs: the Siamese distance, the CNN cosine, a 64-bit dHash Hamming
-//! distance, the keypoint check's inliers (see [`crate::local`]) and the
+//! distance, the keypoint check's inliers (see [`crate::local`]), the
 //! daemon's verdict (Siamese distance, or the keypoints when they show one
-//! picture). For each: ROC AUC, and the threshold that keeps precision at
+//! picture), the regional cosine (the copy against the best of the photo's
+//! parts or the whole, [`super::regions`]), and that or the keypoints. For each: ROC AUC, and the threshold that keeps precision at
 //! the target (calibration) with precision and recall there, overall and
 //! per transform family. The threshold the model ships with is the
 //! Siamese one calibrated on all validation pairs; a two-fold check
@@ -28,6 +29,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::photos::Photo;
+use super::regions::{regional_cosine, regional_vectors};
 use crate::decode;
 use crate::embed::Embedder;
 use crate::error::Result;
@@ -51,6 +53,8 @@ struct Described {
     siamese: Vec<f32>,
     dhash: u64,
     keypoints: Keypoints,
+    /// Its head map pooled over parts ([`super::regions`]).
+    regions: Vec<Vec<f32>>,
 }
 
 /// One scored pair. Scores are "higher = more alike".
@@ -63,25 +67,31 @@ pub struct Pair {
     /// The validation photos involved (for the two-fold check).
     pub photos: (usize, usize),
     /// One per [`METHODS`].
-    pub scores: [f32; 5],
+    pub scores: [f32; 7],
     /// The keypoint check behind the inliers' and the verdict's scores.
     pub evidence: Evidence,
 }
 
 /// Names of the scores in [`Pair::scores`].
-pub const METHODS: [&str; 5] = [
+pub const METHODS: [&str; 7] = [
     "Siamese distance",
     "CNN cosine",
     "dHash (64-bit)",
     "Keypoint inliers",
     "Verdict: Siamese or keypoints",
+    "Regional cosine",
+    "Regional cosine or keypoints",
 ];
 /// Index of the Siamese distance and of the daemon's verdict in [`METHODS`].
 pub const SIAMESE: usize = 0;
 pub const VERDICT: usize = 4;
+/// Index of the regional cosine, and of it or the keypoints, in [`METHODS`].
+pub const REGIONAL: usize = 5;
+pub const REGIONAL_VERDICT: usize = 6;
 /// What the verdict's score adds for keypoints that show one picture: more
-/// than any Siamese distance (0..2), so at a threshold `-t` the score says
-/// duplicate exactly when the daemon does (distance <= t, or keypoints).
+/// than any Siamese distance (0..2) or cosine, so at a threshold `-t` the
+/// score says duplicate exactly when the daemon does (distance <= t, or
+/// keypoints), and the regional one when its cosine or the keypoints do.
 const SAME_PICTURE_SCORE: f32 = 4.0;
 
 /// Scores every validation pair; `hard`: the harder copies too.
@@ -169,6 +179,7 @@ fn pair(
     let evidence = local::verify(&b.keypoints, &a.keypoints.stored());
     // Inliers count as far as their coverage reaches the rule's.
     let spread = (evidence.coverage / local::SAME_PICTURE_COVERAGE).min(1.0);
+    let regional = regional_cosine(&b.features, &a.features, &a.regions);
     Pair {
         positive,
         family,
@@ -179,6 +190,8 @@ fn pair(
             -((a.dhash ^ b.dhash).count_ones() as f32),
             evidence.inliers as f32 * spread,
             verdict_score(d, &evidence),
+            regional,
+            same_picture_score(&evidence) + regional,
         ],
         evidence,
     }
@@ -187,12 +200,16 @@ fn pair(
 /// The daemon's verdict as a score: at or above `-t` exactly when the
 /// Siamese distance is at most `t` or the keypoints show one picture.
 fn verdict_score(distance: f32, evidence: &Evidence) -> f32 {
-    let same_picture = if evidence.same_picture() {
+    same_picture_score(evidence) - distance
+}
+
+/// [`SAME_PICTURE_SCORE`] when the keypoints show one picture, else 0.
+fn same_picture_score(evidence: &Evidence) -> f32 {
+    if evidence.same_picture() {
         SAME_PICTURE_SCORE
     } else {
         0.0
-    };
-    same_picture - distance
+    }
 }
 
 fn describe(
@@ -205,6 +222,10 @@ fn describe(
     let keypoints: Vec<Keypoints> = images.par_iter().map(local::extract).collect();
     let embedded = embedder.embed_inputs_with_taps(&inputs);
     let taps: Vec<&[f32]> = embedded.iter().map(|e| e.tap.as_slice()).collect();
+    let regions: Vec<Vec<Vec<f32>>> = taps
+        .iter()
+        .map(|map| regional_vectors(map, embedder.tap_shape()))
+        .collect();
     let mut vectors = Vec::with_capacity(taps.len());
     for chunk in taps.chunks(32) {
         vectors.extend(siamese.embed_taps(chunk, embedder.tap_shape())?);
@@ -214,11 +235,13 @@ fn describe(
         .zip(vectors)
         .zip(hashes)
         .zip(keypoints)
-        .map(|(((e, s), h), k)| Described {
+        .zip(regions)
+        .map(|((((e, s), h), k), r)| Described {
             features: e.features,
             siamese: s,
             dhash: h,
             keypoints: k,
+            regions: r,
         })
         .collect())
 }
@@ -422,7 +445,8 @@ pub fn report(pairs: &[Pair], target: f64, shipped: Option<f32>) -> QualityRepor
 /// Scores are "higher = alike"; thresholds are shown in the method's unit.
 fn display_threshold(method: usize, t: f32) -> f32 {
     match method {
-        1 | 3 => t,
+        // A cosine or inliers; the last, a cosine (keypoints add 4).
+        1 | 3 | REGIONAL | REGIONAL_VERDICT => t,
         _ => -t,
     }
 }
@@ -532,7 +556,7 @@ mod tests {
             positive,
             family: String::new(),
             photos: (0, 0),
-            scores: [score; 5],
+            scores: [score; 7],
             evidence: Evidence::default(),
         }
     }

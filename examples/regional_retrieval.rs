@@ -9,7 +9,7 @@
 //!   plus 0.03 per inlier (up to 10), plus 2 for one picture;
 //! - `regional`: the same, with the regional cosine (the best of the
 //!   stored photo's nine parts or its whole,
-//!   `lookalike::lab::siamese::regions`) for the cosine, in choosing the
+//!   `lookalike::embed::regions`) for the cosine, in choosing the
 //!   candidates and in ranking them;
 //! - `union`: the best 64 by either cosine checked, ranked by the regional
 //!   one;
@@ -21,9 +21,9 @@
 //! `LK_MISSES=1` prints the copies a ranking misses that `daemon` finds,
 //! and the reverse.
 use lookalike::decode;
+use lookalike::embed::regions::{regional_cosine, regional_vectors};
 use lookalike::embed::{Embedder, ModelKind};
 use lookalike::lab::eval::plan;
-use lookalike::lab::siamese::regions::{regional_cosine, regional_vectors};
 use lookalike::local::{self, Evidence, Keypoints};
 use lookalike::vector::dot;
 use rayon::prelude::*;

@@ -8,6 +8,7 @@ mod efficientnet_lite;
 mod fast;
 mod kernels;
 mod pointwise;
+pub mod regions;
 
 use std::{fmt, path::Path, str::FromStr};
 

@@ -11,8 +11,9 @@
 //! their input to one worker thread, which takes whatever has queued up,
 //! waiting at most `budget` for more once a first input is there, and runs
 //! them as one batch. A lone request pays at most `budget` extra latency.
-//! With a Siamese network, the same pass taps the CNN's mid-network maps
-//! and the worker runs the Siamese network over them, batched too.
+//! The same pass taps the CNN's head map: the worker pools it over nine
+//! parts ([`crate::embed::regions`]) and, with a Siamese network, runs that
+//! network over it, batched too.
 
 use std::{
     sync::{mpsc, Arc},
@@ -22,6 +23,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
+use crate::embed::regions;
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::siamese::Siamese;
@@ -36,6 +38,9 @@ pub struct Embedded {
     pub features: Vec<f32>,
     /// The Siamese embedding; `None` without a Siamese network.
     pub siamese: Option<Vec<f32>>,
+    /// The head map's parts ([`crate::embed::regions::encode`]), from the
+    /// same pass.
+    pub regions: Vec<u8>,
 }
 
 struct Job {
@@ -121,25 +126,24 @@ fn describe(
     siamese: Option<&Siamese>,
     inputs: &[Vec<f32>],
 ) -> Result<Vec<Embedded>> {
-    let Some(siamese) = siamese else {
-        return Ok(embedder
-            .embed_inputs(inputs)
-            .into_iter()
-            .map(|features| Embedded {
-                features,
-                siamese: None,
-            })
-            .collect());
-    };
     let embedded = embedder.embed_inputs_with_taps(inputs);
+    let shape = embedder.tap_shape();
     let taps: Vec<&[f32]> = embedded.iter().map(|e| e.tap.as_slice()).collect();
-    let vectors = siamese.embed_taps(&taps, embedder.tap_shape())?;
+    let vectors = match siamese {
+        Some(siamese) => siamese
+            .embed_taps(&taps, shape)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => vec![None; taps.len()],
+    };
     Ok(embedded
         .into_iter()
         .zip(vectors)
         .map(|(e, siamese)| Embedded {
+            regions: regions::encode(&regions::regional_vectors(&e.tap, shape)),
             features: e.features,
-            siamese: Some(siamese),
+            siamese,
         })
         .collect())
 }

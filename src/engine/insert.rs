@@ -138,7 +138,11 @@ impl Shared {
                 }
             };
             for prepared in group {
-                let Embedded { features, siamese } = prepared.embedded;
+                let Embedded {
+                    features,
+                    siamese,
+                    regions,
+                } = prepared.embedded;
                 let record = Record {
                     id: prepared.id,
                     seq: 0,
@@ -149,9 +153,12 @@ impl Shared {
                     facts: Some(prepared.facts),
                 };
                 let encoded = prepared.keypoints.as_ref().map(Keypoints::to_bytes);
+                // The parts rank a query's checked candidates beside their
+                // keypoints: kept when the keypoints are.
                 let attached = Attachments {
                     thumbnail: prepared.thumbnail.as_deref(),
                     keypoints: encoded.as_deref(),
+                    regions: encoded.as_ref().map(|_| regions.as_slice()),
                 };
                 let result = self.store.insert(&record, prepared.upsert, attached);
                 stored.push(result.map(|inserted| (record, inserted)));

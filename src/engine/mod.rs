@@ -404,6 +404,7 @@ impl Resolved {
             embedded: Embedded {
                 features: record.features,
                 siamese: record.siamese,
+                regions: Vec::new(),
             },
             exclude: Some(record.seq),
             id: Some(record.id),

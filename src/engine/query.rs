@@ -3,7 +3,8 @@
 //! The index proposes candidates (graph search on the PCA projections, or an
 //! exact scan while the store is small), re-ranks them on its 8-bit codes of
 //! the full features; the best few dozen get the keypoint check
-//! ([`super::local`]), which lifts copies the cosine underrates; the best
+//! ([`super::local`]) and are ranked by their best part too, which lifts
+//! copies the cosine underrates; the best
 //! by that rank are read from the store for their exact cosine, id,
 //! metadata and duplicate verdict.
 
@@ -123,7 +124,7 @@ impl Shared {
         // The best few by cosine get the keypoint check (hits are best
         // first), a few dozen more when none of them shows one picture;
         // the rest of a wide shortlist (Insert's) are judged as before.
-        let mut evidence = match &subject.keypoints {
+        let (mut evidence, mut parts) = match &subject.keypoints {
             Some(points) => {
                 let seqs: Vec<u64> = hits.iter().map(|h| h.seq).collect();
                 let first = seqs.len().min(local::CHECKED_CANDIDATES);
@@ -132,20 +133,27 @@ impl Shared {
                     let extended = seqs.len().min(local::EXTENDED_CANDIDATES);
                     evidence.extend(self.evidence(points, &seqs[first..extended])?);
                 }
-                evidence
+                // The candidates checked are also ranked by their parts.
+                let parts = self.best_parts(&query.features, &seqs[..evidence.len()])?;
+                (evidence, parts)
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
         evidence.resize(hits.len(), None);
+        parts.resize(hits.len(), None);
         let mut checked: Vec<_> = hits
             .into_iter()
             .zip(evidence)
-            .map(|(hit, e)| (local::rank(hit.similarity, e.as_ref()), hit, e))
+            .zip(parts)
+            .map(|((hit, e), part)| {
+                let rank = local::rank(local::regional(hit.similarity, part), e.as_ref());
+                (rank, hit, e, part)
+            })
             .collect();
         checked.sort_by(|a, b| b.0.total_cmp(&a.0));
         checked.truncate(exact_scored(k));
         let mut matches = Vec::with_capacity(checked.len());
-        for (_, hit, evidence) in checked {
+        for (_, hit, evidence, part) in checked {
             let record = match self.store.get_by_seq(hit.seq) {
                 Ok(Some(record)) => record,
                 Ok(None) => continue,
@@ -177,7 +185,7 @@ impl Shared {
                     review: verdict.review,
                     metadata: record.metadata,
                     keypoint_matches: evidence.map(|e| e.inliers as u32),
-                    score: local::rank(similarity, evidence.as_ref()),
+                    score: local::rank(local::regional(similarity, part), evidence.as_ref()),
                 });
             }
         }

@@ -15,7 +15,9 @@
 //! (each record as its 8-byte seq, a 4-byte length, both little-endian, and
 //! the store's own record encoding), `thumbnails` (likewise: seq, length,
 //! JPEG), `keypoints` (likewise: seq, length, encoded keypoints; absent
-//! from snapshots made before keypoints were kept), `reviews.json` (the review decisions) and `index/FILE` for the
+//! from snapshots made before keypoints were kept), `regions` (likewise,
+//! the head map's parts; absent from snapshots made before they were
+//! kept), `reviews.json` (the review decisions) and `index/FILE` for the
 //! saved graph.
 
 use std::{
@@ -45,6 +47,7 @@ const MANIFEST: &str = "MANIFEST.json";
 const RECORDS: &str = "records";
 const THUMBNAILS: &str = "thumbnails";
 const KEYPOINTS: &str = "keypoints";
+const REGIONS: &str = "regions";
 const REVIEWS: &str = "reviews.json";
 const META_DIR: &str = "meta/";
 const INDEX_DIR: &str = "index/";
@@ -128,6 +131,12 @@ fn write_snapshot(store: &dyn Store, out: &Path, graph: Option<&Path>) -> Result
         &mut tar,
         KEYPOINTS,
         store.attachments(Attachment::Keypoints),
+        out,
+    )?;
+    append_spooled(
+        &mut tar,
+        REGIONS,
+        store.attachments(Attachment::Regions),
         out,
     )?;
     let reviews: Vec<SavedReview> = store
@@ -315,6 +324,7 @@ fn attachment_named(name: &str) -> Option<Attachment> {
     match name {
         THUMBNAILS => Some(Attachment::Thumbnail),
         KEYPOINTS => Some(Attachment::Keypoints),
+        REGIONS => Some(Attachment::Regions),
         _ => None,
     }
 }

@@ -84,6 +84,8 @@ pub enum Attachment {
     Thumbnail,
     /// The image's keypoints (see [`crate::local::Keypoints::to_bytes`]).
     Keypoints,
+    /// Its head map's parts (see [`crate::embed::regions::encode`]).
+    Regions,
 }
 
 /// The attachments of one insert; `None` stores none of that kind.
@@ -91,6 +93,7 @@ pub enum Attachment {
 pub struct Attachments<'a> {
     pub thumbnail: Option<&'a [u8]>,
     pub keypoints: Option<&'a [u8]>,
+    pub regions: Option<&'a [u8]>,
 }
 
 /// What an insert did.

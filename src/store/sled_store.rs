@@ -1,9 +1,10 @@
 //! [`Store`] on sled, the embedded default.
 //!
-//! Six trees: `records` (seq, big-endian so iteration is in seq order, to
+//! Seven trees: `records` (seq, big-endian so iteration is in seq order, to
 //! the encoded record), `ids` (id to seq), `thumbs` (seq to thumbnail),
 //! `keypoints` (seq to the image's encoded keypoints, see [`crate::local`]),
-//! `reviews` (see [`super::reviews`]) and `meta` (named blobs). An insert or
+//! `regions` (seq to its head map's parts, see
+//! [`crate::embed::regions`]), `reviews` (see [`super::reviews`]) and `meta` (named blobs). An insert or
 //! delete touches every tree it changes in one transaction, so they never
 //! disagree after a crash.
 //!
@@ -80,6 +81,7 @@ struct Trees {
     ids: sled::Tree,
     thumbs: sled::Tree,
     keypoints: sled::Tree,
+    regions: sled::Tree,
     reviews: sled::Tree,
     meta: sled::Tree,
 }
@@ -136,13 +138,14 @@ impl Trees {
         };
         let (records, ids, meta) = (tree("records")?, tree("ids")?, tree("meta")?);
         let (thumbs, reviews) = (tree("thumbs")?, tree("reviews")?);
-        let keypoints = tree("keypoints")?;
+        let (keypoints, regions) = (tree("keypoints")?, tree("regions")?);
         Ok(Trees {
             db,
             records,
             ids,
             thumbs,
             keypoints,
+            regions,
             reviews,
             meta,
         })
@@ -152,6 +155,7 @@ impl Trees {
         match kind {
             Attachment::Thumbnail => &self.thumbs,
             Attachment::Keypoints => &self.keypoints,
+            Attachment::Regions => &self.regions,
         }
     }
 
@@ -370,8 +374,15 @@ impl SledStore {
         let mut undone = 0;
         for (_, seq, id) in &unflushed.inserts {
             let key = seq_key(*seq);
-            let removed = (&trees.records, &trees.ids, &trees.thumbs, &trees.keypoints)
-                .transaction(|(records, ids, thumbs, keypoints)| {
+            let trees_of_a_record = (
+                &trees.records,
+                &trees.ids,
+                &trees.thumbs,
+                &trees.keypoints,
+                &trees.regions,
+            );
+            let removed = trees_of_a_record
+                .transaction(|(records, ids, thumbs, keypoints, regions)| {
                     if ids.get(id.as_bytes())?.as_deref() != Some(&key[..]) {
                         return Ok(false);
                     }
@@ -379,6 +390,7 @@ impl SledStore {
                     records.remove(&key)?;
                     thumbs.remove(&key)?;
                     keypoints.remove(&key)?;
+                    regions.remove(&key)?;
                     Ok(true)
                 })
                 .map_err(tx_error("removing an insert that was reported as failed"))?;
@@ -622,8 +634,8 @@ impl Store for SledStore {
         let seq = self.next_seq()?;
         let value = codec::encode(record);
         let replaced = self.write(|t| {
-            (&t.records, &t.ids, &t.thumbs, &t.keypoints)
-                .transaction(|(records, ids, thumbs, keypoints)| {
+            (&t.records, &t.ids, &t.thumbs, &t.keypoints, &t.regions)
+                .transaction(|(records, ids, thumbs, keypoints, regions)| {
                     let old = ids.get(record.id.as_bytes())?;
                     if old.is_some() && !upsert {
                         return Err(ConflictableTransactionError::Abort(Error::AlreadyExists(
@@ -637,6 +649,7 @@ impl Store for SledStore {
                             records.remove(&seq_key(old))?;
                             thumbs.remove(&seq_key(old))?;
                             keypoints.remove(&seq_key(old))?;
+                            regions.remove(&seq_key(old))?;
                             Some(old)
                         }
                         None => None,
@@ -648,6 +661,9 @@ impl Store for SledStore {
                     }
                     if let Some(points) = attached.keypoints {
                         keypoints.insert(&seq_key(seq), points)?;
+                    }
+                    if let Some(parts) = attached.regions {
+                        regions.insert(&seq_key(seq), parts)?;
                     }
                     Ok(old)
                 })
@@ -720,8 +736,16 @@ impl Store for SledStore {
         let (removed, review_keys) = self.write(|t| {
             let _reviews = self.review_guard();
             let review_keys = Self::review_keys_of(t, id)?;
-            let removed = (&t.records, &t.ids, &t.thumbs, &t.keypoints, &t.reviews)
-                .transaction(|(records, ids, thumbs, keypoints, reviews)| {
+            let trees_of_a_record = (
+                &t.records,
+                &t.ids,
+                &t.thumbs,
+                &t.keypoints,
+                &t.regions,
+                &t.reviews,
+            );
+            let removed = trees_of_a_record
+                .transaction(|(records, ids, thumbs, keypoints, regions, reviews)| {
                     match ids.remove(id.as_bytes())? {
                         Some(bytes) => {
                             let seq =
@@ -729,6 +753,7 @@ impl Store for SledStore {
                             records.remove(&seq_key(seq))?;
                             thumbs.remove(&seq_key(seq))?;
                             keypoints.remove(&seq_key(seq))?;
+                            regions.remove(&seq_key(seq))?;
                             for key in &review_keys {
                                 reviews.remove(key.as_slice())?;
                             }
@@ -1135,7 +1160,11 @@ mod tests {
         let ids: Vec<String> = store.scan_after(0).map(|r| r.expect("scan").id).collect();
         assert_eq!(ids, vec!["a".to_string()]);
         assert_eq!(store.len(), 1);
-        for kind in [Attachment::Thumbnail, Attachment::Keypoints] {
+        for kind in [
+            Attachment::Thumbnail,
+            Attachment::Keypoints,
+            Attachment::Regions,
+        ] {
             // The replaced record's attachments went with it.
             assert_eq!(store.attachment(kind, a.seq).expect("attachment"), None);
             assert_eq!(
@@ -1157,11 +1186,12 @@ mod tests {
         );
     }
 
-    /// The same bytes as thumbnail and keypoints.
+    /// The same bytes as thumbnail, keypoints and parts.
     fn thumbnailed(bytes: &[u8]) -> Attachments<'_> {
         Attachments {
             thumbnail: Some(bytes),
             keypoints: Some(bytes),
+            regions: Some(bytes),
         }
     }
 

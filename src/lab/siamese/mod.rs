@@ -9,6 +9,5 @@
 
 pub mod photos;
 pub mod quality;
-pub mod regions;
 pub mod train;
 pub mod views;

@@ -13,7 +13,7 @@
 //! distance, the keypoint check's inliers (see [`crate::local`]), the
 //! daemon's verdict (Siamese distance, or the keypoints when they show one
 //! picture), the regional cosine (the copy against the best of the photo's
-//! parts or the whole, [`super::regions`]), and that or the keypoints. For each: ROC AUC, and the threshold that keeps precision at
+//! parts or the whole, [`crate::embed::regions`]), and that or the keypoints. For each: ROC AUC, and the threshold that keeps precision at
 //! the target (calibration) with precision and recall there, overall and
 //! per transform family. The threshold the model ships with is the
 //! Siamese one calibrated on all validation pairs; a two-fold check
@@ -29,8 +29,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::photos::Photo;
-use super::regions::{regional_cosine, regional_vectors};
 use crate::decode;
+use crate::embed::regions::{regional_cosine, regional_vectors};
 use crate::embed::Embedder;
 use crate::error::Result;
 use crate::lab::augment;
@@ -53,7 +53,7 @@ struct Described {
     siamese: Vec<f32>,
     dhash: u64,
     keypoints: Keypoints,
-    /// Its head map pooled over parts ([`super::regions`]).
+    /// Its head map pooled over parts ([`crate::embed::regions`]).
     regions: Vec<Vec<f32>>,
 }
 

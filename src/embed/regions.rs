@@ -32,8 +32,11 @@ pub const STRIDE: usize = 2;
 /// The map's windows pooled and L2-normalised, row by row: `WINDOW` x
 /// `WINDOW` cells every `STRIDE` cells, the last row and column of windows
 /// flush with the map's edge. `map` is NHWC for one image, of `shape`; a
-/// map smaller than a window gives none.
+/// map smaller than a window, or not of `shape`, gives none.
 pub fn regional_vectors(map: &[f32], shape: TapShape) -> Vec<Vec<f32>> {
+    if map.len() != shape.h * shape.w * shape.c {
+        return Vec::new();
+    }
     let (rows, cols) = (starts(shape.h), starts(shape.w));
     let mut out = Vec::with_capacity(rows.len() * cols.len());
     for &y0 in &rows {
@@ -165,6 +168,10 @@ mod tests {
             .collect();
         let regions = regional_vectors(&map, shape);
         assert_eq!(regions.len(), 9);
+        assert!(
+            regional_vectors(&map[1..], shape).is_empty(),
+            "not of its shape"
+        );
         for (r, (cy, cx)) in regions.iter().zip(
             [1.0f32, 3.0, 5.0]
                 .iter()

@@ -114,7 +114,9 @@ fn forward_only_rate(images: &[Vec<u8>]) -> f64 {
     let inputs: Vec<Vec<f32>> = images
         .iter()
         .take(64)
-        .map(|b| lookalike::decode::network_input(b, 1 << 26, size).expect("decode"))
+        .map(|b| {
+            lookalike::decode::network_input(b, 1 << 26, size, embedder.view()).expect("decode")
+        })
         .collect();
     embedder.embed_inputs(&inputs[..16]);
     let started = Instant::now();

@@ -148,7 +148,14 @@ fn main() {
     for (label, bytes, path) in &inputs {
         let ours = time_per_call(|| {
             std::hint::black_box(
-                decode::network_input(bytes, u64::MAX, lite0.kind().input_size()).expect("decode"),
+                // The centre view: what the Pillow peer computes.
+                decode::network_input(
+                    bytes,
+                    u64::MAX,
+                    lite0.kind().input_size(),
+                    decode::View::Centre,
+                )
+                .expect("decode"),
             );
         }) * 1e3;
         let secs = format!("{}", seconds());
@@ -266,8 +273,8 @@ fn main() {
                 let inputs: Vec<Vec<f32>> = batch
                     .par_iter()
                     .map(|b| {
-                        decode::network_input(b, u64::MAX, embedder.kind().input_size())
-                            .expect("decode")
+                        let size = embedder.kind().input_size();
+                        decode::network_input(b, u64::MAX, size, embedder.view()).expect("decode")
                     })
                     .collect();
                 std::hint::black_box(embedder.embed_inputs(&inputs));

@@ -242,8 +242,8 @@ impl RealSet {
         };
         let bytes = std::fs::read(file).expect("read photo");
         if !mirrored {
-            return decode::network_input(&bytes, u64::MAX, embedder.kind().input_size())
-                .expect("decode");
+            let size = embedder.kind().input_size();
+            return decode::network_input(&bytes, u64::MAX, size, embedder.view()).expect("decode");
         }
         let image = image::load_from_memory(&bytes).expect("decode").to_rgb8();
         embedder.input(&image::imageops::flip_horizontal(&image))

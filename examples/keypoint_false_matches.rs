@@ -12,7 +12,8 @@ use rayon::prelude::*;
 
 /// Keypoints as the daemon finds them in a query.
 fn query_keypoints(bytes: &[u8]) -> Keypoints {
-    let d = lookalike::decode::for_network(bytes, u64::MAX, 224, None, true).expect("decode");
+    let d =
+        lookalike::decode::for_network(bytes, u64::MAX, (224, &[]), None, true).expect("decode");
     local::extract_grey(d.for_keypoints.expect("keypoints asked for"))
 }
 

@@ -28,7 +28,8 @@ fn kp(bytes: &[u8]) -> Keypoints {
 
 /// Keypoints as the daemon finds them in a query.
 fn qkp(bytes: &[u8]) -> Keypoints {
-    let d = lookalike::decode::for_network(bytes, u64::MAX, 224, None, true).expect("decode");
+    let d =
+        lookalike::decode::for_network(bytes, u64::MAX, (224, &[]), None, true).expect("decode");
     local::extract_grey(d.for_keypoints.expect("keypoints asked for"))
 }
 

@@ -13,8 +13,13 @@ fn main() {
     let mut n = 0u32;
     while started.elapsed().as_secs_f64() < secs {
         std::hint::black_box(
-            lookalike::decode::network_input(&bytes, u64::MAX, embedder.kind().input_size())
-                .expect("decode"),
+            lookalike::decode::network_input(
+                &bytes,
+                u64::MAX,
+                embedder.kind().input_size(),
+                embedder.view(),
+            )
+            .expect("decode"),
         );
         n += 1;
     }

@@ -14,7 +14,7 @@ fn main() {
     let bytes = std::fs::read(&path).expect("read");
     let size = lookalike::embed::ModelKind::EfficientNetLite0.input_size();
     let decoded =
-        lookalike::decode::for_network(&bytes, u64::MAX, size, None, true).expect("decode");
+        lookalike::decode::for_network(&bytes, u64::MAX, (size, &[]), None, true).expect("decode");
     // As stored: the strongest of what was found.
     let points = lookalike::local::extract_grey(decoded.for_keypoints.expect("keypoints")).stored();
     let image = lookalike::decode::decode_at_least(

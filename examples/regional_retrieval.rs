@@ -16,6 +16,10 @@
 //! - `re-ranked`: the daemon's candidates (by cosine), ranked by the
 //!   regional cosine: what storing the parts changes without indexing them.
 //!
+//! Images are seen in their centre view: this replicates a database made
+//! before 2026-12-07 (`lookalike::decode::View`), as the measurements in
+//! BENCHMARKS.md that cite it were.
+//!
 //! `cargo run --release --example regional_retrieval -- PHOTOS DISTRACTORS...`
 //! (as `eval near-dup --images PHOTOS --distractors DISTRACTORS...`).
 //! `LK_MISSES=1` prints the copies a ranking misses that `daemon` finds,
@@ -47,7 +51,10 @@ struct Described {
 fn describe(embedder: &Embedder, files: &[Vec<u8>], stored: bool) -> Vec<Described> {
     let decoded: Vec<decode::Decoded> = files
         .par_iter()
-        .map(|b| decode::for_network(b, u64::MAX, 224, None, true).expect("decode"))
+        .map(|b| {
+            decode::for_network(b, u64::MAX, (224, &[decode::View::Centre]), None, true)
+                .expect("decode")
+        })
         .collect();
     let keypoints: Vec<Keypoints> = decoded
         .par_iter()
@@ -60,7 +67,7 @@ fn describe(embedder: &Embedder, files: &[Vec<u8>], stored: bool) -> Vec<Describ
             }
         })
         .collect();
-    let inputs: Vec<Vec<f32>> = decoded.into_iter().map(|d| d.input).collect();
+    let inputs: Vec<Vec<f32>> = decoded.into_iter().flat_map(|d| d.inputs).collect();
     let shape = embedder.tap_shape();
     let mut out = Vec::with_capacity(inputs.len());
     for (chunk, kps) in inputs.chunks(64).zip(keypoints.chunks(64)) {

@@ -2,9 +2,9 @@
 //!
 //! First stage of every request that carries an image: decode the encoded
 //! bytes (JPEG, PNG, WebP, GIF, BMP, TIFF) under a pixel limit, so a
-//! decompression bomb is refused before it allocates, then resize the shorter
-//! side and centre-crop to the network's square input, scaled to about
-//! [-1, 1], pixel-major (HWC) order.
+//! decompression bomb is refused before it allocates, then resize to the
+//! network's square input (the whole image, or its centre: [`View`]),
+//! scaled to about [-1, 1], pixel-major (HWC) order.
 //!
 //! Large JPEGs take a shortcut: [`jpeg_eighth`] reads them at 1/8 scale
 //! from the entropy-coded data when that still leaves enough pixels.
@@ -20,7 +20,7 @@ mod resize;
 
 pub use budget::{DecodeBudget, Reservation};
 pub use facts::{thumbnail, thumbnail_at, ImageFacts};
-pub use resize::{resize_target, to_input};
+pub use resize::{resize_target, to_input, View};
 
 use std::io::Cursor;
 
@@ -35,18 +35,19 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
 }
 
 /// Decodes an encoded image straight into the input of a network that
-/// reads `size` x `size` pixels (see [`to_input`]), at the smallest decode
-/// scale that still covers it.
-pub fn network_input(bytes: &[u8], max_pixels: u64, size: u32) -> Result<Vec<f32>> {
+/// reads `size` x `size` pixels as `view` shows it (see [`to_input`]), at
+/// the smallest decode scale that still covers it.
+pub fn network_input(bytes: &[u8], max_pixels: u64, size: u32, view: View) -> Result<Vec<f32>> {
     let image = decode_at_least(bytes, max_pixels, resize_target(size))?;
-    Ok(to_input(&image, size))
+    Ok(to_input(&image, size, view))
 }
 
 /// What a request image gives the engine.
 #[derive(Debug, Clone)]
 pub struct Decoded {
-    /// The network's input (see [`to_input`]).
-    pub input: Vec<f32>,
+    /// The network's input (see [`to_input`]), one per view asked for, in
+    /// that order.
+    pub inputs: Vec<Vec<f32>>,
     pub facts: ImageFacts,
     /// A JPEG thumbnail, when one was asked for.
     pub thumbnail: Option<Vec<u8>>,
@@ -61,7 +62,7 @@ pub struct Decoded {
 pub fn for_network(
     bytes: &[u8],
     max_pixels: u64,
-    size: u32,
+    (size, views): (u32, &[View]),
     thumbnail_side: Option<u32>,
     keypoints: bool,
 ) -> Result<Decoded> {
@@ -70,7 +71,7 @@ pub fn for_network(
         .map(|side| thumbnail(&image, side))
         .transpose()?;
     Ok(Decoded {
-        input: to_input(&image, size),
+        inputs: views.iter().map(|&v| to_input(&image, size, v)).collect(),
         facts: ImageFacts::of(bytes, width, height, &image),
         thumbnail,
         for_keypoints: keypoints.then(|| crate::local::analysed(&image)),
@@ -368,7 +369,8 @@ mod tests {
     #[test]
     fn facts_tell_a_lossless_resave_and_a_thumbnail_is_small() {
         let bytes = png(300, 200);
-        let decoded = for_network(&bytes, 1 << 20, 224, Some(128), true).expect("decode");
+        let decoded =
+            for_network(&bytes, 1 << 20, (224, &[View::Whole]), Some(128), true).expect("decode");
         let f = decoded.facts;
         assert_eq!(
             (f.width, f.height, f.file_bytes),
@@ -379,12 +381,12 @@ mod tests {
         let mut bmp = Vec::new();
         img.write_to(&mut Cursor::new(&mut bmp), image::ImageFormat::Bmp)
             .expect("encode bmp");
-        let g = for_network(&bmp, 1 << 20, 224, None, false)
+        let g = for_network(&bmp, 1 << 20, (224, &[]), None, false)
             .expect("decode")
             .facts;
         assert_ne!(f.file_hash, g.file_hash);
         assert!(f.same_image(&g));
-        let other = for_network(&png(300, 201), 1 << 20, 224, None, false).expect("decode");
+        let other = for_network(&png(300, 201), 1 << 20, (224, &[]), None, false).expect("decode");
         assert!(!f.same_image(&other.facts));
         let thumb = decoded.thumbnail.expect("thumbnail");
         let t = image::load_from_memory(&thumb).expect("thumbnail decodes");
@@ -395,7 +397,7 @@ mod tests {
     fn input_is_square_and_scaled() {
         for (w, h) in [(640, 480), (300, 900), (20, 10), (224, 224)] {
             let img = RgbImage::from_pixel(w, h, image::Rgb([255, 0, 128]));
-            let input = to_input(&img, 224);
+            let input = to_input(&img, 224, View::Whole);
             assert_eq!(input.len(), 3 * 224 * 224);
             for px in [0, 224 * 224 - 1, 224 * 112 + 17] {
                 assert!((input[3 * px] - 1.0).abs() < 0.01);

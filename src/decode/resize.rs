@@ -1,8 +1,11 @@
 //! Resize, centre crop and normalise in one pass: the last step from pixels
 //! to network input.
 //!
-//! The network sees the central `size` x `size` square of the image scaled
-//! so its shorter side is `size / 0.875`. Only that square is computed: a
+//! The network sees a `size` x `size` square, one of two [`View`]s of the
+//! image: all of it, scaled to the square whatever its shape (databases
+//! made since 2026-12-07), or the central square of it scaled so its
+//! shorter side is `size / 0.875` (the view the EfficientNet-Lite weights
+//! were trained with; databases made before). Only the square is computed: a
 //! separable triangle (linear) filter, widened by the scale factor when
 //! shrinking so every input pixel counts (the `image` crate's `Triangle`),
 //! first along rows for just the input rows the square needs, then down the
@@ -16,13 +19,49 @@ pub fn resize_target(size: u32) -> u32 {
     (size as f32 / 0.875).round() as u32
 }
 
-/// HWC floats `(v - 127) / 128` of the centre `size` square of `image`
-/// resized so its shorter side is [`resize_target`]`(size)`: the scaling
-/// the EfficientNet-Lite weights were trained with.
-pub fn to_input(image: &RgbImage, size: u32) -> Vec<f32> {
+/// What of an image the network sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum View {
+    /// All of it, squeezed to the square: a crop from any part of a photo,
+    /// and a wide photo's sides, are in its vector. A copy keeps the
+    /// photo's shape (crops of it keep the same squeeze).
+    #[default]
+    Whole,
+    /// The central square of it: what a wide photo shows between its
+    /// sides. A screenshot of a photo loses most of the frame around it.
+    Centre,
+}
+
+impl View {
+    /// Its name, as a database records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            View::Whole => "whole",
+            View::Centre => "centre",
+        }
+    }
+
+    /// The view named `name` ([`View::name`]).
+    pub fn from_name(name: &[u8]) -> Option<View> {
+        match name {
+            b"whole" => Some(View::Whole),
+            b"centre" => Some(View::Centre),
+            _ => None,
+        }
+    }
+}
+
+/// HWC floats `(v - 127) / 128` of `image` as `view` shows it: the whole
+/// image resized to `size` x `size`, or the centre `size` square of it
+/// resized so its shorter side is [`resize_target`]`(size)` (the scaling
+/// the EfficientNet-Lite weights were trained with).
+pub fn to_input(image: &RgbImage, size: u32, view: View) -> Vec<f32> {
     let target = resize_target(size);
     let (w, h) = image.dimensions();
-    let (nw, nh) = scaled_size(w, h, target);
+    let (nw, nh) = match view {
+        View::Whole => (size, size),
+        View::Centre => scaled_size(w, h, target),
+    };
     // Very large images are first box-filtered to twice the size, cheaply.
     if w.min(h) >= 3 * target {
         let rough = imageops::thumbnail(image, nw * 2, nh * 2);
@@ -152,8 +191,11 @@ mod tests {
 
     /// The straightforward way: resize the whole image with the `image`
     /// crate, round to bytes, crop, normalise.
-    fn reference(image: &RgbImage, size: u32) -> Vec<f32> {
-        let (nw, nh) = scaled_size(image.width(), image.height(), resize_target(size));
+    fn reference(image: &RgbImage, size: u32, view: View) -> Vec<f32> {
+        let (nw, nh) = match view {
+            View::Whole => (size, size),
+            View::Centre => scaled_size(image.width(), image.height(), resize_target(size)),
+        };
         let resized = imageops::resize(image, nw, nh, imageops::FilterType::Triangle);
         let (x0, y0) = ((nw - size) / 2, (nh - size) / 2);
         let crop = imageops::crop_imm(&resized, x0, y0, size, size).to_image();
@@ -173,13 +215,17 @@ mod tests {
         let panda = photo();
         let portrait = imageops::rotate90(&panda);
         let small = imageops::resize(&panda, 200, 150, imageops::FilterType::Triangle);
-        for (label, img) in [
+        let views = [View::Whole, View::Centre];
+        for ((label, img), view) in [
             ("landscape", &panda),
             ("portrait", &portrait),
             ("upscaled", &small),
-        ] {
-            let ours = to_input(img, 224);
-            let want = reference(img, 224);
+        ]
+        .into_iter()
+        .flat_map(|i| views.map(|v| (i, v)))
+        {
+            let ours = to_input(img, 224, view);
+            let want = reference(img, 224, view);
             assert_eq!(ours.len(), want.len());
             let worst = ours
                 .iter()
@@ -187,7 +233,10 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             // The reference rounds to bytes: half a level is 0.5 / 128.
-            assert!(worst <= 1.01 / 128.0, "{label}: worst difference {worst}");
+            assert!(
+                worst <= 1.01 / 128.0,
+                "{label}, {view:?}: worst difference {worst}"
+            );
         }
     }
 }

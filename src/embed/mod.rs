@@ -101,6 +101,8 @@ pub struct Embedder {
     /// Threads one forward pass may use.
     pool: rayon::ThreadPool,
     device: Device,
+    /// What of an image [`Embedder::input`] shows the network.
+    view: decode::View,
 }
 
 impl Embedder {
@@ -127,7 +129,20 @@ impl Embedder {
             fast,
             pool,
             device,
+            view: decode::View::default(),
         })
+    }
+
+    /// The same network, preparing images as `view` shows them (a database
+    /// embeds every image in the view it was made with).
+    pub fn with_view(mut self, view: decode::View) -> Self {
+        self.view = view;
+        self
+    }
+
+    /// What of an image [`Embedder::input`] shows the network.
+    pub fn view(&self) -> decode::View {
+        self.view
     }
 
     pub fn kind(&self) -> ModelKind {
@@ -141,7 +156,7 @@ impl Embedder {
 
     /// Preprocesses one decoded image into network input (HWC).
     pub fn input(&self, image: &RgbImage) -> Vec<f32> {
-        decode::to_input(image, self.kind.input_size())
+        decode::to_input(image, self.kind.input_size(), self.view)
     }
 
     /// L2-normalised features, one vector per image, in order.

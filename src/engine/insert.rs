@@ -83,6 +83,7 @@ impl Engine {
             facts,
             thumbnail,
             keypoints,
+            centre: _,
         } = embedded?;
         Ok(Prepared {
             id,

@@ -58,6 +58,8 @@ use crate::store::{ImageFacts, SledStore, Store};
 pub const META_MODEL: &str = "model";
 /// Meta key naming the Siamese weights the stored vectors come from.
 pub const META_SIAMESE: &str = "siamese";
+/// Meta key of the view of each image the network sees ([`View`]).
+pub const META_VIEW: &str = "view";
 /// Meta key of the fitted PCA projection.
 pub const META_PCA: &str = "pca";
 /// How long shutdown waits for background maintenance to stop.
@@ -85,6 +87,11 @@ struct Resolved {
     /// Its keypoints, for the geometric check of candidates (none for
     /// records stored before keypoints were kept).
     keypoints: Option<Keypoints>,
+    /// The CNN features of another view of it (a query image's centre, in
+    /// a database of whole views), searched with as well.
+    also: Option<Vec<f32>>,
+    /// The network's input for that view, not embedded yet.
+    centre_input: Option<Vec<f32>>,
 }
 
 impl Resolved {
@@ -99,6 +106,9 @@ impl Resolved {
 /// An image decoded and embedded.
 pub struct EmbeddedImage {
     pub embedded: Embedded,
+    /// The network's input for its centre view, when asked for and the
+    /// database's view is another (a query by image may search with both).
+    pub centre: Option<Vec<f32>>,
     pub facts: ImageFacts,
     pub thumbnail: Option<Vec<u8>>,
     /// `None` with `--no-keypoints`.
@@ -203,12 +213,12 @@ impl Engine {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(Error::file("create the data folder", &config.data_dir))?;
         let store = SledStore::open(&config.data_dir.join("sled"))?;
+        let view = database_view(&store)?;
         check_model(&store, config.model.name())?;
-        let embedder = Arc::new(Embedder::load(
-            config.model,
-            config.weights.as_deref(),
-            config.threads,
-        )?);
+        let embedder = Arc::new(
+            Embedder::load(config.model, config.weights.as_deref(), config.threads)?
+                .with_view(view),
+        );
         let siamese = load_siamese(&config, &embedder)?;
         if let Some(s) = &siamese {
             check_siamese(&store, s.fingerprint())?;
@@ -261,6 +271,18 @@ impl Engine {
     /// The decode first takes room in the decode memory budget for what its
     /// header says it will allocate (see [`decode::cost`]).
     pub async fn embed_image(&self, bytes: Vec<u8>, thumbnail: bool) -> Result<EmbeddedImage> {
+        self.embed_views(bytes, thumbnail, false).await
+    }
+
+    /// [`Engine::embed_image`]; with `centre_too`, in a database of whole
+    /// views, the network's input for the image's centre view is made too
+    /// (from the same decode), not embedded ([`EmbeddedImage::centre`]).
+    async fn embed_views(
+        &self,
+        bytes: Vec<u8>,
+        thumbnail: bool,
+        centre_too: bool,
+    ) -> Result<EmbeddedImage> {
         let bytes = Arc::new(bytes);
         let (cost, what) = {
             let bytes = bytes.clone();
@@ -279,11 +301,21 @@ impl Engine {
             let _reservation = reservation;
             let started = std::time::Instant::now();
             let size = shared.embedder.kind().input_size();
+            let view = shared.embedder.view();
+            let views: &[decode::View] = match centre_too && view != decode::View::Centre {
+                true => &[view, decode::View::Centre],
+                false => &[view],
+            };
             let config = &shared.config;
             let side = (thumbnail && !config.no_thumbnails).then_some(config.thumbnail_side);
             let keypoints = !config.no_keypoints;
-            let decoded =
-                decode::for_network(&bytes, config.max_image_pixels, size, side, keypoints);
+            let decoded = decode::for_network(
+                &bytes,
+                config.max_image_pixels,
+                (size, views),
+                side,
+                keypoints,
+            );
             metrics::histogram!("lookalike_decode_seconds").record(started.elapsed().as_secs_f64());
             decoded
         })
@@ -297,10 +329,12 @@ impl Engine {
                 None => Ok(None),
             }
         };
-        let (embedded, keypoints) =
-            tokio::try_join!(self.shared.batcher.embed(decoded.input), keypoints)?;
+        let mut inputs = decoded.inputs.into_iter();
+        let (input, centre) = (inputs.next().unwrap_or_default(), inputs.next());
+        let (embedded, keypoints) = tokio::try_join!(self.shared.batcher.embed(input), keypoints)?;
         Ok(EmbeddedImage {
             embedded,
+            centre,
             facts: decoded.facts,
             thumbnail: decoded.thumbnail,
             keypoints,
@@ -354,15 +388,17 @@ impl Engine {
     /// Descriptors of a request image, plus the seq to leave out of its
     /// results when it is a stored image.
     async fn resolve(&self, image: ImageSource) -> Result<Resolved> {
-        self.resolve_with(image, true).await
+        self.resolve_with(image, false).await
     }
 
-    /// [`Engine::resolve`]; a stored image's keypoints are read only with
-    /// `keypoints` (a query by id does without the keypoint check).
-    async fn resolve_with(&self, image: ImageSource, keypoints: bool) -> Result<Resolved> {
+    /// [`Engine::resolve`]; for a `query`, a stored image's keypoints are
+    /// not read (a query by id does without the keypoint check), and an
+    /// image's centre view is prepared too in a database of whole views
+    /// (a query by image may search with it as well).
+    async fn resolve_with(&self, image: ImageSource, query: bool) -> Result<Resolved> {
         match image {
             ImageSource::Bytes(bytes) => {
-                let image = self.embed_image(bytes, false).await?;
+                let image = self.embed_views(bytes, false, query).await?;
                 Ok(Resolved {
                     embedded: image.embedded,
                     exclude: None,
@@ -370,6 +406,8 @@ impl Engine {
                     facts: Some(image.facts),
                     upto: None,
                     keypoints: image.keypoints,
+                    also: None,
+                    centre_input: image.centre,
                 })
             }
             ImageSource::Id(id) => {
@@ -377,7 +415,7 @@ impl Engine {
                 let record = self.get(id).await?;
                 let shared = self.shared.clone();
                 let seq = record.seq;
-                let keypoints = match keypoints && !self.shared.config.no_keypoints {
+                let keypoints = match !query && !self.shared.config.no_keypoints {
                     false => None,
                     true => blocking(move || shared.keypoints(seq)).await?,
                 };
@@ -411,6 +449,8 @@ impl Resolved {
             facts: record.facts,
             upto: None,
             keypoints: None,
+            also: None,
+            centre_input: None,
         }
     }
 }
@@ -503,6 +543,27 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::Internal(format!("worker failed: {e}")))?
 }
 
+/// The view of its images a database's vectors were made from: the one it
+/// records; a database made before views were recorded (it has a model)
+/// has centre views; a new one gets the default, and records it.
+fn database_view(store: &dyn Store) -> Result<decode::View> {
+    if let Some(name) = store.meta_get(META_VIEW)? {
+        return decode::View::from_name(&name).ok_or_else(|| {
+            Error::ModelMismatch(format!(
+                "this database's images were embedded in view '{}', which this build does not know",
+                String::from_utf8_lossy(&name)
+            ))
+        });
+    }
+    let view = match store.meta_get(META_MODEL)? {
+        Some(_) => decode::View::Centre,
+        None => decode::View::default(),
+    };
+    store.meta_put(META_VIEW, view.name().as_bytes())?;
+    store.flush()?;
+    Ok(view)
+}
+
 /// Records the model in a new database; refuses a database of another model.
 fn check_model(store: &dyn Store, model: &str) -> Result<()> {
     match store.meta_get(META_MODEL)? {
@@ -581,5 +642,30 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the engine's state outlived its guard");
+    }
+
+    #[test]
+    fn a_database_keeps_the_view_it_was_made_with() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = |name: &str| SledStore::open(&dir.path().join(name)).expect("open");
+        // A new database gets the default view, and keeps it.
+        let new = open("new");
+        assert_eq!(database_view(&new).expect("view"), decode::View::Whole);
+        assert_eq!(
+            new.meta_get(META_VIEW).expect("meta").as_deref(),
+            Some(&b"whole"[..])
+        );
+        assert_eq!(database_view(&new).expect("view"), decode::View::Whole);
+        // One made before views were recorded has a model: centre views.
+        let old = open("old");
+        old.meta_put(META_MODEL, b"efficientnet-lite0")
+            .expect("put");
+        assert_eq!(database_view(&old).expect("view"), decode::View::Centre);
+        assert_eq!(database_view(&old).expect("view"), decode::View::Centre);
+        // An unknown view is refused, not guessed.
+        let odd = open("odd");
+        odd.meta_put(META_VIEW, b"sideways").expect("put");
+        let err = database_view(&odd).expect_err("refused");
+        assert!(err.to_string().contains("sideways"), "{err}");
     }
 }

@@ -78,8 +78,26 @@ impl Engine {
                 })
                 .await
             }
+            // In a database of whole views, a query image whose best
+            // results hold no duplicate is searched for again with its
+            // centre view as well: that view cuts away most of a frame
+            // around a photo (a screenshot of it), which the whole view
+            // sees. Only then: it costs a second forward pass.
             image => {
-                let query = self.resolve_with(image, false).await?;
+                let query = self.resolve_with(image, true).await?;
+                let first = shared.clone();
+                let (mut query, matches) = blocking(move || {
+                    let matches = first.nearest(&query, k, min_similarity)?;
+                    Ok((query, matches))
+                })
+                .await?;
+                let Some(input) = query.centre_input.take() else {
+                    return Ok(matches);
+                };
+                if matches.iter().any(|m| m.duplicate) {
+                    return Ok(matches);
+                }
+                query.also = Some(shared.batcher.embed(input).await?.features);
                 blocking(move || shared.nearest(&query, k, min_similarity)).await
             }
         }
@@ -114,10 +132,19 @@ impl Shared {
             None => k,
         };
         let mut hits: Vec<Hit> = index.search(&query.features, candidates.max(keep), exclude);
+        if let Some(also) = &subject.also {
+            hits.extend(index.search(also, candidates.max(keep), exclude));
+            hits.sort_by_key(|h| h.seq);
+            hits.dedup_by_key(|h| h.seq);
+        }
         if let Some(upto) = subject.upto {
             hits.retain(|h| h.seq <= upto);
         }
-        let hits = index.rescore(&query.features, hits, keep);
+        let hits = match &subject.also {
+            // Each candidate by the better of the two views' cosines.
+            Some(also) => index.rescore_best(&[&query.features, also], hits, keep),
+            None => index.rescore(&query.features, hits, keep),
+        };
         if index.damaged() {
             self.maintenance.notify_one(); // to rebuild it
         }
@@ -134,7 +161,17 @@ impl Shared {
                     evidence.extend(self.evidence(points, &seqs[first..extended])?);
                 }
                 // The candidates checked are also ranked by their parts.
-                let parts = self.best_parts(&query.features, &seqs[..evidence.len()])?;
+                let checked = &seqs[..evidence.len()];
+                let mut parts = self.best_parts(&query.features, checked)?;
+                if let Some(also) = &subject.also {
+                    let other = self.best_parts(also, checked)?;
+                    for (part, other) in parts.iter_mut().zip(other) {
+                        *part = match (*part, other) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        };
+                    }
+                }
                 (evidence, parts)
             }
             None => (Vec::new(), Vec::new()),
@@ -162,7 +199,13 @@ impl Shared {
                     continue;
                 }
             };
-            let similarity = dot(&query.features, &record.features).clamp(-1.0, 1.0);
+            let view_cosine = |features: &[f32]| dot(features, &record.features);
+            let similarity = subject
+                .also
+                .as_deref()
+                .map_or(f32::NEG_INFINITY, view_cosine)
+                .max(view_cosine(&query.features))
+                .clamp(-1.0, 1.0);
             if similarity >= min_similarity {
                 let distance = self.distance(query.siamese.as_deref(), record.siamese.as_deref());
                 let stored = Side {

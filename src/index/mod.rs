@@ -471,6 +471,58 @@ impl Index {
         hits
     }
 
+    /// [`Index::rescore`] for several views of one image (`queries`): each
+    /// hit scored by the best of their cosines with it, in exact mode too
+    /// (a hit one view found is scored with the others as well).
+    pub fn rescore_best(&self, queries: &[&[f32]], hits: Vec<Hit>, keep: usize) -> Vec<Hit> {
+        let mut hits: Vec<Hit> = match &self.mode {
+            Mode::Graph { codes, .. } => {
+                let seqs: Vec<u64> = hits.iter().map(|h| h.seq).collect();
+                let codes = read(codes);
+                let scored: Vec<Vec<Scored>> =
+                    queries.iter().map(|q| codes.dot_many(q, &seqs)).collect();
+                hits.into_iter()
+                    .enumerate()
+                    .filter_map(|(i, hit)| {
+                        let mut best: Option<f32> = None;
+                        for view in &scored {
+                            match view[i] {
+                                Scored::Dot(d) => best = Some(best.map_or(d, |b| b.max(d))),
+                                Scored::Absent => return None,
+                                // Kept on its graph score; the engine rebuilds.
+                                Scored::Unreadable => {}
+                            }
+                        }
+                        Some(Hit {
+                            similarity: best.unwrap_or(hit.similarity),
+                            ..hit
+                        })
+                    })
+                    .collect()
+            }
+            Mode::Exact(map) => {
+                let map = read(map);
+                hits.into_iter()
+                    .filter_map(|hit| {
+                        let stored = map.get(&hit.seq)?;
+                        let similarity = queries
+                            .iter()
+                            .map(|q| dot(q, stored))
+                            .fold(f32::NEG_INFINITY, f32::max);
+                        Some(Hit { similarity, ..hit })
+                    })
+                    .collect()
+            }
+        };
+        hits.sort_by(|a, b| {
+            b.similarity
+                .total_cmp(&a.similarity)
+                .then(a.seq.cmp(&b.seq))
+        });
+        hits.truncate(keep);
+        hits
+    }
+
     /// Graph search for a query already projected (and normalised) by this
     /// index's projection; empty in exact mode. For benchmarks that time the
     /// graph alone against other HNSW libraries on the same vectors.

@@ -1,5 +1,5 @@
-//! Resize, centre crop and normalise in one pass: the last step from pixels
-//! to network input.
+//! Resize (and, for the centre view, crop) and normalise in one pass: the
+//! last step from pixels to network input.
 //!
 //! The network sees a `size` x `size` square, one of two [`View`]s of the
 //! image: all of it, scaled to the square whatever its shape (databases

@@ -90,19 +90,33 @@ impl Shared {
         }
     }
 
-    /// The query's best cosine with the stored parts of each of `seqs`;
+    /// The best cosine of the query (any of its `views`: the CNN features of
+    /// each) with the stored parts of each of `seqs`, each record's parts
+    /// read once;
     /// `None` for a record without them (stored before they were kept, or
     /// with `--no-keypoints`) or whose parts do not read back (logged).
-    pub(super) fn best_parts(&self, query: &[f32], seqs: &[u64]) -> Result<Vec<Option<f32>>> {
+    pub(super) fn best_parts(&self, views: &[&[f32]], seqs: &[u64]) -> Result<Vec<Option<f32>>> {
         seqs.iter()
             .map(|&seq| {
                 let Some(bytes) = self.store.attachment(Attachment::Regions, seq)? else {
                     return Ok(None);
                 };
-                Ok(regions::best_part(query, &bytes).unwrap_or_else(|e| {
-                    tracing::warn!(seq, error = %e, "stored parts do not read back; not used");
-                    None
-                }))
+                let mut best: Option<f32> = None;
+                for view in views {
+                    match regions::best_part(view, &bytes) {
+                        Ok(part) => {
+                            best = match (best, part) {
+                                (Some(a), Some(b)) => Some(a.max(b)),
+                                (a, b) => a.or(b),
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(seq, error = %e, "stored parts do not read back; not used");
+                            return Ok(None);
+                        }
+                    }
+                }
+                Ok(best)
             })
             .collect()
     }

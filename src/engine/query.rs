@@ -161,17 +161,10 @@ impl Shared {
                     evidence.extend(self.evidence(points, &seqs[first..extended])?);
                 }
                 // The candidates checked are also ranked by their parts.
-                let checked = &seqs[..evidence.len()];
-                let mut parts = self.best_parts(&query.features, checked)?;
-                if let Some(also) = &subject.also {
-                    let other = self.best_parts(also, checked)?;
-                    for (part, other) in parts.iter_mut().zip(other) {
-                        *part = match (*part, other) {
-                            (Some(a), Some(b)) => Some(a.max(b)),
-                            (a, b) => a.or(b),
-                        };
-                    }
-                }
+                let views: Vec<&[f32]> = std::iter::once(query.features.as_slice())
+                    .chain(subject.also.as_deref())
+                    .collect();
+                let parts = self.best_parts(&views, &seqs[..evidence.len()])?;
                 (evidence, parts)
             }
             None => (Vec::new(), Vec::new()),

@@ -89,12 +89,18 @@ async fn compare_tells_duplicates_from_similar_photos() {
         .expect("insert");
     }
 
+    // Every copy is a duplicate by the verdict; by the Siamese distance
+    // alone all but one (whole-image views, which databases have since
+    // 2026-12-07: the Statue of Liberty's copy is at 0.50, its keypoints
+    // decide; in centre views all ten were within the threshold).
+    let mut within = 0;
     for name in names {
         let original = photo(name);
         let copy = compare(&mut c, by_id(name), data(copy_of(&original))).await;
         assert!(copy.duplicate, "{name} vs its copy: {copy:?}");
         let (distance, at) = (siamese_distance(&copy), copy.threshold);
-        assert!(distance >= 0.0 && Some(distance) <= at, "{copy:?}");
+        assert!(distance >= 0.0, "{copy:?}");
+        within += usize::from(Some(distance) <= at);
         assert_eq!(at, Some(threshold));
 
         let itself = compare(&mut c, by_id(name), by_id(name)).await;
@@ -108,6 +114,10 @@ async fn compare_tells_duplicates_from_similar_photos() {
             "stored vs re-sent bytes: {bytes:?}"
         );
     }
+    assert!(
+        within >= names.len() - 1,
+        "{within} copies within the threshold"
+    );
 
     // Two photos of one kind of thing: similar, not duplicates.
     for pair in names.chunks(2) {
@@ -134,11 +144,12 @@ async fn compare_tells_duplicates_from_similar_photos() {
         .into_inner();
     assert!(!strict.duplicate, "{strict:?}");
 
-    // Insert and Query use the same verdict.
+    // Insert and Query use the same verdict (a copy the distance alone
+    // calls a duplicate).
     let inserted = c
         .insert(InsertRequest {
             id: "copy".into(),
-            image: copy_of(&photo(names[0])),
+            image: copy_of(&photo(names[2])),
             metadata: HashMap::new(),
             upsert: false,
         })
@@ -146,7 +157,7 @@ async fn compare_tells_duplicates_from_similar_photos() {
         .expect("insert copy")
         .into_inner();
     let dup_ids: Vec<&str> = inserted.duplicates.iter().map(|m| m.id.as_str()).collect();
-    assert_eq!(dup_ids, [names[0]], "{inserted:?}");
+    assert_eq!(dup_ids, [names[2]], "{inserted:?}");
     let distance = inserted.duplicates[0].distance.expect("a Siamese distance");
     assert!(distance <= threshold, "{inserted:?}");
     let hits = common::matches(&mut c, by_id(names[4]), 3).await;

@@ -1,6 +1,7 @@
 //! The whole decode path a request's bytes take (format probe, pixel limit,
 //! the 1/8-scale JPEG shortcut or the general decoders, EXIF orientation,
-//! resize and crop to the network's input, the thumbnail, the keypoints):
+//! resize (and crop) to the network's input in both views, the thumbnail,
+//! the keypoints):
 //! any bytes give an input of the right size or an error, never a panic.
 #![no_main]
 
@@ -12,10 +13,13 @@ const MAX_PIXELS: u64 = 4_000_000;
 const SIZE: u32 = 224;
 
 fuzz_target!(|bytes: &[u8]| {
-    if let Ok(decoded) = decode::for_network(bytes, MAX_PIXELS, SIZE, Some(128), true) {
-        let input = decoded.input;
-        assert_eq!(input.len(), (SIZE * SIZE * 3) as usize);
-        assert!(input.iter().all(|v| v.is_finite()));
+    let views = [decode::View::Whole, decode::View::Centre];
+    if let Ok(decoded) = decode::for_network(bytes, MAX_PIXELS, (SIZE, &views), Some(128), true) {
+        assert_eq!(decoded.inputs.len(), views.len());
+        for input in &decoded.inputs {
+            assert_eq!(input.len(), (SIZE * SIZE * 3) as usize);
+            assert!(input.iter().all(|v| v.is_finite()));
+        }
         let grey = decoded.for_keypoints.expect("keypoints were asked for");
         let found = lookalike::local::extract_grey(grey);
         assert!(found.points.len() <= lookalike::local::QUERY_KEYPOINTS);

@@ -1,7 +1,8 @@
 //! The Siamese duplicate verdict through the real daemon: a photo and its
 //! transformed copy are duplicates, two photos of one kind of thing are
 //! not; the distance is symmetric and zero for an image with itself; Insert
-//! and Query use the same verdict; bad Compare inputs get clear statuses.
+//! and Query use the same verdict; two different photos in one app frame
+//! are not duplicates; bad Compare inputs get clear statuses.
 
 mod common;
 
@@ -9,7 +10,8 @@ use std::collections::HashMap;
 
 use common::{by_id, data, photos, read, Daemon};
 use lookalike::api::proto::{
-    CompareRequest, CompareResponse, ImageRef, InsertRequest, StatsRequest,
+    groups_response::Item, CompareRequest, CompareResponse, DeleteRequest, GroupsRequest, ImageRef,
+    InsertRequest, StatsRequest,
 };
 use lookalike::lab::augment;
 use tonic::Code;
@@ -178,6 +180,90 @@ type BadCompare = (
     Code,
     &'static str,
 );
+
+/// The photo at 320 x 240 in one gallery app's window: the same frame, at
+/// the same size, around whatever photo it shows.
+fn in_app_frame(bytes: &[u8]) -> Vec<u8> {
+    let img = image::load_from_memory(bytes).expect("decode").into_rgb8();
+    let img = image::imageops::resize(&img, 320, 240, image::imageops::FilterType::Triangle);
+    let shot = augment::screenshot(&img, 0.6, 0.3, "MY PHOTOS - GALLERY");
+    augment::encode_jpeg(&shot, 90).expect("jpeg")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_photos_in_one_app_frame_are_not_duplicates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), &[]).await;
+    let mut c = daemon.client().await;
+    let stats = c.stats(StatsRequest {}).await.expect("stats").into_inner();
+    let threshold = stats.duplicate_distance.expect("a Siamese threshold");
+    // Different photos of one kind whose framed Siamese distances fall
+    // within the threshold (0.27-0.34): the frame pulls them together.
+    // The keypoints match the frame (30+ matches on one geometry), not
+    // the photos, so the verdict holds the distance to a shorter one.
+    for (a, b) in [
+        ("fish-discus", "fish-goldfish"),
+        ("tool-hammer-1", "tool-scissors-1"),
+        ("bird-kingfisher", "bird-scarlet-macaw"),
+        ("animal-panda", "animal-polar-bear"),
+    ] {
+        let (fa, fb) = (in_app_frame(&photo(a)), in_app_frame(&photo(b)));
+        let ab = compare(&mut c, data(fa.clone()), data(fb)).await;
+        let d = siamese_distance(&ab);
+        assert!(
+            d <= threshold,
+            "{a} / {b}: the rule is not exercised: {ab:?}"
+        );
+        assert!(ab.keypoint_matches >= Some(20), "{a} / {b}: {ab:?}");
+        assert!(!ab.duplicate, "{a} / {b} in one frame: {ab:?}");
+        let shorter = ab.threshold.expect("a threshold");
+        assert!(shorter < d && shorter < threshold - 0.05, "{ab:?}");
+        // The photo itself in that frame is still its duplicate.
+        let own = compare(&mut c, data(fa), data(photo(a))).await;
+        assert!(own.duplicate, "{a} and its screenshot: {own:?}");
+        // A caller's own max_distance is the whole rule.
+        let asked = c
+            .compare(CompareRequest {
+                a: data(in_app_frame(&photo(a))),
+                b: data(in_app_frame(&photo(b))),
+                max_distance: Some(threshold),
+            })
+            .await
+            .expect("compare")
+            .into_inner();
+        assert!(asked.duplicate, "{a} / {b} at max_distance: {asked:?}");
+        assert_eq!(asked.threshold, Some(threshold));
+
+        // Insert and Groups give the same verdict (the pair alone stored).
+        for (id, name) in [(format!("{a}-framed"), a), (format!("{b}-framed"), b)] {
+            let inserted = c
+                .insert(InsertRequest {
+                    id: id.clone(),
+                    image: in_app_frame(&photo(name)),
+                    metadata: HashMap::new(),
+                    upsert: false,
+                })
+                .await
+                .expect("insert")
+                .into_inner();
+            let named: Vec<&str> = inserted.duplicates.iter().map(|m| m.id.as_str()).collect();
+            assert!(named.is_empty(), "{id}: {named:?}");
+        }
+        let mut stream = c
+            .groups(GroupsRequest::default())
+            .await
+            .expect("groups")
+            .into_inner();
+        while let Some(resp) = stream.message().await.expect("groups stream") {
+            if let Some(Item::Group(g)) = resp.item {
+                panic!("{a} / {b} in one frame grouped as duplicates: {g:?}");
+            }
+        }
+        for id in [format!("{a}-framed"), format!("{b}-framed")] {
+            c.delete(DeleteRequest { id }).await.expect("delete");
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_compare_inputs_get_clear_statuses() {

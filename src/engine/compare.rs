@@ -21,7 +21,8 @@ pub struct Comparison {
     pub tier: Option<Tier>,
     /// The user's decision about the pair (both given by id), if any.
     pub review: Option<Decision>,
-    /// The Siamese distance threshold, when a Siamese model is loaded.
+    /// The Siamese distance at which `duplicate` flips for this pair
+    /// (`Shared::pair_threshold`), when a Siamese model is loaded.
     pub threshold: Option<f32>,
     pub similarity_threshold: f32,
     /// Keypoint matches one geometry explains; `None` when either image
@@ -66,7 +67,7 @@ impl Engine {
                 duplicate: verdict.duplicate,
                 tier: verdict.tier,
                 review: verdict.review,
-                threshold: shared.distance_threshold(),
+                threshold: shared.pair_threshold(evidence.as_ref(), max_distance),
                 similarity_threshold: shared.config.duplicate_similarity,
             })
         })

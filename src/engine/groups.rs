@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 use super::verdict::{self, Tier};
 use super::{blocking, local, Engine, Shared};
 use crate::error::Result;
+use crate::local::Evidence;
 use crate::store::{Decision, ImageFacts};
 use crate::vector::dot;
 
@@ -125,8 +126,22 @@ struct Judged {
     similarity: f32,
     distance: Option<f32>,
     same_image: bool,
+    /// A duplicate by the Siamese distance (or the cosine) whatever the
+    /// keypoints show.
     model: bool,
+    /// A duplicate by the distance unless the keypoints show the pair
+    /// shares only a part ([`crate::local::SHARED_PART_MARGIN`]).
+    unless_shared: bool,
     review: Option<Decision>,
+}
+
+/// What the keypoint check found among the open pairs.
+#[derive(Default)]
+struct Checked {
+    /// The keypoints show one picture.
+    verified: HashSet<(u32, u32)>,
+    /// The keypoints show the pair shares only a part.
+    shared: HashSet<(u32, u32)>,
 }
 
 /// Images whose neighbour pairs are checked per parallel batch (progress is
@@ -423,18 +438,21 @@ impl Shared {
         }
         let similar_floor = options.similar_floor.unwrap_or(f32::INFINITY);
         // The verdict's parts first; the keypoints of the pairs they leave
-        // open (no review, not the same image, not a Siamese duplicate).
+        // open (no review, not the same image, not a Siamese duplicate
+        // whatever the keypoints show).
         let judged: Vec<Judged> = pairs
             .into_iter()
             .map(|(pair, similarity)| {
                 let (x, y) = (&nodes[pair.0 as usize], &nodes[pair.1 as usize]);
                 let distance = self.distance(x.siamese.as_deref(), y.siamese.as_deref());
+                let shared = distance.map(|d| d + crate::local::SHARED_PART_MARGIN);
                 Judged {
                     pair,
                     similarity,
                     distance,
                     same_image: matches!((&x.facts, &y.facts), (Some(p), Some(q)) if p.same_image(q)),
-                    model: self.is_duplicate(similarity, distance, None),
+                    model: self.is_duplicate(similarity, shared, None),
+                    unless_shared: self.is_duplicate(similarity, distance, None),
                     review: reviews.get(&pair).copied(),
                 }
             })
@@ -444,7 +462,7 @@ impl Shared {
             .filter(|j| keypoints && !j.model && !j.same_image && j.review.is_none())
             .map(|j| j.pair)
             .collect();
-        let Some(verified) = self.check_pairs(nodes, &open, events)? else {
+        let Some(checked) = self.check_pairs(nodes, &open, events)? else {
             return Ok(None);
         };
         let mut edges: Vec<Vec<Edge>> = (0..nodes.len()).map(|_| Vec::new()).collect();
@@ -455,11 +473,13 @@ impl Shared {
                 distance,
                 same_image,
                 model,
+                unless_shared,
                 review,
             } = j;
-            let verified = verified.contains(&(a, b));
+            let verified = checked.verified.contains(&(a, b));
+            let shared = checked.shared.contains(&(a, b));
             let v = verdict::decide(
-                model || verified,
+                model || verified || (unless_shared && !shared),
                 same_image,
                 review,
                 similarity,
@@ -486,24 +506,24 @@ impl Shared {
     }
 
     /// Of the pairs `open` (node indices, lower first, sorted), those whose
-    /// keypoints show one picture ([`local::verified`]); each image's
-    /// keypoints are read once per run of pairs that start with it. `None`
-    /// when the receiver left.
+    /// keypoints show one picture ([`local::verified`]) and those they show
+    /// share only a part; each image's keypoints are read once per run of
+    /// pairs that start with it. `None` when the receiver left.
     fn check_pairs(
         &self,
         nodes: &[Node],
         open: &[(u32, u32)],
         events: &mpsc::Sender<GroupEvent>,
-    ) -> Result<Option<HashSet<(u32, u32)>>> {
+    ) -> Result<Option<Checked>> {
         let runs: Vec<&[(u32, u32)]> = open.chunk_by(|x, y| x.0 == y.0).collect();
         let total = open.len() as u64;
-        let mut verified = HashSet::new();
+        let mut checked = Checked::default();
         let mut done = 0u64;
         let mut last_report = std::time::Instant::now();
         for batch in runs.chunks(CHECK_BATCH) {
-            let found: Vec<Vec<(u32, u32)>> = batch
+            let found: Vec<Vec<((u32, u32), Evidence)>> = batch
                 .par_iter()
-                .map(|run| -> Result<Vec<(u32, u32)>> {
+                .map(|run| -> Result<Vec<((u32, u32), Evidence)>> {
                     let Some(first) = self.keypoints(nodes[run[0].0 as usize].seq)? else {
                         return Ok(Vec::new());
                     };
@@ -515,14 +535,20 @@ impl Shared {
                         // The later image as the query, as its Insert
                         // checked the earlier one.
                         let evidence = crate::local::verify(&other, &first);
-                        if local::verified(Some(&evidence)) {
-                            found.push((a, b));
+                        if local::verified(Some(&evidence)) || evidence.shares_only_a_part() {
+                            found.push(((a, b), evidence));
                         }
                     }
                     Ok(found)
                 })
                 .collect::<Result<_>>()?;
-            verified.extend(found.into_iter().flatten());
+            for (pair, evidence) in found.into_iter().flatten() {
+                if local::verified(Some(&evidence)) {
+                    checked.verified.insert(pair);
+                } else {
+                    checked.shared.insert(pair);
+                }
+            }
             done += batch.iter().map(|run| run.len() as u64).sum::<u64>();
             if last_report.elapsed().as_millis() >= 500 || done == total {
                 last_report = std::time::Instant::now();
@@ -536,7 +562,7 @@ impl Shared {
                 }
             }
         }
-        Ok(Some(verified))
+        Ok(Some(checked))
     }
 
     /// Whether a candidate may join a group that has taken `taken` so far:

@@ -8,7 +8,10 @@
 //!   backbone has a Siamese head, else by cosine similarity; or the
 //!   keypoint check, when both images have keypoints and enough of them
 //!   agree on one geometry (a heavy crop, a screenshot, a stickered copy:
-//!   see [`super::local`]);
+//!   see [`super::local`]); but when the keypoints show the two share
+//!   only a part (an app's frame around two different photos, a banner:
+//!   [`Evidence::shares_only_a_part`]), the Siamese distance must be
+//!   [`crate::local::SHARED_PART_MARGIN`] shorter;
 //! - **similar**: not a duplicate, but at or above a cosine floor
 //!   (`--similar-similarity`, or the request's).
 //!
@@ -115,6 +118,39 @@ impl Shared {
         }
     }
 
+    /// The Siamese distance at which the verdict about a pair flips: the
+    /// caller's `max_distance`, else the server's threshold, less
+    /// [`crate::local::SHARED_PART_MARGIN`] when the keypoints show the
+    /// pair shares only a part. `None` without a Siamese model.
+    pub(super) fn pair_threshold(
+        &self,
+        evidence: Option<&Evidence>,
+        max_distance: Option<f32>,
+    ) -> Option<f32> {
+        if let Some(t) = max_distance {
+            return self.siamese.is_some().then_some(t);
+        }
+        let t = self.distance_threshold()?;
+        let margin = crate::local::judged_distance(0.0, evidence);
+        Some(t - margin)
+    }
+
+    /// The model's verdict on what was measured: the Siamese distance (or
+    /// the cosine), held to a shorter distance when the keypoints show the
+    /// pair shares only a part, or the keypoints when they show one
+    /// picture. A caller's own distance threshold is the whole rule it
+    /// asked for: the distance alone.
+    pub(super) fn model_duplicate(&self, measured: &Measured, max_distance: Option<f32>) -> bool {
+        if max_distance.is_some() {
+            return self.is_duplicate(measured.similarity, measured.distance, max_distance);
+        }
+        let evidence = measured.evidence.as_ref();
+        let distance = measured
+            .distance
+            .map(|d| crate::local::judged_distance(d, evidence));
+        local::verified(evidence) || self.is_duplicate(measured.similarity, distance, None)
+    }
+
     /// The verdict about a pair, review decisions included.
     pub(super) fn judge(
         &self,
@@ -129,13 +165,8 @@ impl Shared {
             _ => None,
         };
         let same_image = matches!((a.facts, b.facts), (Some(x), Some(y)) if x.same_image(y));
-        // A caller's own distance threshold is the whole rule it asked for;
-        // otherwise the keypoint check can also call the pair a duplicate.
-        let keypoints = max_distance.is_none() && local::verified(measured.evidence.as_ref());
-        let model =
-            self.is_duplicate(measured.similarity, measured.distance, max_distance) || keypoints;
         Ok(decide(
-            model,
+            self.model_duplicate(&measured, max_distance),
             same_image,
             review,
             measured.similarity,

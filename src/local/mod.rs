@@ -15,7 +15,10 @@ mod orb;
 mod verify;
 
 pub use orb::{analysed, extract, extract_grey, ANALYSED_SIDE, MAX_KEYPOINTS, QUERY_KEYPOINTS};
-pub use verify::{verify, Evidence, SAME_PICTURE_COVERAGE, SAME_PICTURE_INLIERS};
+pub use verify::{
+    judged_distance, verify, Evidence, SAME_PICTURE_COVERAGE, SAME_PICTURE_INLIERS,
+    SHARED_PART_INLIERS, SHARED_PART_MARGIN,
+};
 
 use crate::error::{Error, Result};
 
@@ -204,12 +207,16 @@ mod tests {
             let e = verify(&shot(a), &shot(b).stored());
             assert!(e.enough_and_spread(), "{a}, {b}: {e:?}");
             assert!(!e.same_picture(), "{a}, {b}: {e:?}");
+            // What they share is the frame: the verdict holds their
+            // Siamese distance to a shorter threshold.
+            assert!(e.shares_only_a_part(), "{a}, {b}: {e:?}");
         }
         // The photo itself inside its screenshot does, and so does the
         // photo under a sticker hiding a quarter of its middle.
         let cow = extract(&photo("animal-cow.jpg"));
         let e = verify(&shot("animal-cow.jpg"), &cow.stored());
         assert!(e.same_picture(), "{e:?}");
+        assert!(!e.shares_only_a_part(), "{e:?}");
         for round in [false, true] {
             let covered = sticker(
                 &photo("animal-cow.jpg"),

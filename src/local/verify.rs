@@ -60,7 +60,43 @@ pub const SAME_PICTURE_COVERAGE: f32 = 0.5;
 /// (at 10 inliers) went over (`examples/keypoint_pass_rates.rs`).
 pub const SAME_PICTURE_UNEXPLAINED: f32 = 0.55;
 
+/// Inliers at one geometry that, when they do not show one picture, show
+/// that the two images share a part and differ elsewhere: an app's frame
+/// around two different photos, a banner, a large logo. Copies that keep
+/// the photo show one picture; different photos have 0-10 inliers unless
+/// something like that is shared (two different photos in one app frame:
+/// 27-63 inliers in the frame, `lookalike eval siamese --pairs`).
+pub const SHARED_PART_INLIERS: usize = 20;
+
+/// What the verdict adds to the Siamese distance of a pair that shares
+/// only a part ([`Evidence::shares_only_a_part`]): the shared frame pulls
+/// the two embeddings together, so the distance must be this much shorter
+/// (0.252 at the shipped threshold 0.342). Chosen on the training photos'
+/// pairs (`eval siamese --splits datasets/splits-swapped.tsv --pairs`):
+/// of 46,010 pairs of different photos 482 -> 422 called duplicates, 1 of
+/// 6,450 copies lost; on the validation photos 43 -> 32 of 4,290, no copy
+/// lost (models/README.md).
+pub const SHARED_PART_MARGIN: f32 = 0.09;
+
+/// The Siamese distance the verdict holds against its threshold: the
+/// distance, plus [`SHARED_PART_MARGIN`] when the keypoints show the pair
+/// shares only a part.
+pub fn judged_distance(distance: f32, evidence: Option<&Evidence>) -> f32 {
+    if evidence.is_some_and(Evidence::shares_only_a_part) {
+        distance + SHARED_PART_MARGIN
+    } else {
+        distance
+    }
+}
+
 impl Evidence {
+    /// Whether many matches agree on one geometry and still do not show
+    /// one picture: the two share a part (a frame, a banner) around
+    /// contents that differ.
+    pub fn shares_only_a_part(&self) -> bool {
+        self.inliers >= SHARED_PART_INLIERS && !self.same_picture()
+    }
+
     /// Whether this evidence alone shows the two images are one picture.
     pub fn same_picture(&self) -> bool {
         self.enough_and_spread()
@@ -355,6 +391,30 @@ fn fits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pair_sharing_only_a_part_is_held_to_a_shorter_distance() {
+        let copy = Evidence {
+            inliers: 40,
+            coverage: 0.9,
+            unexplained: Some(0.1),
+        };
+        let frame = Evidence {
+            coverage: 0.4,
+            unexplained: None,
+            ..copy
+        };
+        let chance = Evidence {
+            inliers: SHARED_PART_INLIERS - 1,
+            ..frame
+        };
+        assert!(!copy.shares_only_a_part() && frame.shares_only_a_part());
+        assert!(!chance.shares_only_a_part());
+        assert_eq!(judged_distance(0.3, Some(&copy)), 0.3);
+        assert_eq!(judged_distance(0.3, Some(&chance)), 0.3);
+        assert_eq!(judged_distance(0.3, None), 0.3);
+        assert_eq!(judged_distance(0.3, Some(&frame)), 0.3 + SHARED_PART_MARGIN);
+    }
 
     /// Keypoints on a regular 32 x 32 lattice of a 320 x 320 image.
     fn lattice() -> Keypoints {

@@ -198,9 +198,11 @@ fn pair(
 }
 
 /// The daemon's verdict as a score: at or above `-t` exactly when the
-/// Siamese distance is at most `t` or the keypoints show one picture.
+/// keypoints show one picture or the Siamese distance is at most `t`
+/// (at most `t` less the margin when they show the pair shares only a
+/// part: [`local::judged_distance`]).
 fn verdict_score(distance: f32, evidence: &Evidence) -> f32 {
-    same_picture_score(evidence) - distance
+    same_picture_score(evidence) - local::judged_distance(distance, Some(evidence))
 }
 
 /// [`SAME_PICTURE_SCORE`] when the keypoints show one picture, else 0.
@@ -597,9 +599,16 @@ mod tests {
             coverage: 0.3,
             ..copy
         };
-        for d in [0.0, 0.2, t, 0.5, 1.2, 2.0] {
+        // Many inliers in one frame around two different photos.
+        let shared_frame = Evidence {
+            inliers: local::SHARED_PART_INLIERS,
+            ..framed
+        };
+        let shorter = t - local::SHARED_PART_MARGIN;
+        for d in [0.0, 0.2, shorter - 1e-3, shorter + 1e-3, t, 0.5, 1.2, 2.0] {
             assert!(verdict_score(d, &copy) >= -t, "{d}");
             assert_eq!(verdict_score(d, &framed) >= -t, d <= t, "{d}");
+            assert_eq!(verdict_score(d, &shared_frame) >= -t, d < shorter, "{d}");
             let none = Evidence::default();
             assert_eq!(verdict_score(d, &none) >= -t, d <= t, "{d}");
         }

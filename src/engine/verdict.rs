@@ -131,8 +131,10 @@ impl Shared {
             return self.siamese.is_some().then_some(t);
         }
         let t = self.distance_threshold()?;
-        let margin = crate::local::judged_distance(0.0, evidence);
-        Some(t - margin)
+        Some(match evidence.is_some_and(Evidence::shares_only_a_part) {
+            true => t - crate::local::SHARED_PART_MARGIN,
+            false => t,
+        })
     }
 
     /// The model's verdict on what was measured: the Siamese distance (or

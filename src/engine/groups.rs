@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rayon::prelude::*;
 use tokio::sync::mpsc;
 
-use super::verdict::{self, Tier};
+use super::verdict::{self, Measured, Tier};
 use super::{blocking, local, Engine, Shared};
 use crate::error::Result;
 use crate::local::Evidence;
@@ -127,21 +127,9 @@ struct Judged {
     distance: Option<f32>,
     same_image: bool,
     /// A duplicate by the Siamese distance (or the cosine) whatever the
-    /// keypoints show.
+    /// keypoints show (even held to [`crate::local::SHARED_PART_MARGIN`]).
     model: bool,
-    /// A duplicate by the distance unless the keypoints show the pair
-    /// shares only a part ([`crate::local::SHARED_PART_MARGIN`]).
-    unless_shared: bool,
     review: Option<Decision>,
-}
-
-/// What the keypoint check found among the open pairs.
-#[derive(Default)]
-struct Checked {
-    /// The keypoints show one picture.
-    verified: HashSet<(u32, u32)>,
-    /// The keypoints show the pair shares only a part.
-    shared: HashSet<(u32, u32)>,
 }
 
 /// Images whose neighbour pairs are checked per parallel batch (progress is
@@ -445,14 +433,13 @@ impl Shared {
             .map(|(pair, similarity)| {
                 let (x, y) = (&nodes[pair.0 as usize], &nodes[pair.1 as usize]);
                 let distance = self.distance(x.siamese.as_deref(), y.siamese.as_deref());
-                let shared = distance.map(|d| d + crate::local::SHARED_PART_MARGIN);
+                let held = distance.map(|d| d + crate::local::SHARED_PART_MARGIN);
                 Judged {
                     pair,
                     similarity,
                     distance,
                     same_image: matches!((&x.facts, &y.facts), (Some(p), Some(q)) if p.same_image(q)),
-                    model: self.is_duplicate(similarity, shared, None),
-                    unless_shared: self.is_duplicate(similarity, distance, None),
+                    model: self.is_duplicate(similarity, held, None),
                     review: reviews.get(&pair).copied(),
                 }
             })
@@ -473,13 +460,19 @@ impl Shared {
                 distance,
                 same_image,
                 model,
-                unless_shared,
                 review,
             } = j;
-            let verified = checked.verified.contains(&(a, b));
-            let shared = checked.shared.contains(&(a, b));
+            // The pairs the check left out need no evidence: without it
+            // the verdict is the distance's.
+            let evidence = checked.get(&(a, b)).copied();
+            let verified = local::verified(evidence.as_ref());
+            let measured = Measured {
+                similarity,
+                distance,
+                evidence,
+            };
             let v = verdict::decide(
-                model || verified || (unless_shared && !shared),
+                model || self.model_duplicate(&measured, None),
                 same_image,
                 review,
                 similarity,
@@ -505,19 +498,21 @@ impl Shared {
         Ok(Some((edges, apart)))
     }
 
-    /// Of the pairs `open` (node indices, lower first, sorted), those whose
-    /// keypoints show one picture ([`local::verified`]) and those they show
-    /// share only a part; each image's keypoints are read once per run of
-    /// pairs that start with it. `None` when the receiver left.
+    /// Of the pairs `open` (node indices, lower first, sorted), the
+    /// evidence of those whose keypoints show one picture
+    /// ([`local::verified`]) or that they share only a part (the rest
+    /// change nothing in the verdict, and are not kept); each image's
+    /// keypoints are read once per run of pairs that start with it. `None`
+    /// when the receiver left.
     fn check_pairs(
         &self,
         nodes: &[Node],
         open: &[(u32, u32)],
         events: &mpsc::Sender<GroupEvent>,
-    ) -> Result<Option<Checked>> {
+    ) -> Result<Option<HashMap<(u32, u32), Evidence>>> {
         let runs: Vec<&[(u32, u32)]> = open.chunk_by(|x, y| x.0 == y.0).collect();
         let total = open.len() as u64;
-        let mut checked = Checked::default();
+        let mut checked = HashMap::new();
         let mut done = 0u64;
         let mut last_report = std::time::Instant::now();
         for batch in runs.chunks(CHECK_BATCH) {
@@ -542,13 +537,7 @@ impl Shared {
                     Ok(found)
                 })
                 .collect::<Result<_>>()?;
-            for (pair, evidence) in found.into_iter().flatten() {
-                if local::verified(Some(&evidence)) {
-                    checked.verified.insert(pair);
-                } else {
-                    checked.shared.insert(pair);
-                }
-            }
+            checked.extend(found.into_iter().flatten());
             done += batch.iter().map(|run| run.len() as u64).sum::<u64>();
             if last_report.elapsed().as_millis() >= 500 || done == total {
                 last_report = std::time::Instant::now();
